@@ -1,0 +1,57 @@
+"""Frozen config dataclasses read from AMS_* environment variables, overridable from the CLI."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+def _parse(kind: Any, raw: str, name: str) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def env_name(prefix: str, field: str) -> str:
+    return f"{prefix}{field.upper()}"
+
+
+def load_config(cls: type[T], prefix: str, argv: list[str] | None = None, env: dict | None = None,
+                description: str = "") -> T:
+    """Build `cls` from defaults < AMS_* env vars < --flags; call its `validate()` if it has one."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    parser = argparse.ArgumentParser(description=description)
+    for f in dataclasses.fields(cls):
+        name = env_name(prefix, f.name)
+        if name in env:
+            values[f.name] = _parse(f.type, env[name], name)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            help=f"{f.metadata.get('help', '')} (env {name}, default {f.default!r})")
+    if argv is not None:
+        for key, raw in vars(parser.parse_args(argv)).items():
+            if raw is not None:
+                kind = next(f.type for f in dataclasses.fields(cls) if f.name == key)
+                values[key] = _parse(kind, raw, "--" + key.replace("_", "-"))
+    config = cls(**values)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config

@@ -1,0 +1,120 @@
+"""gRPC plumbing shared by every AMS server and client: message limits, error mapping, health, retries."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ams import errors
+
+log = logging.getLogger(__name__)
+
+DEVICE_ID_KEY = "ams-device-id"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_STATUS_OF = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+# Clients retry only UNAVAILABLE, with exponential backoff; gRPC adds jitter to each backoff.
+_RETRY_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "ams.v1.Teacher"}, {"service": "ams.v1.ModelStreaming"}],
+        "retryPolicy": {
+            "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s",
+            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]
+})
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code a domain error maps to (INTERNAL for anything unexpected)."""
+    for cls, code in _STATUS_OF.items():
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Client options: explicit size limits, retries on UNAVAILABLE, keepalive for long streams."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _RETRY_SERVICE_CONFIG),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Server options: explicit size limits, accept client keepalives."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def device_metadata(device_id: str) -> tuple[tuple[str, str], ...]:
+    """Per-call metadata carrying the device identity."""
+    return ((DEVICE_ID_KEY, device_id),)
+
+
+def device_id_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's device id from metadata; Unauthenticated when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == DEVICE_ID_KEY and value:
+            return value
+    raise errors.Unauthenticated(f"missing {DEVICE_ID_KEY!r} metadata")
+
+
+def grpc_errors(on_error: Callable[[str, grpc.StatusCode], None] | None = None):
+    """Decorator for async unary servicer methods: domain errors -> status codes, in one place."""
+    def wrap(method):
+        @functools.wraps(method)
+        async def handler(self, request, context):
+            try:
+                result = await method(self, request, context)
+                if on_error:
+                    on_error(method.__name__, grpc.StatusCode.OK)
+                return result
+            except errors.AMSError as exc:
+                code, message = status_code_for(exc), str(exc)
+            except Exception as exc:  # noqa: BLE001 - anything else is a bug: log it, answer INTERNAL
+                log.exception("unexpected error in %s", method.__name__)
+                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+            if on_error:
+                on_error(method.__name__, code)
+            await context.abort(code, message)
+        return handler
+    return wrap
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: list[str]) -> health.HealthServicer:
+    """Register grpc.health.v1 (all NOT_SERVING until the caller flips them) and reflection."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in service_names + [""]:
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(service_names + [reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, service_names: list[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in service_names + [""]:
+        servicer.set(name, status)

@@ -1,0 +1,31 @@
+"""Process entry-point helper shared by the services: logging, /metrics, graceful shutdown."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Awaitable, Callable
+
+from prometheus_client import start_http_server
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def serve_forever(start: Callable[[], Awaitable[tuple]], stop: Callable[[tuple], Awaitable[None]],
+                        metrics_port: int, name: str) -> None:
+    """Start the metrics endpoint and the server, then run until SIGINT/SIGTERM and stop gracefully."""
+    log = logging.getLogger(name)
+    if metrics_port:
+        start_http_server(metrics_port)
+        log.info("metrics on :%d/metrics", metrics_port)
+    handles = await start()
+    log.info("%s serving on port %d", name, handles[1])
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    log.info("%s shutting down", name)
+    await stop(handles)

@@ -1,0 +1,29 @@
+"""Student model registry: architecture name + config dict -> nn.Module (shared by edge and trainer)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch.nn as nn
+
+from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
+
+ARCHITECTURES = {
+    "deeplabv3_mnv2": (DeepLabMNv2Config, DeepLabV3MobileNetV2),
+}
+
+
+def build_student(architecture: str, config: dict) -> nn.Module:
+    """Build a student; raise ValueError for an unknown architecture or config field."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown student architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    config_cls, model_cls = ARCHITECTURES[architecture]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(f"unknown config fields for {architecture}: {sorted(unknown)}")
+    return model_cls(config_cls(**config))
+
+
+def student_config_dict(model: nn.Module) -> dict:
+    """The config a student was built with, as a plain dict."""
+    return dataclasses.asdict(model.config)

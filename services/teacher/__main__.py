@@ -1,0 +1,33 @@
+"""`python -m services.teacher`: run the teacher-inference service."""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from ams.service_main import serve_forever, setup_logging
+from services.teacher.backends import make_backend
+from services.teacher.config import TeacherConfig
+from ams.config import load_config
+from services.teacher.service import create_server
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    config = load_config(TeacherConfig, "AMS_TEACHER_", sys.argv[1:] if argv is None else argv,
+                         description="AMS teacher-inference gRPC service")
+    backend = make_backend(config.backend, config.model_path, config.scene, config.classes, config.threads)
+
+    async def start():
+        return await create_server(config, backend)
+
+    async def stop(handles):
+        server, _, batcher = handles
+        await server.stop(grace=5)
+        await batcher.stop()
+        backend.close()
+
+    asyncio.run(serve_forever(start, stop, config.metrics_port, "teacher"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Teacher backends behind one interface: load() / infer_batch(frames) -> per-item results / close()."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ams.synthetic import CLASSES as SYNTHETIC_CLASSES, SyntheticScene
+
+
+@dataclass
+class TeacherInput:
+    rgb: np.ndarray          # (H, W, 3) uint8
+    timestamp_s: float
+
+
+@dataclass
+class TeacherOutput:
+    class_map: np.ndarray                  # (H, W) uint8 at the input's resolution
+    probabilities: np.ndarray | None       # (C, H, W) float32
+
+
+class TeacherBackend(abc.ABC):
+    """A large segmentation model. Ready only after `load()`."""
+
+    name: str = "base"
+    classes: list[str] = []
+    input_size: tuple[int, int] = (0, 0)   # (height, width) the model runs at
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights; raise if they cannot be loaded."""
+
+    @abc.abstractmethod
+    def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
+        """Label each item; a failing item yields its exception instead of failing the batch."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+class LiteRTSelfieBackend(TeacherBackend):
+    """MediaPipe selfie segmentation (person vs background) run with ai-edge-litert."""
+
+    name = "litert"
+    classes = ["background", "person"]
+
+    def __init__(self, model_path: str, num_threads: int = 2):
+        self.model_path, self.num_threads = model_path, num_threads
+        self._interpreter = None
+
+    def load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_path=self.model_path, num_threads=self.num_threads)
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        _, h, w, _ = self._input["shape"]
+        self.input_size = (int(h), int(w))
+
+    def _infer_one(self, item: TeacherInput) -> TeacherOutput:
+        if item.rgb.ndim != 3 or item.rgb.shape[2] != 3 or item.rgb.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {item.rgb.shape} {item.rgb.dtype}")
+        h, w = self.input_size
+        x = cv2.resize(item.rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        self._interpreter.set_tensor(self._input["index"], x[None])
+        self._interpreter.invoke()
+        person = self._interpreter.get_tensor(self._output["index"])[0, :, :, 0]  # (h, w) sigmoid
+        person = cv2.resize(person, (item.rgb.shape[1], item.rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        probs = np.stack([1.0 - person, person]).astype(np.float32)
+        return TeacherOutput((person > 0.5).astype(np.uint8), probs)
+
+    def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
+        if self._interpreter is None:
+            raise RuntimeError("backend not loaded")
+        results: list[TeacherOutput | Exception] = []
+        for item in items:  # the model takes batch 1; the batch amortises the RPC and queueing
+            try:
+                results.append(self._infer_one(item))
+            except Exception as exc:  # noqa: BLE001 - per-item error, the rest of the batch goes on
+                results.append(exc)
+        return results
+
+    def close(self) -> None:
+        self._interpreter = None
+
+
+class OracleBackend(TeacherBackend):
+    """Exact ground truth of a synthetic video, looked up by capture timestamp."""
+
+    name = "oracle"
+    classes = SYNTHETIC_CLASSES
+
+    def __init__(self, scene_spec: str):
+        self.scene = SyntheticScene.from_spec(scene_spec)
+        self.input_size = (self.scene.h, self.scene.w)
+
+    def load(self) -> None:
+        pass
+
+    def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
+        results: list[TeacherOutput | Exception] = []
+        for item in items:
+            _, label = self.scene.render(item.timestamp_s)
+            h, w = item.rgb.shape[:2]
+            if (h, w) != label.shape:
+                label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+            probs = np.stack([label == c for c in range(len(self.classes))]).astype(np.float32)
+            results.append(TeacherOutput(label, probs))
+        return results
+
+
+class OnnxBackend(TeacherBackend):
+    """An operator's own ONNX segmentation model (onnxruntime): input (1, 3, H, W) float RGB in [0, 1]."""
+
+    name = "onnx"
+
+    def __init__(self, model_path: str, classes: list[str], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        self.model_path, self.classes = model_path, classes
+        self.mean = np.array(mean, dtype=np.float32)[:, None, None]
+        self.std = np.array(std, dtype=np.float32)[:, None, None]
+        self._session = None
+
+    def load(self) -> None:
+        import onnxruntime  # optional dependency: pip install onnxruntime
+
+        self._session = onnxruntime.InferenceSession(self.model_path, providers=onnxruntime.get_available_providers())
+        inp = self._session.get_inputs()[0]
+        self._input_name = inp.name
+        self.input_size = (int(inp.shape[2]), int(inp.shape[3]))
+
+    def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
+        results: list[TeacherOutput | Exception] = []
+        h, w = self.input_size
+        for item in items:
+            try:
+                x = cv2.resize(item.rgb, (w, h)).astype(np.float32).transpose(2, 0, 1) / 255.0
+                logits = self._session.run(None, {self._input_name: ((x - self.mean) / self.std)[None]})[0][0]
+                e = np.exp(logits - logits.max(0, keepdims=True))
+                probs = e / e.sum(0, keepdims=True)
+                probs = np.stack([cv2.resize(p, item.rgb.shape[1::-1]) for p in probs])
+                results.append(TeacherOutput(probs.argmax(0).astype(np.uint8), probs))
+            except Exception as exc:  # noqa: BLE001 - per-item error
+                results.append(exc)
+        return results
+
+
+def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes: str = "", threads: int = 2) -> TeacherBackend:
+    """Factory from config values."""
+    if kind == "litert":
+        return LiteRTSelfieBackend(model_path, threads)
+    if kind == "oracle":
+        return OracleBackend(scene_spec)
+    if kind == "onnx":
+        return OnnxBackend(model_path, [c for c in classes.split(",") if c])
+    raise ValueError(f"unknown teacher backend {kind!r} (litert | oracle | onnx)")

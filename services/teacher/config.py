@@ -1,0 +1,31 @@
+"""Teacher service configuration (AMS_TEACHER_* environment variables, CLI overrides)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ams.config import ConfigError
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 = any free port)"})
+    metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0 = off)"})
+    backend: str = field(default="litert", metadata={"help": "litert | oracle | onnx"})
+    model_path: str = field(default="assets/teacher/selfie_segmentation_landscape.tflite", metadata={"help": "model file"})
+    scene: str = field(default="", metadata={"help": "synthetic scene spec for the oracle backend"})
+    classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})
+    threads: int = field(default=2, metadata={"help": "inference threads"})
+    max_batch: int = field(default=8, metadata={"help": "frames per inference batch"})
+    max_wait_ms: float = field(default=10.0, metadata={"help": "longest wait to fill a batch"})
+    max_queue: int = field(default=512, metadata={"help": "frames queued before RESOURCE_EXHAUSTED"})
+    max_message_mb: int = field(default=64, metadata={"help": "gRPC message size limit"})
+    max_frames_per_request: int = field(default=256, metadata={"help": "frames in one LabelFrames call"})
+
+    def validate(self) -> None:
+        if self.backend not in ("litert", "oracle", "onnx"):
+            raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, oracle or onnx")
+        if self.backend == "oracle" and not self.scene:
+            raise ConfigError("the oracle backend needs AMS_TEACHER_SCENE (a synthetic scene spec)")
+        if self.max_batch < 1 or self.max_wait_ms < 0:
+            raise ConfigError("AMS_TEACHER_MAX_BATCH must be ≥ 1 and AMS_TEACHER_MAX_WAIT_MS ≥ 0")

@@ -1,0 +1,63 @@
+"""Teacher gRPC servicer (thin: decode, call the batcher, encode) and `create_server`."""
+from __future__ import annotations
+
+import grpc
+
+from ams import errors
+from ams.grpc_common import add_health_and_reflection, grpc_errors, server_options, set_serving
+from ams.tensors import decode_frame, to_tensor
+from ams.v1 import teacher_pb2, teacher_pb2_grpc
+from services.teacher import metrics
+from services.teacher.backends import TeacherBackend, TeacherInput
+from services.teacher.batcher import MicroBatcher
+from services.teacher.config import TeacherConfig
+
+SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
+
+
+def _count(method: str, code: grpc.StatusCode) -> None:
+    metrics.REQUESTS.labels(method, code.name).inc()
+
+
+class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
+    def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int):
+        self.backend, self.batcher, self.max_frames = backend, batcher, max_frames
+
+    @grpc_errors(_count)
+    async def LabelFrames(self, request: teacher_pb2.LabelFramesRequest, context) -> teacher_pb2.LabelFramesResponse:
+        if not request.frames:
+            raise errors.InvalidArgument("no frames in request")
+        if len(request.frames) > self.max_frames:
+            raise errors.ResourceExhausted(f"{len(request.frames)} frames in one request; limit is {self.max_frames}")
+        items = [TeacherInput(decode_frame(f), f.timestamp_s) for f in request.frames]
+        labels = []
+        for result in await self.batcher.submit(items):
+            if isinstance(result, Exception):
+                labels.append(teacher_pb2.FrameLabel(error=f"{type(result).__name__}: {result}"))
+                continue
+            label = teacher_pb2.FrameLabel(class_map=to_tensor(result.class_map))
+            if request.want_probabilities and result.probabilities is not None:
+                label.probabilities.CopyFrom(to_tensor(result.probabilities.astype("float16")))
+            labels.append(label)
+        return teacher_pb2.LabelFramesResponse(labels=labels)
+
+    @grpc_errors(_count)
+    async def DescribeTeacher(self, request, context) -> teacher_pb2.DescribeTeacherResponse:
+        h, w = self.backend.input_size
+        return teacher_pb2.DescribeTeacherResponse(backend=self.backend.name, classes=self.backend.classes,
+                                                   input_height=h, input_width=w)
+
+
+async def create_server(config: TeacherConfig, backend: TeacherBackend) -> tuple[grpc.aio.Server, int, MicroBatcher]:
+    """Load the backend, build and start the server on config.host:config.port; returns (server, port, batcher)."""
+    server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    batcher = MicroBatcher(backend, config.max_batch, config.max_wait_ms / 1000.0, config.max_queue)
+    teacher_pb2_grpc.add_TeacherServicer_to_server(TeacherServicer(backend, batcher, config.max_frames_per_request), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    backend.load()  # health turns SERVING only after the weights load
+    batcher.start()
+    await server.start()
+    set_serving(health, [SERVICE_NAME], True)
+    metrics.READY.set(1)
+    return server, port, batcher

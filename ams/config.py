@@ -41,7 +41,7 @@ def load_config(cls: type[T], prefix: str, argv: list[str] | None = None, env: d
     values: dict[str, Any] = {}
     parser = argparse.ArgumentParser(description=description)
     for f in dataclasses.fields(cls):
-        name = env_name(prefix, f.name)
+        name = f.metadata.get("env") or env_name(prefix, f.name)
         if name in env:
             values[f.name] = _parse(f.type, env[name], name)
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,

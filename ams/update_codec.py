@@ -117,15 +117,16 @@ def apply_update(flat: np.ndarray, held_version: int, update: SparseUpdate) -> n
 
 
 def encode_snapshot(session_id: str, version: int, architecture: str, config: dict,
-                    model: torch.nn.Module) -> streaming_pb2.ModelSnapshot:
-    """The whole model (state_dict as float32 tensors) with the config and version to rebuild it."""
-    state = model.state_dict()
+                    state: dict[str, torch.Tensor], param_names: list[str]) -> streaming_pb2.ModelSnapshot:
+    """The whole model (state_dict as float32 tensors) with the config and version to rebuild it.
+    `param_names` lists the parameters in `model.parameters()` order, for the checksum."""
+    flat = np.concatenate([state[n].detach().cpu().numpy().astype(np.float32).ravel() for n in param_names])
     return streaming_pb2.ModelSnapshot(
         session_id=session_id, version=version,
         student=streaming_pb2.StudentSpec(architecture=architecture, config_json=json.dumps(config, sort_keys=True)),
         names=list(state.keys()),
         tensors=[to_tensor(t.detach().cpu().numpy()) for t in state.values()],
-        params_sha256=parameter_checksum(flat_parameters(model)))
+        params_sha256=parameter_checksum(flat))
 
 
 def decode_snapshot(msg: streaming_pb2.ModelSnapshot) -> tuple[str, dict, dict[str, torch.Tensor]]:

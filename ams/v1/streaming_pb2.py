@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ams.v1 import common_pb2 as ams_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ms/v1/streaming.proto\x12\x06\x61ms.v1\x1a\x13\x61ms/v1/common.proto\"8\n\x0bStudentSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\"\xa1\x01\n\rModelSnapshot\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x07student\x18\x03 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\r\n\x05names\x18\x04 \x03(\t\x12\x1f\n\x07tensors\x18\x05 \x03(\x0b\x32\x0e.ams.v1.Tensor\x12\x15\n\rparams_sha256\x18\x06 \x01(\x0c\"\xc7\x01\n\x0bModelUpdate\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x13\n\x0bnew_version\x18\x03 \x01(\x03\x12\x12\n\nnum_params\x18\x04 \x01(\x03\x12\x15\n\rindex_mask_gz\x18\x05 \x01(\x0c\x12\x12\n\nvalues_f16\x18\x06 \x01(\x0c\x12\x15\n\rparams_sha256\x18\x07 \x01(\x0c\x12\r\n\x05phase\x18\x08 \x01(\x03\x12\x14\n\x0cvideo_time_s\x18\t \x01(\x01\"?\n\x07\x43ontrol\x12\x19\n\x11sampling_rate_fps\x18\x01 \x01(\x01\x12\x19\n\x11update_interval_s\x18\x02 \x01(\x01\"\xa9\x01\n\rServerMessage\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x13.ams.v1.ModelUpdateH\x00\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshotH\x00\x12\"\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.ControlH\x00\x12\x1a\n\x12processed_clip_seq\x18\n \x01(\x03\x42\x06\n\x04\x62ody\"k\n\x12OpenSessionRequest\x12$\n\x07student\x18\x01 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\x19\n\x11resume_session_id\x18\x02 \x01(\t\x12\x14\n\x0cheld_version\x18\x03 \x01(\x03\"\x85\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshot\x12 \n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.Control\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\"\\\n\x11UploadClipRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lip_seq\x18\x02 \x01(\x03\x12!\n\x04\x63lip\x18\x03 \x01(\x0b\x32\x13.ams.v1.EncodedClip\"F\n\x12UploadClipResponse\x12\x17\n\x0f\x66rames_accepted\x18\x01 \x01(\x05\x12\x17\n\x0f\x66rames_buffered\x18\x02 \x01(\x05\"@\n\x14StreamUpdatesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cheld_version\x18\x02 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse2\xb0\x02\n\x0eModelStreaming\x12\x46\n\x0bOpenSession\x12\x1a.ams.v1.OpenSessionRequest\x1a\x1b.ams.v1.OpenSessionResponse\x12\x43\n\nUploadClip\x12\x19.ams.v1.UploadClipRequest\x1a\x1a.ams.v1.UploadClipResponse\x12\x46\n\rStreamUpdates\x12\x1c.ams.v1.StreamUpdatesRequest\x1a\x15.ams.v1.ServerMessage0\x01\x12I\n\x0c\x43loseSession\x12\x1b.ams.v1.CloseSessionRequest\x1a\x1c.ams.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ms/v1/streaming.proto\x12\x06\x61ms.v1\x1a\x13\x61ms/v1/common.proto\"L\n\x0bStudentSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"\xa1\x01\n\rModelSnapshot\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x07student\x18\x03 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\r\n\x05names\x18\x04 \x03(\t\x12\x1f\n\x07tensors\x18\x05 \x03(\x0b\x32\x0e.ams.v1.Tensor\x12\x15\n\rparams_sha256\x18\x06 \x01(\x0c\"\xc7\x01\n\x0bModelUpdate\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x13\n\x0bnew_version\x18\x03 \x01(\x03\x12\x12\n\nnum_params\x18\x04 \x01(\x03\x12\x15\n\rindex_mask_gz\x18\x05 \x01(\x0c\x12\x12\n\nvalues_f16\x18\x06 \x01(\x0c\x12\x15\n\rparams_sha256\x18\x07 \x01(\x0c\x12\r\n\x05phase\x18\x08 \x01(\x03\x12\x14\n\x0cvideo_time_s\x18\t \x01(\x01\"?\n\x07\x43ontrol\x12\x19\n\x11sampling_rate_fps\x18\x01 \x01(\x01\x12\x19\n\x11update_interval_s\x18\x02 \x01(\x01\"\xa9\x01\n\rServerMessage\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x13.ams.v1.ModelUpdateH\x00\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshotH\x00\x12\"\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.ControlH\x00\x12\x1a\n\x12processed_clip_seq\x18\n \x01(\x03\x42\x06\n\x04\x62ody\"k\n\x12OpenSessionRequest\x12$\n\x07student\x18\x01 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\x19\n\x11resume_session_id\x18\x02 \x01(\t\x12\x14\n\x0cheld_version\x18\x03 \x01(\x03\"\x85\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshot\x12 \n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.Control\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\"\\\n\x11UploadClipRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lip_seq\x18\x02 \x01(\x03\x12!\n\x04\x63lip\x18\x03 \x01(\x0b\x32\x13.ams.v1.EncodedClip\"F\n\x12UploadClipResponse\x12\x17\n\x0f\x66rames_accepted\x18\x01 \x01(\x05\x12\x17\n\x0f\x66rames_buffered\x18\x02 \x01(\x05\"@\n\x14StreamUpdatesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cheld_version\x18\x02 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse2\xb0\x02\n\x0eModelStreaming\x12\x46\n\x0bOpenSession\x12\x1a.ams.v1.OpenSessionRequest\x1a\x1b.ams.v1.OpenSessionResponse\x12\x43\n\nUploadClip\x12\x19.ams.v1.UploadClipRequest\x1a\x1a.ams.v1.UploadClipResponse\x12\x46\n\rStreamUpdates\x12\x1c.ams.v1.StreamUpdatesRequest\x1a\x15.ams.v1.ServerMessage0\x01\x12I\n\x0c\x43loseSession\x12\x1b.ams.v1.CloseSessionRequest\x1a\x1c.ams.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,29 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ams.v1.streaming_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STUDENTSPEC']._serialized_start=55
-  _globals['_STUDENTSPEC']._serialized_end=111
-  _globals['_MODELSNAPSHOT']._serialized_start=114
-  _globals['_MODELSNAPSHOT']._serialized_end=275
-  _globals['_MODELUPDATE']._serialized_start=278
-  _globals['_MODELUPDATE']._serialized_end=477
-  _globals['_CONTROL']._serialized_start=479
-  _globals['_CONTROL']._serialized_end=542
-  _globals['_SERVERMESSAGE']._serialized_start=545
-  _globals['_SERVERMESSAGE']._serialized_end=714
-  _globals['_OPENSESSIONREQUEST']._serialized_start=716
-  _globals['_OPENSESSIONREQUEST']._serialized_end=823
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=826
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=959
-  _globals['_UPLOADCLIPREQUEST']._serialized_start=961
-  _globals['_UPLOADCLIPREQUEST']._serialized_end=1053
-  _globals['_UPLOADCLIPRESPONSE']._serialized_start=1055
-  _globals['_UPLOADCLIPRESPONSE']._serialized_end=1125
-  _globals['_STREAMUPDATESREQUEST']._serialized_start=1127
-  _globals['_STREAMUPDATESREQUEST']._serialized_end=1191
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1193
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1234
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1236
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1258
-  _globals['_MODELSTREAMING']._serialized_start=1261
-  _globals['_MODELSTREAMING']._serialized_end=1565
+  _globals['_STUDENTSPEC']._serialized_end=131
+  _globals['_MODELSNAPSHOT']._serialized_start=134
+  _globals['_MODELSNAPSHOT']._serialized_end=295
+  _globals['_MODELUPDATE']._serialized_start=298
+  _globals['_MODELUPDATE']._serialized_end=497
+  _globals['_CONTROL']._serialized_start=499
+  _globals['_CONTROL']._serialized_end=562
+  _globals['_SERVERMESSAGE']._serialized_start=565
+  _globals['_SERVERMESSAGE']._serialized_end=734
+  _globals['_OPENSESSIONREQUEST']._serialized_start=736
+  _globals['_OPENSESSIONREQUEST']._serialized_end=843
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=846
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=979
+  _globals['_UPLOADCLIPREQUEST']._serialized_start=981
+  _globals['_UPLOADCLIPREQUEST']._serialized_end=1073
+  _globals['_UPLOADCLIPRESPONSE']._serialized_start=1075
+  _globals['_UPLOADCLIPRESPONSE']._serialized_end=1145
+  _globals['_STREAMUPDATESREQUEST']._serialized_start=1147
+  _globals['_STREAMUPDATESREQUEST']._serialized_end=1211
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1213
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1254
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1256
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1278
+  _globals['_MODELSTREAMING']._serialized_start=1281
+  _globals['_MODELSTREAMING']._serialized_end=1585
 # @@protoc_insertion_point(module_scope)

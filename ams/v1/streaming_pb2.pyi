@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StudentSpec(_message.Message):
-    __slots__ = ("architecture", "config_json")
+    __slots__ = ("architecture", "config_json", "checkpoint")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     config_json: str
-    def __init__(self, architecture: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    checkpoint: str
+    def __init__(self, architecture: _Optional[str] = ..., config_json: _Optional[str] = ..., checkpoint: _Optional[str] = ...) -> None: ...
 
 class ModelSnapshot(_message.Message):
     __slots__ = ("session_id", "version", "student", "names", "tensors", "params_sha256")

@@ -1,0 +1,3 @@
+from edge_client.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""`ams-edge`: run an edge device against an AMS trainer on a video (files or a synthetic scene)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+
+import torch
+
+from ams.v1 import streaming_pb2
+from edge_client.evaluation import TeacherLabeler
+from edge_client.link import TrainerLink
+from edge_client.runtime import EdgeOptions, EdgeRuntime
+from edge_client.video_source import VideoSource
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="ams-edge", description=__doc__)
+    p.add_argument("--trainer", default=env("AMS_TRAINER_ADDR", "127.0.0.1:50052"), help="trainer host:port (AMS_TRAINER_ADDR)")
+    p.add_argument("--device-id", default=env("AMS_DEVICE_ID", socket.gethostname()), help="device identity (AMS_DEVICE_ID)")
+    p.add_argument("--video", action="append", required=True,
+                   help="video file, or a synthetic scene spec 'synthetic:seed=1,...'; repeat to play back to back")
+    p.add_argument("--loops", type=int, default=1, help="play the playlist this many times (0 = forever)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video time")
+    p.add_argument("--mode", choices=["replay", "live"], default="replay")
+    p.add_argument("--checkpoint", default=env("AMS_STUDENT_CHECKPOINT", "deeplabv3_mnv2_selfie"),
+                   help="pretrained student the trainer should start from ('' = fresh weights from --arch/--config)")
+    p.add_argument("--arch", default="deeplabv3_mnv2", help="student architecture")
+    p.add_argument("--config", default="", help="student config JSON (with --checkpoint '' )")
+    p.add_argument("--eval-teacher", default=env("AMS_EVAL_TEACHER_ADDR", ""),
+                   help="teacher host:port to score mIoU against (off when empty)")
+    p.add_argument("--eval-every", type=int, default=1, help="score every n-th frame")
+    p.add_argument("--no-baseline", action="store_true", help="do not run the never-updated model for comparison")
+    p.add_argument("--clip-bitrate", type=int, default=200_000, help="H.264 target bitrate of uploaded clips (bit/s)")
+    p.add_argument("--out", default="out/edge", help="directory for summary.json and overlay.mp4")
+    p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--threads", type=int, default=int(env("AMS_EDGE_THREADS", "2")), help="torch threads")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
+                                     config_json="" if args.checkpoint else args.config)
+    link = TrainerLink(args.trainer, args.device_id, spec)
+    labeler = TeacherLabeler(args.eval_teacher) if args.eval_teacher else None
+    try:
+        holder = link.open()
+        size = (holder.config["input_height"], holder.config["input_width"])
+        source = VideoSource(args.video, size, loops=args.loops, max_seconds=args.max_seconds)
+        options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
+                              progress=not args.quiet, baseline=not args.no_baseline,
+                              overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"))
+        summary = EdgeRuntime(link, source, options, labeler).run()
+    finally:
+        link.close()
+        if labeler:
+            labeler.close()
+    summary.update({"device_id": args.device_id, "session_id": link.session_id, "videos": args.video})
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    keys = ("frames", "updates", "uplink_kbps", "downlink_kbps", "edge_fps")
+    print(json.dumps({k: summary[k] for k in keys} | {k: summary[k]["miou"] for k in ("ams", "no_customization") if k in summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

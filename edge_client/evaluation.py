@@ -1,0 +1,59 @@
+"""Accuracy as in the AMS paper: mIoU of the edge's output against the teacher's labels on the same
+frames, from confusion matrices accumulated per class (DESIGN §9)."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from ams.grpc_common import channel_options
+from ams.tensors import encode_frame, from_tensor
+from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+
+class Confusion:
+    """Accumulated (num_classes × num_classes) confusion matrix; rows = label, cols = prediction."""
+
+    def __init__(self, num_classes: int):
+        self.n = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def add(self, pred: np.ndarray, label: np.ndarray) -> None:
+        valid = label < self.n
+        idx = label[valid].astype(np.int64) * self.n + np.clip(pred[valid].astype(np.int64), 0, self.n - 1)
+        self.matrix += np.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
+
+    def iou(self) -> np.ndarray:
+        tp = np.diag(self.matrix).astype(np.float64)
+        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+    def miou(self) -> float:
+        """Mean IoU over the classes that occur in labels or predictions (NaN if none)."""
+        iou = self.iou()
+        return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+
+
+def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
+    c = Confusion(num_classes)
+    c.add(pred, label)
+    return c.miou()
+
+
+class TeacherLabeler:
+    """Synchronous teacher client for evaluation (its traffic is not counted as AMS bandwidth)."""
+
+    def __init__(self, address: str):
+        self._channel = grpc.insecure_channel(address, options=channel_options())
+        self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
+        info = self._stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest(), timeout=60, wait_for_ready=True)
+        self.classes = list(info.classes)
+
+    def label(self, rgb: np.ndarray, timestamp_s: float) -> np.ndarray:
+        request = teacher_pb2.LabelFramesRequest(frames=[encode_frame(rgb, timestamp_s, common_pb2.Frame.RAW_RGB8)])
+        reply = self._stub.LabelFrames(request, timeout=60, wait_for_ready=True)
+        if reply.labels[0].error:
+            raise RuntimeError(f"teacher could not label frame at {timestamp_s:.2f}s: {reply.labels[0].error}")
+        return from_tensor(reply.labels[0].class_map)
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,166 @@
+"""The edge's gRPC link to the trainer: open/resume a session, upload clips, receive updates.
+
+Updates and control messages arrive on a server stream read by a background thread, which applies
+them to the ModelHolder; on UNAVAILABLE it reconnects with backoff and resumes from the version
+the device holds (the trainer catches it up by missed updates or a snapshot).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from ams.grpc_common import channel_options, device_metadata
+from ams.update_codec import UpdateRejected, decode_update
+from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
+from edge_client.model_holder import ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LinkStats:
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0          # updates + control after the first snapshot
+    snapshot_bytes: int = 0          # full models (first contact, catch-up)
+    updates: int = 0
+    update_bytes: list[int] = field(default_factory=list)
+    update_times: list[float] = field(default_factory=list)   # video time of the frame each update arrived at
+    clips: int = 0
+    upload_failures: int = 0
+
+
+class TrainerLink:
+    def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec,
+                 max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0):
+        self.address, self.device_id, self.student, self.timeout_s = address, device_id, student, timeout_s
+        self._channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._stub = streaming_pb2_grpc.ModelStreamingStub(self._channel)
+        self._metadata = device_metadata(device_id)
+        self.stats = LinkStats()
+        self.session_id = ""
+        self.holder: ModelHolder | None = None
+        self.sampling_rate_fps = 1.0
+        self.update_interval_s = 10.0
+        self.processed_clip_seq = 0
+        self.video_time_s = 0.0            # set by the runtime: stamps update arrival for plots
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call = None
+
+    # --- session ----------------------------------------------------------------------------------
+    def open(self) -> ModelHolder:
+        """Open a session (or resume the current one) and start the update stream."""
+        request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
+                                                   held_version=self.holder.version if self.holder else 0)
+        reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=self.timeout_s, wait_for_ready=True)
+        self.stats.snapshot_bytes += reply.ByteSize()
+        self.session_id = reply.session_id
+        self._set_control(reply.control)
+        if reply.HasField("snapshot"):
+            if self.holder is None:
+                self.holder = ModelHolder(reply.snapshot)
+            else:
+                self.holder.load_snapshot(reply.snapshot)
+            self.initial_snapshot = reply.snapshot
+        log.info("session %s (%s) at version %d", self.session_id, "resumed" if reply.resumed else "new", self.holder.version)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._stream_loop, name="ams-updates", daemon=True)
+            self._thread.start()
+        return self.holder
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._call is not None:
+            self._call.cancel()
+        try:
+            if self.session_id:
+                self._stub.CloseSession(streaming_pb2.CloseSessionRequest(session_id=self.session_id),
+                                        metadata=self._metadata, timeout=10)
+        except grpc.RpcError as exc:
+            log.warning("closing session: %s", exc.code())
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._channel.close()
+
+    # --- uplink -----------------------------------------------------------------------------------
+    def upload(self, clip_seq: int, data: bytes, timestamps: list[float], width: int, height: int) -> bool:
+        """Upload one H.264 clip (gRPC retries UNAVAILABLE with backoff); False if it still failed."""
+        request = streaming_pb2.UploadClipRequest(session_id=self.session_id, clip_seq=clip_seq, clip=common_pb2.EncodedClip(
+            codec="h264", data=data, timestamps_s=timestamps, width=width, height=height))
+        try:
+            self._stub.UploadClip(request, metadata=self._metadata, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            self.stats.upload_failures += 1
+            log.warning("upload of clip %d failed: %s %s", clip_seq, exc.code(), exc.details())
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self.open()  # the session expired: start a new one
+            return False
+        self.stats.uplink_bytes += request.ByteSize()
+        self.stats.clips += 1
+        return True
+
+    def wait_processed(self, clip_seq: int, timeout_s: float = 600.0) -> bool:
+        """Block until the trainer has trained on clip `clip_seq` and its update (if any) is applied."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.processed_clip_seq >= clip_seq or self._stop.is_set(), timeout_s)
+
+    # --- downlink ---------------------------------------------------------------------------------
+    def _set_control(self, control: streaming_pb2.Control) -> None:
+        if control.sampling_rate_fps > 0:
+            self.sampling_rate_fps = control.sampling_rate_fps
+        if control.update_interval_s > 0:
+            self.update_interval_s = control.update_interval_s
+
+    def _handle(self, message: streaming_pb2.ServerMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "update":
+            self.stats.downlink_bytes += message.ByteSize()
+            try:
+                ok = self.holder.apply(decode_update(message.update))
+            except UpdateRejected as exc:
+                log.warning("corrupt update refused: %s", exc)
+                self.holder.updates_rejected += 1
+                ok = False
+            if ok:
+                self.stats.updates += 1
+                self.stats.update_bytes.append(message.ByteSize())
+                self.stats.update_times.append(self.video_time_s)
+        elif kind == "snapshot":
+            self.stats.snapshot_bytes += message.ByteSize()
+            self.holder.load_snapshot(message.snapshot)
+        elif kind == "control":
+            self.stats.downlink_bytes += message.ByteSize()
+            self._set_control(message.control)
+        with self._cond:
+            self.processed_clip_seq = max(self.processed_clip_seq, message.processed_clip_seq)
+            self._cond.notify_all()
+
+    def _stream_loop(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                self._call = self._stub.StreamUpdates(
+                    streaming_pb2.StreamUpdatesRequest(session_id=self.session_id, held_version=self.holder.version),
+                    metadata=self._metadata, wait_for_ready=True)
+                for message in self._call:
+                    self._handle(message)
+                    backoff = 0.2
+                if self._stop.is_set():
+                    return
+            except grpc.RpcError as exc:
+                if self._stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                log.warning("update stream: %s %s; reconnecting", exc.code(), exc.details())
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    try:
+                        self.open()
+                    except grpc.RpcError:
+                        pass
+            time.sleep(backoff * (1 + random.random()))   # exponential backoff with jitter
+            backoff = min(backoff * 2, 5.0)

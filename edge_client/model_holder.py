@@ -1,0 +1,69 @@
+"""Two copies of the student: updates go to the inactive one, then an atomic swap (AMS §3, "Edge device").
+
+Inference reads `active` without locks (a reference swap is atomic in CPython); the update path
+takes `_lock` so updates apply one at a time. A corrupt or mis-based update is refused and the last
+good model is kept.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+
+import numpy as np
+import torch
+
+from ams.update_codec import (SparseUpdate, UpdateRejected, apply_update, decode_snapshot, flat_parameters,
+                              load_flat_parameters, parameter_checksum)
+from ams.v1 import streaming_pb2
+from edge_client.models import build_student
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    def __init__(self, snapshot: streaming_pb2.ModelSnapshot):
+        self._lock = threading.Lock()
+        self.updates_applied = 0
+        self.updates_rejected = 0
+        self.load_snapshot(snapshot)
+
+    def load_snapshot(self, snapshot: streaming_pb2.ModelSnapshot) -> None:
+        """Replace both copies with a full snapshot (first contact, or catch-up)."""
+        architecture, config, state = decode_snapshot(snapshot)
+        model = build_student(architecture, config)
+        model.load_state_dict(state)
+        model.eval()
+        flat = flat_parameters(model)
+        if snapshot.params_sha256 and parameter_checksum(flat) != snapshot.params_sha256:
+            raise UpdateRejected("snapshot checksum mismatch")
+        with self._lock:
+            self.architecture, self.config = architecture, config
+            self._inactive = copy.deepcopy(model)
+            self.active = model
+            self.flat = flat
+            self.version = snapshot.version
+
+    def apply(self, update: SparseUpdate) -> bool:
+        """Apply to the inactive copy and swap. False (and nothing changes) when refused; idempotent."""
+        with self._lock:
+            if update.new_version <= self.version and update.base_version < self.version:
+                return True  # already applied (re-delivery)
+            try:
+                new_flat = apply_update(self.flat, self.version, update)
+            except UpdateRejected as exc:
+                self.updates_rejected += 1
+                log.warning("update v%d->v%d refused: %s", update.base_version, update.new_version, exc)
+                return False
+            load_flat_parameters(self._inactive, new_flat)
+            self.active, self._inactive = self._inactive, self.active   # the swap
+            self.flat, self.version = new_flat, update.new_version
+            self.updates_applied += 1
+            return True
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (H, W) uint8 class map with the active model."""
+        model = self.active
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+        return model(x)[0].argmax(0).to(torch.uint8).numpy()

@@ -1,0 +1,170 @@
+"""The edge main loop: segment every frame, sample and upload, hot-swap updates (DESIGN §1, §8).
+
+replay: frames as fast as possible; at each T_update boundary the edge uploads the interval's clip
+        and waits for the update trained on it, so runs are deterministic and comparable.
+live:   frames paced at capture time; frames the model cannot keep up with are dropped (counted);
+        encoding and upload run on a background thread, overlapping the trainer's work.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ams.video import encode_clip
+from edge_client.evaluation import Confusion, TeacherLabeler, frame_miou
+from edge_client.link import TrainerLink
+from edge_client.model_holder import ModelHolder
+from edge_client.overlay import OverlayWriter
+from edge_client.sampler import IntervalSampler
+from edge_client.video_source import VideoSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EdgeOptions:
+    mode: str = "replay"                 # replay | live
+    eval_every: int = 1                  # evaluate every n-th frame (0 = off)
+    clip_bitrate: int = 200_000
+    progress: bool = True
+    overlay_path: str | None = None
+    baseline: bool = True                # also run the never-updated w0 on evaluated frames
+
+
+@dataclass
+class EvalSeries:
+    t: list[float] = field(default_factory=list)
+    ams: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+
+
+class EdgeRuntime:
+    def __init__(self, link: TrainerLink, source: VideoSource, options: EdgeOptions, labeler: TeacherLabeler | None = None):
+        self.link, self.source, self.opt, self.labeler = link, source, options, labeler
+        self.latencies_ms: list[float] = []
+        self.dropped = 0
+        self.series = EvalSeries()
+        self._uploads: queue.Queue = queue.Queue()
+        self._clip_seq = 0
+
+    # --- uplink -----------------------------------------------------------------------------------
+    def _upload_worker(self) -> None:
+        while (item := self._uploads.get()) is not None:
+            self._send_clip(*item)
+
+    def _send_clip(self, seq: int, frames: list[np.ndarray], timestamps: list[float]) -> None:
+        data = encode_clip(frames, bit_rate=self.opt.clip_bitrate)
+        h, w = frames[0].shape[:2]
+        for attempt in range(3):  # gRPC already retried UNAVAILABLE; this covers longer outages
+            if self.link.upload(seq, data, timestamps, w, h):
+                return
+            time.sleep(1.0 + attempt)
+        log.error("clip %d dropped after retries", seq)
+
+    def _flush_interval(self, sampler: IntervalSampler) -> None:
+        frames, timestamps = sampler.take(self.link.sampling_rate_fps, self.link.update_interval_s)
+        if not frames:
+            return
+        self._clip_seq += 1
+        if self.opt.mode == "replay":
+            self._send_clip(self._clip_seq, frames, timestamps)
+            self.link.wait_processed(self._clip_seq)
+        else:
+            self._uploads.put((self._clip_seq, frames, timestamps))
+
+    # --- main loop --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        holder = self.link.holder
+        baseline = ModelHolder(self.link.initial_snapshot) if (self.labeler and self.opt.baseline) else None
+        num_classes = len(self.labeler.classes) if self.labeler else 0
+        conf_ams, conf_base = Confusion(max(num_classes, 2)), Confusion(max(num_classes, 2))
+        sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s)
+        uploader = threading.Thread(target=self._upload_worker, daemon=True) if self.opt.mode == "live" else None
+        if uploader:
+            uploader.start()
+        overlay = None
+        wall0, t0, frames, last_print, video_t = time.perf_counter(), None, 0, 0.0, 0.0
+        for frame in self.source:
+            video_t = frame.timestamp_s
+            self.link.video_time_s = video_t
+            if t0 is None:
+                t0 = video_t
+            if self.opt.mode == "live":
+                ahead = (video_t - t0) - (time.perf_counter() - wall0)
+                if ahead > 0:
+                    time.sleep(ahead)
+                elif -ahead > 0.1:   # more than 100 ms behind capture: drop the frame
+                    self.dropped += 1
+                    continue
+            started = time.perf_counter()
+            pred = holder.predict(frame.rgb)
+            self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            frames += 1
+            if self.labeler and self.opt.eval_every and frame.index % self.opt.eval_every == 0:
+                label = self.labeler.label(frame.rgb, video_t)
+                conf_ams.add(pred, label)
+                self.series.t.append(video_t)
+                self.series.ams.append(frame_miou(pred, label, num_classes))
+                if baseline:
+                    base_pred = baseline.predict(frame.rgb)
+                    conf_base.add(base_pred, label)
+                    self.series.baseline.append(frame_miou(base_pred, label, num_classes))
+            if self.opt.overlay_path:
+                if overlay is None:
+                    overlay = OverlayWriter(self.opt.overlay_path, frame.rgb.shape[1], frame.rgb.shape[0])
+                overlay.write(frame.rgb, pred, f"t={video_t:5.1f}s v{holder.version}")
+            sampler.offer(video_t, frame.rgb)
+            if sampler.interval_done(video_t):
+                self._flush_interval(sampler)
+            if self.opt.progress and time.perf_counter() - last_print > 0.5:
+                last_print = time.perf_counter()
+                self._print_progress(frames, video_t - t0, holder.version)
+        if uploader:
+            self._uploads.put(None)
+            uploader.join()
+        if overlay:
+            overlay.close()
+        if self.opt.progress:
+            self._print_progress(frames, video_t - (t0 or 0), holder.version)
+            sys.stderr.write("\n")
+        return self._summary(frames, video_t - (t0 or 0), conf_ams, conf_base if baseline else None, time.perf_counter() - wall0)
+
+    def _print_progress(self, frames: int, video_s: float, version: int) -> None:
+        s = self.link.stats
+        lat = np.mean(self.latencies_ms[-50:]) if self.latencies_ms else 0.0
+        dur = max(video_s, 1e-6)
+        sys.stderr.write(f"\rframe {frames:5d}  t={video_s:6.1f}s  {1000 / max(lat, 1e-6):5.1f} fps  model v{version:<3d} "
+                         f"up {s.uplink_bytes * 8 / 1000 / dur:6.1f} Kbps  down {s.downlink_bytes * 8 / 1000 / dur:6.1f} Kbps"
+                         f"  dropped {self.dropped}")
+        sys.stderr.flush()
+
+    def _summary(self, frames: int, video_s: float, conf_ams: Confusion, conf_base: Confusion | None, wall_s: float) -> dict:
+        s, lat = self.link.stats, np.array(self.latencies_ms or [0.0])
+        dur = max(video_s, 1e-6)
+        out = {
+            "mode": self.opt.mode, "frames": frames, "dropped_frames": self.dropped, "video_seconds": round(video_s, 3),
+            "wall_seconds": round(wall_s, 2), "updates": s.updates, "updates_rejected": self.link.holder.updates_rejected,
+            "final_version": self.link.holder.version, "clips_uploaded": s.clips,
+            "uplink_kbps": s.uplink_bytes * 8 / 1000 / dur, "downlink_kbps": s.downlink_bytes * 8 / 1000 / dur,
+            "uplink_bytes": s.uplink_bytes, "downlink_bytes": s.downlink_bytes, "snapshot_bytes": s.snapshot_bytes,
+            "mean_update_bytes": float(np.mean(s.update_bytes)) if s.update_bytes else 0.0,
+            "update_times_s": s.update_times,
+            "edge_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                                "mean": float(lat.mean())},
+            "edge_fps": 1000.0 / float(lat.mean()) if lat.mean() > 0 else 0.0,
+            "sampling_rate_fps": self.link.sampling_rate_fps, "update_interval_s": self.link.update_interval_s,
+        }
+        if self.labeler:
+            out["ams"] = {"miou": conf_ams.miou(), "iou_per_class": dict(zip(self.labeler.classes, conf_ams.iou().tolist()))}
+            out["series"] = {"t": self.series.t, "ams": self.series.ams}
+            if conf_base is not None:
+                out["no_customization"] = {"miou": conf_base.miou(),
+                                           "iou_per_class": dict(zip(self.labeler.classes, conf_base.iou().tolist()))}
+                out["series"]["no_customization"] = self.series.baseline
+        return out

@@ -1,0 +1,80 @@
+"""Video sources: files read with PyAV (a playlist, optionally looped) or a synthetic scene.
+
+Frames come out resized to the model's input size with capture timestamps in video seconds that
+keep increasing across files and loops (the algorithm's clock, DESIGN §8).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import av
+import cv2
+import numpy as np
+
+from ams.synthetic import SyntheticScene
+
+
+@dataclass
+class Frame:
+    index: int
+    timestamp_s: float
+    rgb: np.ndarray      # (H, W, 3) uint8 at the model's input size
+    source: str
+
+
+def _file_frames(path: str) -> Iterator[tuple[float, np.ndarray]]:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or 25)
+        for i, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) if frame.time is not None else i / rate
+            yield t, frame.to_ndarray(format="rgb24")
+
+
+def file_duration(path: str) -> float:
+    """Duration of a video file in seconds (frame count / rate when the container lacks it)."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or 25)
+        if stream.frames:
+            return stream.frames / rate
+        return sum(1 for _ in container.decode(stream)) / rate
+
+
+class VideoSource:
+    """Plays `paths` back to back (`loops` times; 0 = forever), or a synthetic scene spec."""
+
+    def __init__(self, paths: list[str], size_hw: tuple[int, int], loops: int = 1, max_seconds: float | None = None):
+        if not paths:
+            raise ValueError("no video given")
+        self.paths, self.size_hw, self.loops, self.max_seconds = paths, size_hw, loops, max_seconds
+
+    def _resize(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = self.size_hw
+        if rgb.shape[:2] == (h, w):
+            return rgb
+        return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+    def __iter__(self) -> Iterator[Frame]:
+        index, offset, loop = 0, 0.0, 0
+        while self.loops == 0 or loop < self.loops:
+            for path in self.paths:
+                if path.startswith("synthetic:"):
+                    scene = SyntheticScene.from_spec(path)
+                    items = ((i / scene.fps, scene.render(i / scene.fps)[0]) for i in range(scene.num_frames))
+                    period = 1.0 / scene.fps
+                else:
+                    items, period = _file_frames(path), None
+                last_t = 0.0
+                for t, rgb in items:
+                    if self.max_seconds is not None and offset + t >= self.max_seconds:
+                        return
+                    yield Frame(index, offset + t, self._resize(rgb), path)
+                    index += 1
+                    last_t = t
+                    if period is None:
+                        period = 1.0 / 25
+                offset += last_t + (period or 0.04)
+            loop += 1

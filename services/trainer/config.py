@@ -1,0 +1,57 @@
+"""Trainer service configuration (AMS_* environment variables, CLI overrides)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ams.config import ConfigError
+
+
+def _f(default, help_: str, env: str | None = None):
+    return field(default=default, metadata={"help": help_, **({"env": env} if env else {})})
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    host: str = _f("0.0.0.0", "address to bind", "AMS_TRAINER_HOST")
+    port: int = _f(50052, "gRPC port (0 = any free port)", "AMS_TRAINER_PORT")
+    metrics_port: int = _f(9102, "Prometheus /metrics port (0 = off)", "AMS_TRAINER_METRICS_PORT")
+    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis holding frame buffers and session state")
+    teacher_addr: str = _f("127.0.0.1:50051", "teacher service host:port")
+    checkpoint_dir: str = _f("assets/students", "directory of pretrained student checkpoints (*.pt)")
+    # Algorithm 1 / 2 (AMS paper defaults)
+    t_update_s: float = _f(10.0, "T_update: seconds of video between model updates (τ_min of ATR)")
+    t_horizon_s: float = _f(240.0, "T_horizon: seconds of video the training buffer keeps")
+    k_iters: int = _f(20, "K: Adam iterations per training phase")
+    lr: float = _f(1e-3, "Adam learning rate α")
+    beta1: float = _f(0.9, "Adam β1")
+    beta2: float = _f(0.999, "Adam β2")
+    gamma: float = _f(0.05, "γ: fraction of parameters sent per update")
+    batch_size: int = _f(4, "frames per mini-batch S_k")
+    # ASR (§3.2) and ATR (App. D)
+    r_init: float = _f(1.0, "initial sampling rate (fps)")
+    r_min: float = _f(0.1, "minimum sampling rate (fps)")
+    r_max: float = _f(1.0, "maximum sampling rate (fps)")
+    asr_eta: float = _f(2.0, "η_r: ASR step size (fps per unit of φ)")
+    phi_target: float = _f(0.1, "φ_target: target φ-score")
+    asr_delta_t_s: float = _f(10.0, "δt: seconds of video between rate decisions")
+    atr: bool = _f(True, "adapt T_update (slowdown mode for stationary scenes)")
+    atr_delta_s: float = _f(2.0, "Δ: T_update growth per decision in slowdown mode")
+    atr_max_s: float = _f(60.0, "largest T_update in slowdown mode")
+    # limits and operations
+    session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
+    max_sessions: int = _f(16, "sessions served at once")
+    max_clip_frames: int = _f(256, "frames in one uploaded clip")
+    max_message_mb: int = _f(64, "gRPC message size limit")
+    torch_threads: int = _f(2, "intra-op threads for training")
+    seed: int = _f(0, "seed for I_1 and mini-batch sampling")
+    updates_kept: int = _f(32, "updates kept per session for catch-up after a reconnect")
+
+    def validate(self) -> None:
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"AMS_GAMMA={self.gamma} must be in (0, 1]")
+        if self.k_iters < 1 or self.batch_size < 1:
+            raise ConfigError("AMS_K_ITERS and AMS_BATCH_SIZE must be ≥ 1")
+        if not 0 < self.r_min <= self.r_init <= self.r_max:
+            raise ConfigError("need 0 < AMS_R_MIN ≤ AMS_R_INIT ≤ AMS_R_MAX")
+        if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
+            raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")

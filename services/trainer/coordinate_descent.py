@@ -1,0 +1,85 @@
+"""Gradient-guided coordinate descent with Adam — AMS Algorithm 2 (Khani et al., ICCV 2021, §3.1.2).
+
+All state lives on the flattened parameter vector (torch `parameters_to_vector` order).
+Moments m, v and the update u are computed for EVERY parameter; only those in I_n move.
+I_n is the γ fraction with the largest |u_{n-1}| (the last Adam update of the previous phase);
+in the first phase it is drawn uniformly at random.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class AdamCDState:
+    """Optimizer state carried across training phases (never reset between phases)."""
+
+    m: torch.Tensor                     # (P,) first moment
+    v: torch.Tensor                     # (P,) second moment
+    u: torch.Tensor | None = None       # (P,) last full Adam update u_{n-1}; None before the first phase
+    step: int = 0                       # Adam's global step count i
+
+    @classmethod
+    def zeros(cls, num_params: int) -> "AdamCDState":
+        return cls(torch.zeros(num_params), torch.zeros(num_params))
+
+
+@dataclass(frozen=True)
+class AdamCDConfig:
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    gamma: float = 0.05                 # fraction of parameters updated per phase
+    iterations: int = 20                # K
+
+
+def select_indices(state: AdamCDState, num_params: int, gamma: float, rng: np.random.Generator) -> np.ndarray:
+    """Line 1: I_n = top-γ by |u_{n-1}|, or uniformly random in the first phase. Sorted int64."""
+    k = max(1, int(round(gamma * num_params)))
+    if state.u is None:
+        chosen = rng.choice(num_params, size=k, replace=False)
+    else:
+        chosen = torch.topk(state.u.abs(), k, sorted=False).indices.numpy()
+    return np.sort(chosen.astype(np.int64))
+
+
+def adam_cd_step(w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, state: AdamCDState, cfg: AdamCDConfig) -> None:
+    """Lines 9–13 for one iteration, in place on w (P,), given the full gradient g (P,) and 0/1 mask (P,)."""
+    state.m.mul_(cfg.beta1).add_(g, alpha=1 - cfg.beta1)
+    state.v.mul_(cfg.beta2).addcmul_(g, g, value=1 - cfg.beta2)
+    state.step += 1
+    i = state.step
+    scale = cfg.lr * (1 - cfg.beta2 ** i) ** 0.5 / (1 - cfg.beta1 ** i)
+    u = scale * state.m / (state.v.sqrt() + cfg.eps)
+    w.sub_(u * mask)
+    state.u = u
+
+
+def train_phase(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor], state: AdamCDState,
+                cfg: AdamCDConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """One training phase of Algorithm 2: K masked Adam iterations. Returns (I_n, per-iteration losses).
+
+    `loss_fn(model)` draws a fresh mini-batch S_k and returns the loss L(S_k; w).
+    """
+    params = [p for p in model.parameters()]
+    num_params = sum(p.numel() for p in params)
+    indices = select_indices(state, num_params, cfg.gamma, rng)
+    mask = torch.zeros(num_params)
+    mask[torch.from_numpy(indices)] = 1.0
+    losses = []
+    for _ in range(cfg.iterations):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        with torch.no_grad():
+            g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            w = torch.nn.utils.parameters_to_vector(params)
+            adam_cd_step(w, g, mask, state, cfg)
+            torch.nn.utils.vector_to_parameters(w, params)
+    return indices, losses

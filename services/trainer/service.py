@@ -1,0 +1,102 @@
+"""ModelStreaming gRPC servicer (thin: decode request, call SessionManager, encode reply) and create_server."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from ams import errors
+from ams.grpc_common import (add_health_and_reflection, device_id_of, grpc_errors, server_options, set_serving,
+                             status_code_for)
+from ams.update_codec import encode_snapshot
+from ams.v1 import streaming_pb2, streaming_pb2_grpc
+from services.trainer import metrics
+from services.trainer.config import TrainerConfig
+from services.trainer.manager import Event, SessionManager
+from services.trainer.session import Control, Session
+from services.trainer.store import RedisSessionStore
+from services.trainer.teacher_client import TeacherClient
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"].full_name
+
+
+def _count(method: str, code: grpc.StatusCode) -> None:
+    metrics.REQUESTS.labels(method, code.name).inc()
+
+
+def control_pb(control: Control) -> streaming_pb2.Control:
+    return streaming_pb2.Control(sampling_rate_fps=control.sampling_rate_fps, update_interval_s=control.update_interval_s)
+
+
+def snapshot_pb(session: Session) -> streaming_pb2.ModelSnapshot:
+    version, state = session.state_dict_copy()
+    names = [n for n, _ in session.model.named_parameters()]
+    return encode_snapshot(session.sid, version, session.architecture, session.student_config, state, names)
+
+
+class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
+    def __init__(self, manager: SessionManager):
+        self.manager = manager
+
+    @grpc_errors(_count)
+    async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> streaming_pb2.OpenSessionResponse:
+        device_id = device_id_of(context)
+        session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id)
+        reply = streaming_pb2.OpenSessionResponse(session_id=session.sid, control=control_pb(session.control()),
+                                                  resumed=resumed)
+        if not resumed:
+            reply.snapshot.CopyFrom(snapshot_pb(session))
+        metrics.UPDATE_BYTES.inc(reply.ByteSize())
+        return reply
+
+    @grpc_errors(_count)
+    async def UploadClip(self, request: streaming_pb2.UploadClipRequest, context) -> streaming_pb2.UploadClipResponse:
+        session = await self.manager.get(request.session_id, device_id_of(context))
+        accepted, buffered = await self.manager.upload(session, request.clip_seq, request.clip.codec,
+                                                       request.clip.data, list(request.clip.timestamps_s))
+        return streaming_pb2.UploadClipResponse(frames_accepted=accepted, frames_buffered=buffered)
+
+    async def StreamUpdates(self, request: streaming_pb2.StreamUpdatesRequest, context):
+        try:
+            session = await self.manager.get(request.session_id, device_id_of(context))
+            async for event in self.manager.subscribe(session, request.held_version):
+                message = self._message(session, event)
+                metrics.UPDATE_BYTES.inc(message.ByteSize())
+                yield message
+            _count("StreamUpdates", grpc.StatusCode.OK)
+        except errors.AMSError as exc:
+            _count("StreamUpdates", status_code_for(exc))
+            await context.abort(status_code_for(exc), str(exc))
+
+    @staticmethod
+    def _message(session: Session, event: Event) -> streaming_pb2.ServerMessage:
+        message = streaming_pb2.ServerMessage(processed_clip_seq=event.processed_clip_seq)
+        if event.kind == "update":
+            message.update.CopyFrom(event.update)
+        elif event.kind == "snapshot":
+            message.snapshot.CopyFrom(snapshot_pb(session))
+        else:
+            message.control.CopyFrom(control_pb(event.control))
+        return message
+
+    @grpc_errors(_count)
+    async def CloseSession(self, request: streaming_pb2.CloseSessionRequest, context) -> streaming_pb2.CloseSessionResponse:
+        await self.manager.close(request.session_id, device_id_of(context))
+        return streaming_pb2.CloseSessionResponse()
+
+
+async def create_server(config: TrainerConfig, store: RedisSessionStore | None = None,
+                        teacher: TeacherClient | None = None) -> tuple[grpc.aio.Server, int, SessionManager]:
+    """Build and start the trainer on config.host:config.port; returns (server, bound port, manager)."""
+    store = store or RedisSessionStore(config.redis_url, config.session_ttl_s, config.updates_kept)
+    teacher = teacher or TeacherClient(config.teacher_addr)
+    manager = SessionManager(config, store, teacher)
+    server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    streaming_pb2_grpc.add_ModelStreamingServicer_to_server(ModelStreamingServicer(manager), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    manager.start()
+    await server.start()
+    manager.watch(lambda ok: set_serving(health, [SERVICE_NAME], ok))
+    return server, port, manager

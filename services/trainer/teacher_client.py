@@ -1,0 +1,47 @@
+"""Async client of the teacher service, used by the trainer's inference phase."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from ams import errors
+from ams.grpc_common import channel_options
+from ams.tensors import encode_frame, from_tensor
+from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class TeacherClient:
+    def __init__(self, address: str, timeout_s: float = 30.0, chunk: int = 32):
+        self.address, self.timeout_s, self.chunk = address, timeout_s, chunk
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def label(self, frames: list[np.ndarray], timestamps: list[float]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """(class map, probabilities) per frame, or None for a frame the teacher could not label.
+        Raises Unavailable when the teacher cannot be reached (the caller's request may be retried)."""
+        out: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for start in range(0, len(frames), self.chunk):
+            request = teacher_pb2.LabelFramesRequest(want_probabilities=True, frames=[
+                encode_frame(f, t, common_pb2.Frame.RAW_RGB8)
+                for f, t in zip(frames[start:start + self.chunk], timestamps[start:start + self.chunk])])
+            try:
+                reply = await self._stub.LabelFrames(request, timeout=self.timeout_s, wait_for_ready=False)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise errors.Unavailable(f"teacher at {self.address}: {exc.code().name}: {exc.details()}") from exc
+                raise errors.Unavailable(f"teacher failed: {exc.code().name}: {exc.details()}") from exc
+            for label in reply.labels:
+                if label.error:
+                    log.warning("teacher could not label a frame: %s", label.error)
+                    out.append(None)
+                else:
+                    out.append((from_tensor(label.class_map), from_tensor(label.probabilities).astype(np.float32)))
+        return out

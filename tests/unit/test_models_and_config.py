@@ -1,0 +1,38 @@
+"""Student definitions, the model registry and service configuration."""
+import pytest
+import torch
+
+from ams.config import ConfigError, load_config
+from edge_client.models import build_student
+from services.trainer.config import TrainerConfig
+
+
+def test_deeplab_mnv2_has_about_2_1m_parameters_at_19_classes():
+    model = build_student("deeplabv3_mnv2", {"num_classes": 19})
+    n = sum(p.numel() for p in model.parameters())
+    assert 2.0e6 < n < 2.2e6
+
+
+def test_student_output_shape():
+    model = build_student("deeplabv3_mnv2", {"num_classes": 3, "width_mult": 0.25, "aspp_channels": 16}).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 40, 56)).shape == (2, 3, 40, 56)
+
+
+def test_unknown_architecture_or_field_is_refused():
+    with pytest.raises(ValueError, match="unknown student architecture"):
+        build_student("resnet9000", {})
+    with pytest.raises(ValueError, match="unknown config fields"):
+        build_student("deeplabv3_mnv2", {"depth": 3})
+
+
+def test_config_from_env_and_flags():
+    cfg = load_config(TrainerConfig, "AMS_", ["--k-iters", "7"], env={"AMS_GAMMA": "0.1", "AMS_TRAINER_PORT": "1234"})
+    assert (cfg.gamma, cfg.port, cfg.k_iters) == (0.1, 1234, 7)
+
+
+def test_invalid_config_is_a_clear_error():
+    with pytest.raises(ConfigError, match="AMS_GAMMA"):
+        load_config(TrainerConfig, "AMS_", [], env={"AMS_GAMMA": "2"})
+    with pytest.raises(ConfigError, match="not a valid"):
+        load_config(TrainerConfig, "AMS_", [], env={"AMS_K_ITERS": "many"})

@@ -1,0 +1,123 @@
+"""Sparse-update codec: round trip, idempotence, and refusal of corrupt or mis-based updates."""
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from ams.update_codec import (UpdateRejected, apply_update, decode_snapshot, decode_update, encode_snapshot,
+                              encode_update, flat_parameters, make_update, parameter_checksum, round_to_float16)
+from edge_client.model_holder import ModelHolder
+from edge_client.models import build_student, student_config_dict
+
+TINY = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "input_height": 32, "input_width": 48}
+
+
+def _update(flat, base=3, new=4, frac=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    after = flat.copy()
+    idx = np.sort(rng.choice(flat.size, int(frac * flat.size), replace=False))
+    after[idx] += rng.normal(0, 0.1, idx.size).astype(np.float32)
+    round_to_float16(after, idx)
+    return after, make_update("s1", base, new, after, idx, phase=2, video_time_s=12.5)
+
+
+def test_round_trip_reproduces_parameters_bit_exactly():
+    flat = np.random.default_rng(1).normal(size=10_000).astype(np.float32)
+    after, upd = _update(flat)
+    msg = encode_update(upd)
+    back = decode_update(type(msg).FromString(msg.SerializeToString()))
+    assert back.base_version == 3 and back.new_version == 4 and back.phase == 2 and back.video_time_s == 12.5
+    np.testing.assert_array_equal(back.indices, upd.indices)
+    result = apply_update(flat, 3, back)
+    assert parameter_checksum(result) == parameter_checksum(after)
+    np.testing.assert_array_equal(result, after)
+
+
+def test_wire_size_is_gamma_p_times_two_plus_compressed_mask():
+    flat = np.zeros(200_000, dtype=np.float32)
+    _, upd = _update(flat, frac=0.05)
+    msg = encode_update(upd)
+    assert len(msg.values_f16) == 2 * 10_000
+    # a 5 % bitmask carries H(0.05) ≈ 0.29 bit per parameter; gzip gets within 2x of that
+    assert len(msg.index_mask_gz) < 0.29 * 200_000 / 8 * 2
+    assert len(gzip.decompress(msg.index_mask_gz)) == 200_000 // 8
+
+
+def test_wrong_base_version_is_refused():
+    flat = np.ones(1000, dtype=np.float32)
+    _, upd = _update(flat, base=3)
+    with pytest.raises(UpdateRejected, match="based on version 3"):
+        apply_update(flat, 2, upd)
+
+
+def test_corrupted_values_fail_the_checksum():
+    flat = np.ones(1000, dtype=np.float32)
+    _, upd = _update(flat, frac=0.1)
+    msg = encode_update(upd)
+    values = bytearray(msg.values_f16)
+    values[5] ^= 0x40
+    msg.values_f16 = bytes(values)
+    with pytest.raises(UpdateRejected, match="checksum"):
+        apply_update(flat, 3, decode_update(msg))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("index_mask_gz", b"not gzip at all", "gzip"),
+    ("values_f16", b"\x00\x01", "values"),
+    ("params_sha256", b"short", "SHA-256"),
+    ("num_params", 0, "parameter count"),
+])
+def test_malformed_messages_are_refused(field, value, match):
+    _, upd = _update(np.ones(1000, dtype=np.float32))
+    msg = encode_update(upd)
+    setattr(msg, field, value)
+    with pytest.raises(UpdateRejected, match=match):
+        decode_update(msg)
+
+
+def test_mask_of_wrong_length_is_refused():
+    _, upd = _update(np.ones(1000, dtype=np.float32))
+    msg = encode_update(upd)
+    msg.num_params = 2000
+    with pytest.raises(UpdateRejected, match="mask"):
+        decode_update(msg)
+
+
+def test_unrounded_values_cannot_be_sent():
+    flat = np.full(100, 0.1, dtype=np.float32)   # 0.1 is not a float16 value
+    with pytest.raises(ValueError, match="float16"):
+        make_update("s", 0, 1, flat, np.arange(10))
+
+
+def test_holder_applies_swaps_and_keeps_last_good_model():
+    model = build_student("deeplabv3_mnv2", TINY)
+    names = [n for n, _ in model.named_parameters()]
+    holder = ModelHolder(encode_snapshot("s", 0, "deeplabv3_mnv2", student_config_dict(model), model.state_dict(), names))
+    active_before = holder.active
+    flat = flat_parameters(model)
+    after, upd = _update(flat, base=0, new=1)
+    assert holder.apply(upd) and holder.version == 1
+    assert holder.active is not active_before                  # swapped to the other copy
+    np.testing.assert_array_equal(flat_parameters(holder.active), after)
+    assert holder.apply(upd) and holder.version == 1            # re-delivery is harmless
+    _, bad = _update(after, base=1, new=2, seed=5)
+    msg = encode_update(bad)
+    msg.values_f16 = bytes(len(msg.values_f16))                 # zeroed values: wrong checksum
+    assert not holder.apply(decode_update(msg))
+    assert holder.version == 1 and holder.updates_rejected == 1
+    np.testing.assert_array_equal(flat_parameters(holder.active), after)
+    x = np.zeros((32, 48, 3), dtype=np.uint8)
+    assert holder.predict(x).shape == (32, 48)
+
+
+def test_snapshot_round_trip():
+    model = build_student("deeplabv3_mnv2", TINY)
+    names = [n for n, _ in model.named_parameters()]
+    msg = encode_snapshot("s", 7, "deeplabv3_mnv2", student_config_dict(model), model.state_dict(), names)
+    arch, config, state = decode_snapshot(type(msg).FromString(msg.SerializeToString()))
+    rebuilt = build_student(arch, config)
+    rebuilt.load_state_dict(state)
+    assert parameter_checksum(flat_parameters(rebuilt)) == msg.params_sha256
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])

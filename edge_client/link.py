@@ -28,7 +28,9 @@ class LinkStats:
     downlink_bytes: int = 0          # updates + control after the first snapshot
     snapshot_bytes: int = 0          # full models (first contact, catch-up)
     updates: int = 0
-    update_bytes: list[int] = field(default_factory=list)
+    update_bytes: list[int] = field(default_factory=list)       # whole ServerMessage per applied update
+    update_mask_bytes: list[int] = field(default_factory=list)  # its gzip'd index bitmask
+    update_values: list[int] = field(default_factory=list)      # its number of float16 values
     update_times: list[float] = field(default_factory=list)   # video time of the frame each update arrived at
     clips: int = 0
     upload_failures: int = 0
@@ -130,6 +132,8 @@ class TrainerLink:
             if ok:
                 self.stats.updates += 1
                 self.stats.update_bytes.append(message.ByteSize())
+                self.stats.update_mask_bytes.append(len(message.update.index_mask_gz))
+                self.stats.update_values.append(len(message.update.values_f16) // 2)
                 self.stats.update_times.append(self.video_time_s)
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()

@@ -1,0 +1,53 @@
+"""End to end: redis-server, teacher and trainer processes, and the edge CLI on a synthetic video with a
+mid-clip domain shift and the oracle teacher. AMS must beat No Customization by a clear margin, and
+each update must cost γ·P·2 bytes of values plus the compressed mask (plus a small, bounded overhead)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ams.synthetic import SyntheticScene
+from scripts.pretrain import pretrain, save_checkpoint
+from scripts.procs import ROOT, ams_stack
+
+pytestmark = pytest.mark.e2e
+
+SCENE = SyntheticScene(seed=7, w=128, h=72, fps=10, duration=24, shift=8)
+# w0 is distilled on a different synthetic video of domain A only (no shift): never on the test clip
+PRETRAIN_SCENE = SyntheticScene(seed=11, w=128, h=72, fps=10, duration=20, shift=1e9)
+STUDENT = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "output_stride": 8,
+           "input_height": 72, "input_width": 128}   # ≈136 K parameters
+GAMMA = 0.05
+MESSAGE_OVERHEAD_BYTES = 128   # ServerMessage/ModelUpdate framing, versions, sha256, session id
+
+
+def test_ams_beats_no_customization_after_a_domain_shift(tmp_path):
+    model, meta = pretrain([PRETRAIN_SCENE.spec()], "oracle", "", PRETRAIN_SCENE.spec(), "deeplabv3_mnv2",
+                           STUDENT, steps=120, batch=8, lr=5e-3, seed=0, log=lambda *_: None)
+    save_checkpoint(str(tmp_path / "students" / "tiny_domain_a.pt"), "deeplabv3_mnv2", model, meta)
+    trainer_env = {"AMS_CHECKPOINT_DIR": str(tmp_path / "students"), "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
+                   "AMS_K_ITERS": "10", "AMS_BATCH_SIZE": "4", "AMS_LR": "0.01", "AMS_GAMMA": str(GAMMA),
+                   "AMS_R_INIT": "2", "AMS_R_MAX": "2", "AMS_TORCH_THREADS": "1"}
+    teacher_env = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": SCENE.spec()}
+    out = tmp_path / "edge"
+    with ams_stack(str(tmp_path / "logs"), teacher_env, trainer_env) as stack:
+        subprocess.run([sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--video", SCENE.spec(),
+                        "--checkpoint", "tiny_domain_a", "--eval-teacher", stack["teacher"], "--mode", "replay",
+                        "--out", str(out), "--quiet", "--no-overlay", "--threads", "1"],
+                       cwd=ROOT, check=True, timeout=600)
+    summary = json.loads((out / "summary.json").read_text())
+    ams, base = summary["ams"]["miou"], summary["no_customization"]["miou"]
+    assert summary["frames"] == SCENE.num_frames and summary["updates"] >= 8
+    assert ams > base + 0.10, (ams, base)
+
+    # downlink per update: γ·P float16 values + the gzip'd bitmask + bounded framing
+    p = summary["num_params"]
+    k = round(GAMMA * p)
+    mask_bound = 2 * p * (-(GAMMA * math.log2(GAMMA) + (1 - GAMMA) * math.log2(1 - GAMMA))) / 8
+    for total, mask, values in zip(summary["update_bytes"], summary["update_mask_bytes"], summary["update_values"]):
+        assert values == k
+        assert mask < mask_bound
+        assert 0 <= total - (2 * k + mask) <= MESSAGE_OVERHEAD_BYTES

@@ -1,0 +1,93 @@
+"""Teacher service on a real port: labelling, batching, health/reflection, and error status codes."""
+import concurrent.futures
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ams.grpc_common import channel_options
+from ams.synthetic import SyntheticScene
+from ams.tensors import encode_frame, from_tensor
+from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+from services.teacher import metrics
+from services.teacher.backends import make_backend
+from services.teacher.config import TeacherConfig
+from services.teacher.service import create_server
+
+SCENE = "synthetic:seed=3,w=64,h=36,fps=10,duration=10,shift=5"
+
+
+@pytest.fixture(params=["oracle", "litert"])
+def teacher(request, loop_thread):
+    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend=request.param, scene=SCENE,
+                        max_batch=8, max_wait_ms=20, max_message_mb=1, max_frames_per_request=16)
+    backend = make_backend(cfg.backend, cfg.model_path, cfg.scene)
+    server, port, batcher = loop_thread.run(create_server(cfg, backend))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(8 * 1024 * 1024))
+    yield request.param, channel, teacher_pb2_grpc.TeacherStub(channel)
+    channel.close()
+    loop_thread.run(server.stop(0))
+    loop_thread.run(batcher.stop())
+
+
+def test_labels_frames_exactly_with_oracle_and_plausibly_with_litert(teacher):
+    kind, _, stub = teacher
+    scene = SyntheticScene.from_spec(SCENE)
+    rgb, truth = scene.render(2.0)
+    reply = stub.LabelFrames(teacher_pb2.LabelFramesRequest(frames=[encode_frame(rgb, 2.0)], want_probabilities=True))
+    class_map, probs = from_tensor(reply.labels[0].class_map), from_tensor(reply.labels[0].probabilities)
+    assert class_map.shape == truth.shape and probs.shape == (2,) + truth.shape and probs.dtype == np.float16
+    if kind == "oracle":
+        np.testing.assert_array_equal(class_map, truth)
+    else:
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=1e-2)
+    info = stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest())
+    assert info.backend == kind and len(info.classes) == 2 and info.input_height > 0
+
+
+def test_concurrent_requests_are_batched(teacher):
+    _, _, stub = teacher
+    before = metrics.BATCH_SIZE.collect()[0].samples
+    count_before = next(s.value for s in before if s.name.endswith("_count"))
+    sum_before = next(s.value for s in before if s.name.endswith("_sum"))
+    frame = encode_frame(np.zeros((36, 64, 3), np.uint8), 0.5)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: stub.LabelFrames(teacher_pb2.LabelFramesRequest(frames=[frame])), range(16)))
+    after = metrics.BATCH_SIZE.collect()[0].samples
+    batches = next(s.value for s in after if s.name.endswith("_count")) - count_before
+    frames = next(s.value for s in after if s.name.endswith("_sum")) - sum_before
+    assert frames == 16 and batches < 16   # at least one batch held frames of several requests
+
+
+def test_errors_get_precise_status_codes_and_server_keeps_serving(teacher):
+    _, channel, stub = teacher
+    bad = common_pb2.Frame(encoding=common_pb2.Frame.PNG, data=b"definitely not a png")
+    cases = [
+        (teacher_pb2.LabelFramesRequest(frames=[bad]), grpc.StatusCode.INVALID_ARGUMENT),
+        (teacher_pb2.LabelFramesRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (teacher_pb2.LabelFramesRequest(frames=[common_pb2.Frame(encoding=common_pb2.Frame.RAW_RGB8, data=b"xyz",
+                                                                 width=8, height=8)]), grpc.StatusCode.INVALID_ARGUMENT),
+        (teacher_pb2.LabelFramesRequest(frames=[encode_frame(np.zeros((4, 4, 3), np.uint8), 0)] * 17),
+         grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (teacher_pb2.LabelFramesRequest(frames=[common_pb2.Frame(encoding=common_pb2.Frame.RAW_RGB8,
+                                                                 data=bytes(2 * 1024 * 1024), width=1024, height=683)]),
+         grpc.StatusCode.RESOURCE_EXHAUSTED),   # over the server's 1 MiB message limit
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.LabelFrames(request)
+        assert err.value.code() == code, err.value.details()
+    ok = stub.LabelFrames(teacher_pb2.LabelFramesRequest(frames=[encode_frame(np.zeros((36, 64, 3), np.uint8), 1.0)]))
+    assert len(ok.labels) == 1 and not ok.labels[0].error
+
+
+def test_health_and_reflection(teacher):
+    _, channel, _ = teacher
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="ams.v1.Teacher"))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"ams.v1.Teacher", "grpc.health.v1.Health"} <= names

@@ -1,0 +1,315 @@
+"""Trainer service on a real port with a real redis-server and teacher: the AMS loop and its error paths."""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ams.grpc_common import channel_options, device_metadata
+from ams.synthetic import SyntheticScene
+from ams.update_codec import decode_update
+from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
+from ams.video import encode_clip
+from edge_client.model_holder import ModelHolder
+from edge_client.models import ARCHITECTURES
+from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
+from services.teacher.backends import make_backend
+from services.teacher.config import TeacherConfig
+from services.teacher.service import create_server as create_teacher
+from services.trainer import metrics
+from services.trainer.config import TrainerConfig
+from services.trainer.service import create_server as create_trainer
+from tests.conftest import TINY_STUDENT
+
+SCENE = SyntheticScene(seed=2, w=64, h=36, fps=10, duration=30, shift=15)
+ME = device_metadata("device-a")
+
+
+@dataclass
+class Stack:
+    loop: object
+    cfg: TrainerConfig
+    teacher_cfg: TeacherConfig
+    teacher: tuple
+    trainer: tuple
+    channel: grpc.Channel
+    stub: streaming_pb2_grpc.ModelStreamingStub
+
+    def start_teacher(self):
+        backend = make_backend("oracle", scene_spec=SCENE.spec())
+        self.teacher = self.loop.run(create_teacher(self.teacher_cfg, backend))
+
+    def stop_teacher(self):
+        self.loop.run(self.teacher[0].stop(0))
+        self.loop.run(self.teacher[2].stop())
+
+    def stop_trainer(self):
+        self.loop.run(self.trainer[0].stop(0))
+        self.loop.run(self.trainer[2].stop())
+
+
+def _spec(**overrides):
+    return streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps({**TINY_STUDENT, **overrides}))
+
+
+def _clip_request(session_id: str, seq: int, times: list[float]) -> streaming_pb2.UploadClipRequest:
+    frames = [SCENE.render(t)[0] for t in times]
+    return streaming_pb2.UploadClipRequest(session_id=session_id, clip_seq=seq, clip=common_pb2.EncodedClip(
+        codec="h264", data=encode_clip(frames, bit_rate=500_000), timestamps_s=times, width=SCENE.w, height=SCENE.h))
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_stack(loop_thread, redis_url, **cfg_overrides) -> Stack:
+    teacher_cfg = TeacherConfig(host="127.0.0.1", port=_free_port(), metrics_port=0, backend="oracle", scene=SCENE.spec())
+    cfg = TrainerConfig(**{**dict(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
+                                  teacher_addr=f"127.0.0.1:{teacher_cfg.port}", t_update_s=2.0, t_horizon_s=20.0,
+                                  k_iters=2, batch_size=2, gamma=0.05, max_message_mb=4, torch_threads=1,
+                                  session_ttl_s=120), **cfg_overrides})
+    stack = Stack(loop_thread, cfg, teacher_cfg, None, None, None, None)
+    stack.start_teacher()
+    stack.trainer = loop_thread.run(create_trainer(cfg))
+    stack.channel = grpc.insecure_channel(f"127.0.0.1:{stack.trainer[1]}", options=channel_options(16 * 1024 * 1024))
+    stack.stub = streaming_pb2_grpc.ModelStreamingStub(stack.channel)
+    _wait(lambda: _health(stack.channel) == health_pb2.HealthCheckResponse.SERVING, 10)
+    return stack
+
+
+@pytest.fixture
+def stack(loop_thread, redis_url):
+    s = _make_stack(loop_thread, redis_url)
+    yield s
+    s.channel.close()
+    s.stop_trainer()
+    s.stop_teacher()
+
+
+def _health(channel) -> int:
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="ams.v1.ModelStreaming"),
+                                                         timeout=2).status
+    except grpc.RpcError:
+        return -1
+
+
+def _wait(predicate, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _stream(stub, session_id: str, held_version: int, metadata=ME) -> tuple[queue.Queue, grpc.Future]:
+    """Read StreamUpdates on a thread; messages land in a queue."""
+    call = stub.StreamUpdates(streaming_pb2.StreamUpdatesRequest(session_id=session_id, held_version=held_version),
+                              metadata=metadata)
+    out: queue.Queue = queue.Queue()
+
+    def pump():
+        try:
+            for message in call:
+                out.put(message)
+        except grpc.RpcError as exc:
+            out.put(exc)
+    threading.Thread(target=pump, daemon=True).start()
+    return out, call
+
+
+def _next(q: queue.Queue, kind: str, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        message = q.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(message, Exception):
+            raise message
+        if message.WhichOneof("body") == kind:
+            return message
+
+
+def test_open_upload_receive_and_apply_update(stack):
+    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+    assert reply.snapshot.version == 0 and reply.control.sampling_rate_fps == 1.0 and not reply.resumed
+    holder = ModelHolder(reply.snapshot)
+    updates, call = _stream(stack.stub, reply.session_id, 0)
+    assert _next(updates, "control").control.update_interval_s == 2.0
+    up = stack.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 0.5, 1.0, 1.5]), metadata=ME)
+    assert up.frames_accepted == 4 and up.frames_buffered == 4
+    message = _next(updates, "update")
+    assert message.processed_clip_seq == 1
+    update = decode_update(message.update)
+    assert (update.base_version, update.new_version) == (0, 1)
+    assert update.indices.size == round(0.05 * holder.flat.size)
+    assert holder.apply(update) and holder.version == 1      # checksum of the result matches the trainer's
+    # re-sending the same clip is idempotent
+    again = stack.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 0.5, 1.0, 1.5]), metadata=ME)
+    assert again.frames_accepted == 0 and again.frames_buffered == 4
+    call.cancel()
+
+
+def test_malformed_requests_get_precise_codes_and_the_server_keeps_serving(stack):
+    sid = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
+    good = _clip_request(sid, 1, [0.0, 1.0])
+    garbage = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
+        codec="h264", data=np.random.default_rng(0).bytes(3000), timestamps_s=[0.0, 1.0]))
+    wrong_count = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
+        codec="h264", data=good.clip.data, timestamps_s=[0.0, 1.0, 2.0]))
+    wrong_codec = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
+        codec="vp9", data=good.clip.data, timestamps_s=[0.0, 1.0]))
+    bad_time = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
+        codec="h264", data=good.clip.data, timestamps_s=[0.0, float("nan")]))
+    oversized = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
+        codec="h264", data=bytes(5 * 1024 * 1024), timestamps_s=[0.0]))
+    cases = [
+        (stack.stub.UploadClip, garbage, ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.UploadClip, wrong_count, ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.UploadClip, wrong_codec, ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.UploadClip, bad_time, ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.UploadClip, oversized, ME, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (stack.stub.UploadClip, good, (), grpc.StatusCode.UNAUTHENTICATED),
+        (stack.stub.UploadClip, good, device_metadata("device-b"), grpc.StatusCode.PERMISSION_DENIED),
+        (stack.stub.UploadClip, _clip_request("no-such-session", 1, [0.0]), ME, grpc.StatusCode.NOT_FOUND),
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=_spec(depth=3)), ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
+            architecture="deeplabv3_mnv2", config_json="{not json")), ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
+            checkpoint="nope")), ME, grpc.StatusCode.NOT_FOUND),
+    ]
+    for method, request, metadata, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            method(request, metadata=metadata)
+        assert err.value.code() == code, (code, err.value.details())
+    _, call = _stream(stack.stub, sid, 0, metadata=device_metadata("device-b"))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stack.stub.StreamUpdates(streaming_pb2.StreamUpdatesRequest(session_id="unknown", held_version=0), metadata=ME))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert stack.stub.UploadClip(good, metadata=ME).frames_accepted == 2   # still serving, nothing was half-done
+
+
+def test_reconnect_catches_up_by_missed_updates_then_by_snapshot(stack):
+    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+    sid, holder = reply.session_id, ModelHolder(reply.snapshot)
+    live, call = _stream(stack.stub, sid, 0)
+    for seq in (1, 2, 3):
+        stack.stub.UploadClip(_clip_request(sid, seq, [2.0 * seq, 2.0 * seq + 1]), metadata=ME)
+        assert _next(live, "update").update.new_version == seq
+    call.cancel()
+    # the device was offline and still holds v0: it gets v1, v2, v3 in order and ends bit-identical
+    catch_up, call2 = _stream(stack.stub, sid, 0)
+    for version in (1, 2, 3):
+        assert holder.apply(decode_update(_next(catch_up, "update").update)) and holder.version == version
+    call2.cancel()
+    # a device claiming a version the trainer never made gets a full snapshot
+    snap, call3 = _stream(stack.stub, sid, 99)
+    message = _next(snap, "snapshot")
+    assert message.snapshot.version == 3
+    before = holder.flat.copy()
+    holder.load_snapshot(message.snapshot)          # verifies the snapshot's checksum
+    assert holder.version == 3
+    np.testing.assert_array_equal(holder.flat, before)   # the catch-up by updates had reached the same bits
+    call3.cancel()
+
+
+def test_teacher_outage_is_unavailable_and_loses_nothing(stack):
+    sid = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
+    stack.stop_teacher()
+    request = _clip_request(sid, 1, [0.0, 1.0, 2.0])
+    with pytest.raises(grpc.RpcError) as err:
+        stack.stub.UploadClip(request, metadata=ME, timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    stack.start_teacher()
+    assert stack.stub.UploadClip(request, metadata=ME, timeout=30).frames_accepted == 3   # the retry is accepted whole
+
+
+def test_restarted_trainer_resumes_the_session_from_redis(stack, loop_thread, redis_url):
+    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+    holder = ModelHolder(reply.snapshot)
+    live, call = _stream(stack.stub, reply.session_id, 0)
+    stack.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 1.0]), metadata=ME)
+    assert holder.apply(decode_update(_next(live, "update").update))
+    call.cancel()
+    stack.stop_trainer()
+    stack.trainer = loop_thread.run(create_trainer(stack.cfg))          # a new trainer process, same redis
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.trainer[1]}", options=channel_options(16 * 1024 * 1024))
+    stub = streaming_pb2_grpc.ModelStreamingStub(channel)
+    resumed = stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec(), resume_session_id=reply.session_id,
+                                                                held_version=holder.version), metadata=ME)
+    assert resumed.resumed and resumed.session_id == reply.session_id and not resumed.HasField("snapshot")
+    live2, call2 = _stream(stub, reply.session_id, holder.version)
+    assert stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 1.0]), metadata=ME).frames_accepted == 0  # seen
+    stub.UploadClip(_clip_request(reply.session_id, 2, [3.0, 4.0]), metadata=ME)
+    update = decode_update(_next(live2, "update").update)
+    assert (update.base_version, update.new_version) == (1, 2)
+    assert holder.apply(update)                     # the restored weights and Adam state match the edge's
+    call2.cancel()
+    channel.close()
+
+
+class _Faulty(DeepLabV3MobileNetV2):
+    """A student whose training always fails (a deliberately faulty fixture)."""
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("boom")
+        return super().forward(x)
+
+
+def test_one_sessions_failure_does_not_stop_another(stack, monkeypatch):
+    monkeypatch.setitem(ARCHITECTURES, "faulty", (DeepLabMNv2Config, _Faulty))
+    bad = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
+        architecture="faulty", config_json=json.dumps(TINY_STUDENT))), metadata=ME).session_id
+    good = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
+    failures = metrics.SESSION_FAILURES._value.get()
+    bad_q, c1 = _stream(stack.stub, bad, 0)
+    good_q, c2 = _stream(stack.stub, good, 0)
+    _next(bad_q, "control")
+    stack.stub.UploadClip(_clip_request(bad, 1, [0.0, 1.0]), metadata=ME)
+    stack.stub.UploadClip(_clip_request(good, 1, [0.0, 1.0]), metadata=ME)
+    assert _next(good_q, "update").update.new_version == 1
+    # the failed phase is reported as processed (the device keeps its model), and counted
+    _wait(lambda: metrics.SESSION_FAILURES._value.get() == failures + 1, 30)
+    assert _next(bad_q, "control").processed_clip_seq == 1
+    c1.cancel()
+    c2.cancel()
+
+
+def test_redis_outage_is_unavailable_and_health_follows(loop_thread, tmp_path):
+    from pytest_redis.executor import RedisExecutor
+    import shutil
+    port = _free_port()
+    executor = RedisExecutor(shutil.which("redis-server"), databases=1, redis_timeout=5, loglevel="warning",
+                             host="127.0.0.1", port=port, datadir=tmp_path)
+    executor.start()
+    s = _make_stack(loop_thread, f"redis://127.0.0.1:{port}/0")
+    try:
+        sid = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
+        executor.stop()
+        _wait(lambda: _health(s.channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 15)
+        with pytest.raises(grpc.RpcError) as err:
+            s.stub.UploadClip(_clip_request(sid, 1, [0.0]), metadata=ME, timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as err:
+            s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME, timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        executor.start()
+        _wait(lambda: _health(s.channel) == health_pb2.HealthCheckResponse.SERVING, 15)
+        assert s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).snapshot.version == 0
+    finally:
+        s.channel.close()
+        s.stop_trainer()
+        s.stop_teacher()
+        if executor.running():
+            executor.stop()

@@ -64,17 +64,16 @@ class VideoSource:
                 if path.startswith("synthetic:"):
                     scene = SyntheticScene.from_spec(path)
                     items = ((i / scene.fps, scene.render(i / scene.fps)[0]) for i in range(scene.num_frames))
-                    period = 1.0 / scene.fps
                 else:
-                    items, period = _file_frames(path), None
-                last_t = 0.0
+                    items = _file_frames(path)
+                last_t, period = 0.0, 0.04
                 for t, rgb in items:
                     if self.max_seconds is not None and offset + t >= self.max_seconds:
                         return
                     yield Frame(index, offset + t, self._resize(rgb), path)
                     index += 1
+                    if t > last_t:
+                        period = t - last_t
                     last_t = t
-                    if period is None:
-                        period = 1.0 / 25
-                offset += last_t + (period or 0.04)
+                offset += last_t + period   # the next file starts one frame period after this one ends
             loop += 1

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from edge_client.models import build_student, student_config_dict
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.session import Control, Session
-from services.trainer.store import RedisSessionStore
+from services.trainer.store import RedisSessionStore, SessionStore
 from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
 
@@ -43,7 +44,7 @@ class Event:
 
 
 class SessionManager:
-    def __init__(self, cfg: TrainerConfig, store: RedisSessionStore, teacher: TeacherClient):
+    def __init__(self, cfg: TrainerConfig, store: SessionStore, teacher: TeacherClient):
         self.cfg, self.store, self.teacher = cfg, store, teacher
         self.sessions: dict[str, Session] = {}
         self.subscribers: dict[str, set[asyncio.Queue]] = collections.defaultdict(set)
@@ -69,8 +70,19 @@ class SessionManager:
                     (log.info if ok else log.warning)("redis %s", "reachable: serving" if ok else "unreachable: NOT_SERVING")
                     set_healthy(ok)
                     healthy = ok
+                self._evict_abandoned()
                 await asyncio.sleep(period_s)
         self._watcher = asyncio.get_running_loop().create_task(loop())
+
+    def _evict_abandoned(self) -> None:
+        """Drop sessions idle for longer than the session TTL with nobody subscribed (their keys expire too)."""
+        now = time.monotonic()
+        for sid, session in list(self.sessions.items()):
+            if not self.subscribers.get(sid) and now - session.last_active > self.cfg.session_ttl_s and sid not in self.pending:
+                log.info("session %s abandoned: evicted", sid)
+                self.sessions.pop(sid, None)
+                self.subscribers.pop(sid, None)
+        metrics.SESSIONS_ACTIVE.set(len(self.sessions))
 
     async def stop(self) -> None:
         for task in (self._engine, getattr(self, "_watcher", None)):
@@ -131,6 +143,7 @@ class SessionManager:
             session = await asyncio.to_thread(self._restore, sid)
         if session.device_id != device_id:
             raise errors.PermissionDenied("session belongs to another device")
+        session.last_active = time.monotonic()
         return session
 
     def _restore(self, sid: str) -> Session:

@@ -14,7 +14,7 @@ from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.manager import Event, SessionManager
 from services.trainer.session import Control, Session
-from services.trainer.store import RedisSessionStore
+from services.trainer.store import RedisSessionStore, SessionStore
 from services.trainer.teacher_client import TeacherClient
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         return streaming_pb2.CloseSessionResponse()
 
 
-async def create_server(config: TrainerConfig, store: RedisSessionStore | None = None,
+async def create_server(config: TrainerConfig, store: SessionStore | None = None,
                         teacher: TeacherClient | None = None) -> tuple[grpc.aio.Server, int, SessionManager]:
     """Build and start the trainer on config.host:config.port; returns (server, bound port, manager)."""
     store = store or RedisSessionStore(config.redis_url, config.session_ttl_s, config.updates_kept)

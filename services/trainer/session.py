@@ -12,6 +12,8 @@ import zlib
 import time
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,9 @@ from ams.update_codec import SparseUpdate, flat_parameters, load_flat_parameters
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, train_phase
 from services.trainer.rate_control import ASRController, ATRController, phi_score
-from services.trainer.store import RedisSessionStore
+from services.trainer.store import SessionStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Control:
 
 class Session:
     def __init__(self, sid: str, device_id: str, architecture: str, student_config: dict, model: torch.nn.Module,
-                 store: RedisSessionStore, cfg: TrainerConfig, version: int = 0, adam: AdamCDState | None = None):
+                 store: SessionStore, cfg: TrainerConfig, version: int = 0, adam: AdamCDState | None = None):
         self.sid, self.device_id, self.architecture, self.student_config = sid, device_id, architecture, student_config
         self.model, self.store, self.cfg = model.eval(), store, cfg  # BN stays in eval mode: same as the edge
         self.version, self.phase = version, 0
@@ -46,6 +50,7 @@ class Session:
         self.latest_ts = float("-inf")
         self.prev_label: np.ndarray | None = None
         self.lock = threading.Lock()
+        self.last_active = time.monotonic()   # for evicting abandoned sessions from memory
         self.ingest_lock = threading.Lock()
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
 
@@ -64,8 +69,12 @@ class Session:
             order = np.argsort(timestamps)
             for i in order:
                 if self.prev_label is not None and self.prev_label.shape == labels[i].shape:
-                    if self.asr.observe(timestamps[i], phi_score(probs[i], self.prev_label)) and self.cfg.atr:
-                        self.atr.decide(self.asr.rate_fps)
+                    phi = phi_score(probs[i], self.prev_label)
+                    if self.asr.observe(timestamps[i], phi):
+                        if self.cfg.atr:
+                            self.atr.decide(self.asr.rate_fps)
+                        log.info("session %s at %.1fs: φ=%.3f -> sampling %.2f fps, T_update %.0f s", self.sid,
+                                 timestamps[i], phi, self.asr.rate_fps, self.control().update_interval_s)
                 self.prev_label = labels[i]
             buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s)
             self.latest_ts = max(self.latest_ts, max(timestamps))

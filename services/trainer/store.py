@@ -36,7 +36,28 @@ def _unpng(data: bytes, flags: int) -> np.ndarray:
 
 
 class SessionStore(abc.ABC):
-    """What a trainer keeps per session, and what a restarted trainer resumes from."""
+    """What a trainer keeps per session, and what a restarted trainer resumes from.
+    Every method raises `ams.errors.Unavailable` when the backing store cannot be reached."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool:
+        """True when the store answers."""
+
+    @abc.abstractmethod
+    def exists(self, sid: str) -> bool:
+        """Whether the session's state is still stored (not closed, not expired)."""
+
+    @abc.abstractmethod
+    def delete(self, sid: str) -> None:
+        """Forget everything about a session."""
+
+    @abc.abstractmethod
+    def save_meta(self, sid: str, fields: dict[str, Any]) -> None:
+        """Merge scalar session fields (versions, rates, counters)."""
+
+    @abc.abstractmethod
+    def load_meta(self, sid: str) -> dict[str, str]:
+        """The session's scalar fields as strings."""
 
     @abc.abstractmethod
     def add_frames(self, sid: str, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
@@ -50,6 +71,19 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def load_frames(self, sid: str, keys: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """RGB frames and labels for the given keys."""
+
+    @abc.abstractmethod
+    def save_training_state(self, sid: str, state_dict: dict[str, torch.Tensor], adam: AdamCDState,
+                            meta: dict[str, Any], update_bytes: bytes | None) -> None:
+        """Atomically persist model, optimizer state, meta and (optionally) one more logged update."""
+
+    @abc.abstractmethod
+    def load_training_state(self, sid: str) -> tuple[dict[str, torch.Tensor] | None, AdamCDState | None]:
+        """The stored model and optimizer state (None where absent)."""
+
+    @abc.abstractmethod
+    def load_updates(self, sid: str) -> list[bytes]:
+        """The logged updates, oldest first, for catch-up after a reconnect."""
 
 
 def _redis_errors(method):
@@ -78,14 +112,6 @@ class RedisSessionStore(SessionStore):
     @_redis_errors
     def ping(self) -> bool:
         return bool(self.r.ping())
-
-    @_redis_errors
-    def touch(self, sid: str) -> None:
-        """Push back the expiry of every key of the session."""
-        pipe = self.r.pipeline(transaction=False)
-        for k in self._all_keys(sid):
-            pipe.expire(k, self.ttl_s)
-        pipe.execute()
 
     @_redis_errors
     def exists(self, sid: str) -> bool:

@@ -313,3 +313,19 @@ def test_redis_outage_is_unavailable_and_health_follows(loop_thread, tmp_path):
         s.stop_teacher()
         if executor.running():
             executor.stop()
+
+
+def test_abandoned_sessions_are_evicted_and_their_keys_expire(loop_thread, redis_url):
+    s = _make_stack(loop_thread, redis_url, session_ttl_s=1)
+    try:
+        sid = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
+        manager = s.trainer[2]
+        assert sid in manager.sessions
+        _wait(lambda: sid not in manager.sessions, 15)
+        with pytest.raises(grpc.RpcError) as err:
+            s.stub.UploadClip(_clip_request(sid, 1, [0.0]), metadata=ME)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        s.channel.close()
+        s.stop_trainer()
+        s.stop_teacher()

@@ -57,3 +57,6 @@ pretrain: install assets
 
 clean:
 	rm -rf out .pytest_cache
+
+bench: install assets
+	$(BIN)/python -m scripts.bench

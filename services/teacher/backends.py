@@ -130,13 +130,14 @@ class OnnxBackend(TeacherBackend):
         self._session = onnxruntime.InferenceSession(self.model_path, providers=onnxruntime.get_available_providers())
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
-        self.input_size = (int(inp.shape[2]), int(inp.shape[3]))
+        dims = [d if isinstance(d, int) else 0 for d in inp.shape[2:4]]   # 0: dynamic, use the frame's size
+        self.input_size = (dims[0], dims[1])
 
     def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
         results: list[TeacherOutput | Exception] = []
-        h, w = self.input_size
         for item in items:
             try:
+                h, w = (self.input_size[0] or item.rgb.shape[0], self.input_size[1] or item.rgb.shape[1])
                 x = cv2.resize(item.rgb, (w, h)).astype(np.float32).transpose(2, 0, 1) / 255.0
                 logits = self._session.run(None, {self._input_name: ((x - self.mean) / self.std)[None]})[0][0]
                 e = np.exp(logits - logits.max(0, keepdims=True))

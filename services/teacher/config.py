@@ -11,7 +11,7 @@ class TeacherConfig:
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 = any free port)"})
     metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0 = off)"})
-    backend: str = field(default="litert", metadata={"help": "litert | oracle | onnx"})
+    backend: str = field(default="litert", metadata={"help": "litert, oracle or onnx"})
     model_path: str = field(default="assets/teacher/selfie_segmentation_landscape.tflite", metadata={"help": "model file"})
     scene: str = field(default="", metadata={"help": "synthetic scene spec for the oracle backend"})
     classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})

@@ -19,11 +19,31 @@ def rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
+
+
+def table() -> str:
+    lines = ["| service | variable | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| {service} | `{var}` | `{default}` | {help_} |" for service, var, default, help_ in rows()]
+    return "\n".join(lines)
+
+
+def render_readme(text: str) -> str:
+    """README text with the table between the markers regenerated."""
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
+
+
 def main() -> None:
-    print("| service | variable | default | meaning |")
-    print("|---|---|---|---|")
-    for service, var, default, help_ in rows():
-        print(f"| {service} | `{var}` | `{default}` | {help_} |")
+    import sys
+    if "--readme" in sys.argv:
+        with open("README.md") as f:
+            text = f.read()
+        with open("README.md", "w") as f:
+            f.write(render_readme(text))
+    else:
+        print(table())
 
 
 if __name__ == "__main__":

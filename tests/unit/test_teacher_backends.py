@@ -17,6 +17,7 @@ def test_litert_backend_reports_bad_items_without_failing_the_batch():
     assert results[2].probabilities.shape == (2, 72, 128)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_backend_matches_the_exported_model(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)).eval()

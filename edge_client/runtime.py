@@ -122,7 +122,7 @@ class EdgeRuntime:
             sampler.offer(video_t, frame.rgb)
             if sampler.interval_done(video_t):
                 self._flush_interval(sampler)
-            if self.opt.progress and time.perf_counter() - last_print > 0.5:
+            if self.opt.progress and time.perf_counter() - last_print > (0.5 if sys.stderr.isatty() else 10.0):
                 last_print = time.perf_counter()
                 self._print_progress(frames, video_t - t0, holder.version)
         if uploader:
@@ -138,8 +138,9 @@ class EdgeRuntime:
     def _print_progress(self, frames: int, video_s: float, version: int) -> None:
         s = self.link.stats
         lat = np.mean(self.latencies_ms[-50:]) if self.latencies_ms else 0.0
-        dur = max(video_s, 1e-6)
-        sys.stderr.write(f"\rframe {frames:5d}  t={video_s:6.1f}s  {1000 / max(lat, 1e-6):5.1f} fps  model v{version:<3d} "
+        dur = max(video_s, 1.0)
+        lead = "\r" if sys.stderr.isatty() else "\n"   # one updating line on a terminal, plain lines in a log
+        sys.stderr.write(f"{lead}frame {frames:5d}  t={video_s:6.1f}s  {1000 / max(lat, 1e-6):5.1f} fps  model v{version:<3d} "
                          f"up {s.uplink_bytes * 8 / 1000 / dur:6.1f} Kbps  down {s.downlink_bytes * 8 / 1000 / dur:6.1f} Kbps"
                          f"  dropped {self.dropped}")
         sys.stderr.flush()

@@ -1,7 +1,6 @@
 """H.264 clip encode/decode with PyAV (libx264), for the uplink of sampled frames."""
 from __future__ import annotations
 
-import io
 from fractions import Fraction
 
 import av

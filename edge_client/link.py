@@ -54,6 +54,7 @@ class TrainerLink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._call = None
+        self._resync = False
 
     # --- session ----------------------------------------------------------------------------------
     def open(self) -> ModelHolder:
@@ -129,6 +130,11 @@ class TrainerLink:
                 log.warning("corrupt update refused: %s", exc)
                 self.holder.updates_rejected += 1
                 ok = False
+            if not ok:   # out of step with the trainer: reconnect from the version held to be caught up
+                self._resync = True
+                if self._call is not None:
+                    self._call.cancel()
+                return
             if ok:
                 self.stats.updates += 1
                 self.stats.update_bytes.append(message.ByteSize())
@@ -158,6 +164,10 @@ class TrainerLink:
                 if self._stop.is_set():
                     return
             except grpc.RpcError as exc:
+                if self._resync and not self._stop.is_set():
+                    self._resync = False
+                    log.info("resyncing updates from version %d", self.holder.version)
+                    continue
                 if self._stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 log.warning("update stream: %s %s; reconnecting", exc.code(), exc.details())

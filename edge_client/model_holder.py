@@ -1,8 +1,9 @@
 """Two copies of the student: updates go to the inactive one, then an atomic swap (AMS §3, "Edge device").
 
-Inference reads `active` without locks (a reference swap is atomic in CPython); the update path
-takes `_lock` so updates apply one at a time. A corrupt or mis-based update is refused and the last
-good model is kept.
+Inference takes the `active` reference (a swap is atomic in CPython) and holds that copy's own lock
+while it runs; an update writes only into the inactive copy, under that copy's lock, so inference
+never waits for an update (at worst an update waits for an inference still running on the copy that
+was active a moment ago). A corrupt or mis-based update is refused and the last good model is kept.
 """
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ class ModelHolder:
         flat = flat_parameters(model)
         if snapshot.params_sha256 and parameter_checksum(flat) != snapshot.params_sha256:
             raise UpdateRejected("snapshot checksum mismatch")
+        inactive = copy.deepcopy(model)
+        model.in_use, inactive.in_use = threading.Lock(), threading.Lock()
         with self._lock:
             self.architecture, self.config = architecture, config
-            self._inactive = copy.deepcopy(model)
+            self._inactive = inactive
             self.active = model
             self.flat = flat
             self.version = snapshot.version
@@ -55,7 +58,8 @@ class ModelHolder:
                 self.updates_rejected += 1
                 log.warning("update v%d->v%d refused: %s", update.base_version, update.new_version, exc)
                 return False
-            load_flat_parameters(self._inactive, new_flat)
+            with self._inactive.in_use:
+                load_flat_parameters(self._inactive, new_flat)
             self.active, self._inactive = self._inactive, self.active   # the swap
             self.flat, self.version = new_flat, update.new_version
             self.updates_applied += 1
@@ -66,4 +70,5 @@ class ModelHolder:
         """(H, W, 3) uint8 -> (H, W) uint8 class map with the active model."""
         model = self.active
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
-        return model(x)[0].argmax(0).to(torch.uint8).numpy()
+        with model.in_use:
+            return model(x)[0].argmax(0).to(torch.uint8).numpy()

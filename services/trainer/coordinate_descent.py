@@ -7,7 +7,7 @@ in the first phase it is drawn uniformly at random.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

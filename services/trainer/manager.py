@@ -26,7 +26,7 @@ from edge_client.models import build_student, student_config_dict
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.session import Control, Session
-from services.trainer.store import RedisSessionStore, SessionStore
+from services.trainer.store import SessionStore
 from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
 

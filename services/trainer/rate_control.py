@@ -24,6 +24,7 @@ class ASRController:
     r_min: float = 0.1
     r_max: float = 1.0
     delta_t_s: float = 10.0
+    last_phi_mean: float = float("nan")
     _sum: float = 0.0
     _count: int = 0
     _last_decision_t: float | None = None
@@ -36,7 +37,7 @@ class ASRController:
         self._count += 1
         if timestamp_s - self._last_decision_t < self.delta_t_s:
             return False
-        phi_mean = self._sum / self._count
+        phi_mean = self.last_phi_mean = self._sum / self._count
         self.rate_fps = float(np.clip(self.rate_fps + self.eta * (phi_mean - self.phi_target), self.r_min, self.r_max))
         self._sum, self._count, self._last_decision_t = 0.0, 0, timestamp_s
         return True

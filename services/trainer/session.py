@@ -73,8 +73,8 @@ class Session:
                     if self.asr.observe(timestamps[i], phi):
                         if self.cfg.atr:
                             self.atr.decide(self.asr.rate_fps)
-                        log.info("session %s at %.1fs: φ=%.3f -> sampling %.2f fps, T_update %.0f s", self.sid,
-                                 timestamps[i], phi, self.asr.rate_fps, self.control().update_interval_s)
+                        log.info("session %s at %.1fs: mean φ %.3f -> sampling %.2f fps, T_update %.0f s", self.sid,
+                                 timestamps[i], self.asr.last_phi_mean, self.asr.rate_fps, self.control().update_interval_s)
                 self.prev_label = labels[i]
             buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s)
             self.latest_ts = max(self.latest_ts, max(timestamps))

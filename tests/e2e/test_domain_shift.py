@@ -3,7 +3,6 @@ mid-clip domain shift and the oracle teacher. AMS must beat No Customization by 
 each update must cost γ·P·2 bytes of values plus the compressed mask (plus a small, bounded overhead)."""
 import json
 import math
-import os
 import subprocess
 import sys
 

@@ -1,7 +1,9 @@
 """The edge runtime in live mode against real servers: paced at capture time, uploads on a background
 thread, updates hot-swapped while frames keep flowing."""
 import json
+import time
 
+import numpy as np
 import pytest
 
 from ams.synthetic import SyntheticScene
@@ -54,3 +56,40 @@ def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path):
     assert summary["clips_uploaded"] == 2                       # intervals ending at 2 s and 4 s
     assert link.stats.updates >= 1 and link.holder.version >= 1
     assert (tmp_path / "o.mp4").stat().st_size > 0
+
+
+def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatch):
+    import edge_client.link as link_module
+    from ams.update_codec import decode_update, flat_parameters
+    from ams.video import encode_clip
+
+    _, trainer_addr = servers
+    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
+    link = TrainerLink(trainer_addr, "flaky-radio", spec)
+    corrupted = []
+
+    def flaky_decode(message):
+        update = decode_update(message)
+        if update.new_version == 2 and not corrupted:   # flip bits in the first delivery of v2
+            corrupted.append(True)
+            values = update.values.copy()
+            values[:10] = np.float16(3.0)
+            return type(update)(**{**update.__dict__, "values": values})
+        return update
+    monkeypatch.setattr(link_module, "decode_update", flaky_decode)
+    try:
+        link.open()
+        size = (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"])
+        for seq in (1, 2):
+            frames = [SCENE.render(t)[0] for t in (seq, seq + 0.5)]
+            frames = [np.ascontiguousarray(f[:size[0], :size[1]]) for f in frames]
+            assert link.upload(seq, encode_clip(frames), [seq, seq + 0.5], size[1], size[0])
+            assert link.wait_processed(seq, timeout_s=60)
+        deadline = time.monotonic() + 30
+        while link.holder.version < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert corrupted and link.holder.updates_rejected == 1
+        assert link.holder.version == 2     # caught up by re-delivery after the refusal
+        np.testing.assert_array_equal(flat_parameters(link.holder.active), link.holder.flat)
+    finally:
+        link.close()

@@ -27,8 +27,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loops", type=int, default=1, help="play the playlist this many times (0 = forever)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video time")
     p.add_argument("--mode", choices=["replay", "live"], default="replay")
-    p.add_argument("--checkpoint", default=env("AMS_STUDENT_CHECKPOINT", "deeplabv3_mnv2_selfie"),
-                   help="pretrained student the trainer should start from ('' = fresh weights from --arch/--config)")
+    p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq"], default="auto",
+                   help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
+                        "per frame; auto = by the student's architecture")
+    p.add_argument("--checkpoint", default=env("AMS_STUDENT_CHECKPOINT"),
+                   help="pretrained student the trainer should start from ('' = fresh weights from --arch/--config); "
+                        "default deeplabv3_mnv2_selfie, or streamdeq_selfie with --segmenter streamdeq")
+    p.add_argument("--deq-iters", type=int, default=2, help="StreamDEQ: solver iterations per frame (M)")
+    p.add_argument("--deq-budget-ms", type=float, default=None, help="StreamDEQ: choose M per frame to fit this budget")
+    p.add_argument("--deq-solver", choices=["unroll", "broyden"], default="unroll", help="StreamDEQ solver")
+    p.add_argument("--deq-cut-threshold", type=float, default=0.15,
+                   help="StreamDEQ: reset the state when consecutive thumbnails differ by more than this (0 = never)")
     p.add_argument("--arch", default="deeplabv3_mnv2", help="student architecture")
     p.add_argument("--config", default="", help="student config JSON (with --checkpoint '' )")
     p.add_argument("--eval-teacher", default=env("AMS_EVAL_TEACHER_ADDR", ""),
@@ -45,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.checkpoint is None:
+        args.checkpoint = "streamdeq_selfie" if args.segmenter == "streamdeq" else "deeplabv3_mnv2_selfie"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -58,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         source = VideoSource(args.video, size, loops=args.loops, max_seconds=args.max_seconds)
         options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
                               progress=not args.quiet, baseline=not args.no_baseline,
-                              overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"))
+                              overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),
+                              segmenter=args.segmenter, segmenter_options={} if holder.architecture != "streamdeq" else {
+                                  "iters": args.deq_iters, "solver": args.deq_solver, "budget_ms": args.deq_budget_ms,
+                                  "cut_threshold": args.deq_cut_threshold or None})
         summary = EdgeRuntime(link, source, options, labeler).run()
     finally:
         link.close()

@@ -7,6 +7,7 @@ was active a moment ago). A corrupt or mis-based update is refused and the last 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -64,6 +65,13 @@ class ModelHolder:
             self.flat, self.version = new_flat, update.new_version
             self.updates_applied += 1
             return True
+
+    @contextlib.contextmanager
+    def using(self):
+        """The active model, held so that no update writes into it while the caller runs it."""
+        model = self.active
+        with model.in_use:
+            yield model
 
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
 from edge_client.sampler import IntervalSampler
+from edge_client.segmenters import StreamDEQSegmenter, make_segmenter
 from edge_client.video_source import VideoSource
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class EdgeOptions:
     progress: bool = True
     overlay_path: str | None = None
     baseline: bool = True                # also run the never-updated w0 on evaluated frames
+    segmenter: str = "auto"              # auto | frame | streamdeq
+    segmenter_options: dict = field(default_factory=dict)   # StreamDEQ: iters, solver, budget_ms, cut_threshold
 
 
 @dataclass
@@ -81,7 +84,10 @@ class EdgeRuntime:
     # --- main loop --------------------------------------------------------------------------------
     def run(self) -> dict:
         holder = self.link.holder
+        segmenter = make_segmenter(holder, self.opt.segmenter, **self.opt.segmenter_options)
         baseline = ModelHolder(self.link.initial_snapshot) if (self.labeler and self.opt.baseline) else None
+        # the baseline runs the same way (for StreamDEQ: streaming on every frame), so it sees every frame
+        base_segmenter = make_segmenter(baseline, self.opt.segmenter, **self.opt.segmenter_options) if baseline else None
         num_classes = len(self.labeler.classes) if self.labeler else 0
         conf_ams, conf_base = Confusion(max(num_classes, 2)), Confusion(max(num_classes, 2))
         sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s)
@@ -103,16 +109,17 @@ class EdgeRuntime:
                     self.dropped += 1
                     continue
             started = time.perf_counter()
-            pred = holder.predict(frame.rgb)
+            pred = segmenter.segment(frame.rgb)
             self.latencies_ms.append((time.perf_counter() - started) * 1000)
             frames += 1
-            if self.labeler and self.opt.eval_every and frame.index % self.opt.eval_every == 0:
+            evaluate = self.labeler and self.opt.eval_every and frame.index % self.opt.eval_every == 0
+            base_pred = base_segmenter.segment(frame.rgb) if base_segmenter and (evaluate or self.stateful(base_segmenter)) else None
+            if evaluate:
                 label = self.labeler.label(frame.rgb, video_t)
                 conf_ams.add(pred, label)
                 self.series.t.append(video_t)
                 self.series.ams.append(frame_miou(pred, label, num_classes))
-                if baseline:
-                    base_pred = baseline.predict(frame.rgb)
+                if base_pred is not None:
                     conf_base.add(base_pred, label)
                     self.series.baseline.append(frame_miou(base_pred, label, num_classes))
             if self.opt.overlay_path:
@@ -133,7 +140,17 @@ class EdgeRuntime:
         if self.opt.progress:
             self._print_progress(frames, video_t - (t0 or 0), holder.version)
             sys.stderr.write("\n")
-        return self._summary(frames, video_t - (t0 or 0), conf_ams, conf_base if baseline else None, time.perf_counter() - wall0)
+        summary = self._summary(frames, video_t - (t0 or 0), conf_ams, conf_base if baseline else None, time.perf_counter() - wall0)
+        summary["segmenter"] = type(segmenter).__name__
+        if isinstance(segmenter, StreamDEQSegmenter):
+            summary["streamdeq"] = {"resets": segmenter.resets, "last_iters": segmenter.last_iters,
+                                    "solver": segmenter.solver, **self.opt.segmenter_options}
+        return summary
+
+    @staticmethod
+    def stateful(segmenter) -> bool:
+        """A streaming segmenter must see every frame, not only the evaluated ones."""
+        return isinstance(segmenter, StreamDEQSegmenter)
 
     def _print_progress(self, frames: int, video_s: float, version: int) -> None:
         s = self.link.stats

@@ -6,9 +6,11 @@ import dataclasses
 import torch.nn as nn
 
 from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
+from edge_client.models.streamdeq import StreamDEQ, StreamDEQConfig
 
 ARCHITECTURES = {
     "deeplabv3_mnv2": (DeepLabMNv2Config, DeepLabV3MobileNetV2),
+    "streamdeq": (StreamDEQConfig, StreamDEQ),
 }
 
 
@@ -21,6 +23,8 @@ def build_student(architecture: str, config: dict) -> nn.Module:
     unknown = set(config) - known
     if unknown:
         raise ValueError(f"unknown config fields for {architecture}: {sorted(unknown)}")
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    config = {k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v for k, v in config.items()}
     return model_cls(config_cls(**config))
 
 

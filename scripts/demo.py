@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="out/demo")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--segmenter", choices=["frame", "streamdeq"], default="frame",
+                   help="frame: DeeplabV3-MobileNetV2 (deeplabv3_mnv2_selfie); streamdeq: StreamDEQ at M = 2 "
+                        "iterations per frame (streamdeq_selfie)")
     args = p.parse_args(argv)
     out = os.path.join(ROOT, args.out)
     os.makedirs(out, exist_ok=True)
@@ -70,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                    "AMS_TEACHER_THREADS": "1"}
     with ams_stack(os.path.join(out, "logs"), teacher_env, TRAINER_ENV, os.environ.get("AMS_REDIS_URL")) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
-               "--mode", "replay", "--checkpoint", "deeplabv3_mnv2_selfie", "--device-id", "demo-edge", "--out", out,
-               "--threads", "1"] + [a for v in VIDEOS for a in ("--video", v)] + (["--quiet"] if args.quiet else [])
+               "--mode", "replay", "--device-id", "demo-edge", "--out", out, "--threads", "1"]
+        cmd += ["--segmenter", "streamdeq", "--deq-iters", "2"] if args.segmenter == "streamdeq" else \
+            ["--checkpoint", "deeplabv3_mnv2_selfie"]
+        cmd += [a for v in VIDEOS for a in ("--video", v)] + (["--quiet"] if args.quiet else [])
         subprocess.run(cmd, cwd=ROOT, check=True)
         server = scrape(stack["trainer_metrics"])
     with open(os.path.join(out, "summary.json")) as f:
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_phase_seconds": server.get("ams_trainer_phase_seconds_sum", 0) / max(server.get("ams_trainer_phase_seconds_count", 0), 1),
         "mean_teacher_seconds_per_clip": server.get("ams_trainer_teacher_seconds_sum", 0) / max(server.get("ams_trainer_teacher_seconds_count", 0), 1),
     }
-    summary["config"] = {"videos": VIDEOS, "trainer_env": TRAINER_ENV}
+    summary["config"] = {"videos": VIDEOS, "trainer_env": TRAINER_ENV, "segmenter": args.segmenter}
     summary["demo_wall_seconds"] = round(time.time() - started, 1)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

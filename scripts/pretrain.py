@@ -38,18 +38,27 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
 
 def pretrain(videos: list[str], teacher: str, model_path: str, scene: str, architecture: str, config: dict,
              steps: int, batch: int, lr: float, seed: int, every: int = 1, log=print) -> tuple[torch.nn.Module, dict]:
-    """Label the videos' frames with the teacher, then train a fresh student on them (BN in train mode)."""
+    """Label the videos' frames with the teacher, then train a fresh student on them."""
+    size = (config.get("input_height", 144), config.get("input_width", 256))
+    backend = make_backend(teacher, model_path, scene)
+    backend.load()
+    frames = [f for i, f in enumerate(VideoSource(videos, size)) if i % every == 0]
+    outputs = backend.infer_batch([TeacherInput(f.rgb, f.timestamp_s) for f in frames])
+    model, meta = train_student([f.rgb for f in frames], [o.class_map for o in outputs], architecture, config,
+                                steps, batch, lr, seed, log)
+    meta.update({"videos": [os.path.basename(v) for v in videos], "teacher": teacher})
+    return model, meta
+
+
+def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architecture: str, config: dict, steps: int,
+                  batch: int, lr: float, seed: int, log=print) -> tuple[torch.nn.Module, dict]:
+    """Train a fresh student on (H, W, 3) frames and (H, W) labels (BN/GN in train mode, augmented)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_student(architecture, config)
-    cfg = student_config_dict(model)
-    backend = make_backend(teacher, model_path, scene)
-    backend.load()
-    frames = [f for i, f in enumerate(VideoSource(videos, (cfg["input_height"], cfg["input_width"]))) if i % every == 0]
-    outputs = backend.infer_batch([TeacherInput(f.rgb, f.timestamp_s) for f in frames])
-    x_all = torch.from_numpy(np.stack([f.rgb for f in frames])).permute(0, 3, 1, 2).float() / 255.0
-    y_all = torch.from_numpy(np.stack([o.class_map for o in outputs])).long()
-    log(f"pretraining on {len(frames)} teacher-labelled frames; class share {np.bincount(y_all.numpy().ravel()) / y_all.numel()}")
+    x_all = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+    y_all = torch.from_numpy(np.stack(labels)).long()
+    log(f"training on {len(frames)} labelled frames; class share {np.bincount(y_all.numpy().ravel()) / y_all.numel()}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
@@ -65,8 +74,8 @@ def pretrain(videos: list[str], teacher: str, model_path: str, scene: str, archi
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - started:.0f}s")
     model.eval()
-    meta = {"videos": [os.path.basename(v) for v in videos], "teacher": teacher, "steps": steps, "batch": batch,
-            "lr": lr, "seed": seed, "frames": len(frames), "final_loss": float(loss.item())}
+    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "frames": len(frames),
+            "final_loss": float(loss.item()), "train_seconds": round(time.time() - started, 1)}
     return model, meta
 
 

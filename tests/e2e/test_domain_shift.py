@@ -17,16 +17,23 @@ pytestmark = pytest.mark.e2e
 SCENE = SyntheticScene(seed=7, w=128, h=72, fps=10, duration=24, shift=8)
 # w0 is distilled on a different synthetic video of domain A only (no shift): never on the test clip
 PRETRAIN_SCENE = SyntheticScene(seed=11, w=128, h=72, fps=10, duration=20, shift=1e9)
-STUDENT = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "output_stride": 8,
-           "input_height": 72, "input_width": 128}   # ≈136 K parameters
+STUDENTS = {
+    "deeplabv3_mnv2": ({"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "output_stride": 8,
+                        "input_height": 72, "input_width": 128}, []),                       # ≈136 K parameters
+    "streamdeq": ({"num_classes": 2, "channels": [8, 16, 24, 32], "train_mode": "SUR", "train_iters": 8,
+                   "test_iters": 8, "input_height": 72, "input_width": 128},                # ≈78 K parameters
+                  ["--segmenter", "streamdeq", "--deq-iters", "2"]),
+}
 GAMMA = 0.05
 MESSAGE_OVERHEAD_BYTES = 128   # ServerMessage/ModelUpdate framing, versions, sha256, session id
 
 
-def test_ams_beats_no_customization_after_a_domain_shift(tmp_path):
-    model, meta = pretrain([PRETRAIN_SCENE.spec()], "oracle", "", PRETRAIN_SCENE.spec(), "deeplabv3_mnv2",
-                           STUDENT, steps=120, batch=8, lr=5e-3, seed=0, log=lambda *_: None)
-    save_checkpoint(str(tmp_path / "students" / "tiny_domain_a.pt"), "deeplabv3_mnv2", model, meta)
+@pytest.mark.parametrize("architecture", sorted(STUDENTS))
+def test_ams_beats_no_customization_after_a_domain_shift(tmp_path, architecture):
+    config, edge_flags = STUDENTS[architecture]
+    model, meta = pretrain([PRETRAIN_SCENE.spec()], "oracle", "", PRETRAIN_SCENE.spec(), architecture,
+                           config, steps=120, batch=8, lr=5e-3, seed=0, log=lambda *_: None)
+    save_checkpoint(str(tmp_path / "students" / "tiny_domain_a.pt"), architecture, model, meta)
     trainer_env = {"AMS_CHECKPOINT_DIR": str(tmp_path / "students"), "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
                    "AMS_K_ITERS": "10", "AMS_BATCH_SIZE": "4", "AMS_LR": "0.01", "AMS_GAMMA": str(GAMMA),
                    "AMS_R_INIT": "2", "AMS_R_MAX": "2", "AMS_TORCH_THREADS": "1"}
@@ -35,9 +42,11 @@ def test_ams_beats_no_customization_after_a_domain_shift(tmp_path):
     with ams_stack(str(tmp_path / "logs"), teacher_env, trainer_env) as stack:
         subprocess.run([sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--video", SCENE.spec(),
                         "--checkpoint", "tiny_domain_a", "--eval-teacher", stack["teacher"], "--mode", "replay",
-                        "--out", str(out), "--quiet", "--no-overlay", "--threads", "1"],
+                        "--out", str(out), "--quiet", "--no-overlay", "--threads", "1", *edge_flags],
                        cwd=ROOT, check=True, timeout=600)
     summary = json.loads((out / "summary.json").read_text())
+    if architecture == "streamdeq":   # the edge streamed: warm-started state, M = 2 iterations per frame
+        assert summary["segmenter"] == "StreamDEQSegmenter" and summary["streamdeq"]["last_iters"] == 2
     ams, base = summary["ams"]["miou"], summary["no_customization"]["miou"]
     assert summary["frames"] == SCENE.num_frames and summary["updates"] >= 8
     assert ams > base + 0.10, (ams, base)

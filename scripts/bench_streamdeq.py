@@ -99,6 +99,35 @@ def evaluate(model: torch.nn.Module, windows: list, mode: str, iters: int, solve
             "ms_median": round(float(np.median(times)), 2), "ms_p99": round(float(np.percentile(times, 99)), 2)}
 
 
+def table(result: dict) -> str:
+    """Markdown table like Table I of the paper: mIoU at frame 20 (ms per frame) per variant and M."""
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["dataset"] == dataset]
+        lines += [f"**{dataset}** ({rows[0]['teacher']} labels): mIoU after {result['window']} frames (median ms per frame)", "",
+                  "| variant | mode | " + " | ".join(f"M = {m}" for m in M_VALUES) + f" | converged (M = {result['train_iters']}) |",
+                  "|---|---|" + "---|" * (len(M_VALUES) + 1)]
+        for variant in VARIANTS:
+            conv = next((r for r in rows if r["variant"] == variant and r["mode"] == "converged"), None)
+            if conv is None:
+                continue
+            for mode in ("stream", "scratch"):
+                cells = []
+                for m in M_VALUES:
+                    r = next(r for r in rows if r["variant"] == variant and r["mode"] == mode and r["M"] == m)
+                    cells.append(f"{r['miou']:.1f} ({r['ms_per_frame']:.1f})")
+                conv_cell = f"{conv['miou']:.1f} ({conv['ms_per_frame']:.1f})" if mode == "stream" else ""
+                lines.append(f"| {variant} | {mode} | " + " | ".join(cells) + f" | {conv_cell} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_readme(text: str, result: dict) -> str:
+    begin, end = "<!-- streamdeq-bench:begin -->", "<!-- streamdeq-bench:end -->"
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{table(result)}\n{end}{rest.split(end, 1)[1]}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="out/bench/streamdeq.json")
@@ -107,7 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retrain", action="store_true", help="ignore cached models")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--datasets", default="synthetic,real")
+    p.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
     args = p.parse_args(argv)
+    if args.readme:
+        with open(args.out) as f:
+            result = json.load(f)
+        with open("README.md") as f:
+            text = f.read()
+        with open("README.md", "w") as f:
+            f.write(render_readme(text, result))
+        return
     torch.set_num_threads(args.threads)
     cache = os.path.join(os.path.dirname(args.out), "streamdeq_models")
     rows, curves = [], {}

@@ -1,7 +1,8 @@
 """StreamDEQ: a multiscale implicit (MDEQ-style) segmentation model — Ertenli et al., §III; Bai et al., MDEQ.
 
 The representation is the fixed point z* = f_θ(z*; x) of one shallow multi-resolution residual block
-with group normalisation. x enters once per frame through the input injection; each solver
+with group normalisation. x enters once per frame through the input injection (at the highest
+resolution, as in MDEQ); each solver
 iteration costs one application of f_θ. Streaming inference (edge_client/streaming.py) warm-starts
 every frame from the previous frame's state and runs only M iterations.
 
@@ -113,10 +114,7 @@ class StreamDEQ(nn.Module):
         ch, g = tuple(config.channels), config.groups
         self.stem = nn.Sequential(nn.Conv2d(3, ch[0], 3, stride=2, padding=1, bias=False), _gn(ch[0], g), nn.ReLU(),
                                   nn.Conv2d(ch[0], ch[0], 3, stride=2, padding=1, bias=False), _gn(ch[0], g), nn.ReLU())
-        inj: list[nn.Module] = [nn.Conv2d(ch[0], ch[0], 3, padding=1, bias=False)]
-        for i in range(1, len(ch)):
-            inj.append(nn.Conv2d(ch[i - 1], ch[i], 3, stride=2, padding=1, bias=False))
-        self.injection = nn.ModuleList(inj)
+        self.injection = nn.Conv2d(ch[0], ch[0], 3, padding=1, bias=False)   # into the highest resolution only
         self.blocks = nn.ModuleList([ResidualBlock(c, g) for c in ch])
         self.fusion = MultiscaleFusion(ch, g)
         self.head = nn.Sequential(nn.Conv2d(sum(ch), config.head_channels, 1, bias=False), _gn(config.head_channels, g),
@@ -131,11 +129,14 @@ class StreamDEQ(nn.Module):
 
     # --- the implicit layer ---------------------------------------------------------------------
     def inject(self, x: torch.Tensor) -> State:
-        """Input injection, computed once per frame: x (B, 3, H, W) in [0, 1] -> one tensor per resolution."""
-        h = self.stem((x - self.mean) / self.std)
-        out = [self.injection[0](h)]
-        for conv in self.injection[1:]:
-            out.append(conv(out[-1]))
+        """Input injection, computed once per frame: x (B, 3, H, W) in [0, 1] -> one tensor per resolution.
+        As in MDEQ, x enters only the highest resolution; the others learn about it through the fusion,
+        so context builds up over iterations (and, streaming, over frames)."""
+        top = self.injection(self.stem((x - self.mean) / self.std))
+        out, (h, w) = [top], top.shape[-2:]
+        for c in self.config.channels[1:]:
+            h, w = (h + 1) // 2, (w + 1) // 2     # the size a 3×3 stride-2 conv with padding 1 produces
+            out.append(top.new_zeros(top.shape[0], c, h, w))
         return out
 
     def zeros(self, injection: State) -> State:

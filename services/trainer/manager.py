@@ -192,6 +192,8 @@ class SessionManager:
             labelled = await self.teacher.label(frames, timestamps)
         keep = [i for i, item in enumerate(labelled) if item is not None]
         metrics.FRAMES_RECEIVED.inc(len(frames))
+        if not keep:
+            raise errors.InvalidArgument("the teacher could not label any frame of this clip")
         buffered, control_changed = await asyncio.to_thread(
             session.ingest, clip_seq, [timestamps[i] for i in keep], [frames[i] for i in keep],
             [labelled[i][0] for i in keep], [labelled[i][1] for i in keep])

@@ -27,9 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loops", type=int, default=1, help="play the playlist this many times (0 = forever)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video time")
     p.add_argument("--mode", choices=["replay", "live"], default="replay")
-    p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq"], default="auto",
+    p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq", "lowlatency"], default="auto",
                    help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
-                        "per frame; auto = by the student's architecture")
+                        "per frame; lowlatency = adaptive key frames + feature propagation; auto = by the student")
     p.add_argument("--checkpoint", default=env("AMS_STUDENT_CHECKPOINT"),
                    help="pretrained student the trainer should start from ('' = fresh weights from --arch/--config); "
                         "default deeplabv3_mnv2_selfie, or streamdeq_selfie with --segmenter streamdeq")
@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deq-solver", choices=["unroll", "broyden"], default="unroll", help="StreamDEQ solver")
     p.add_argument("--deq-cut-threshold", type=float, default=0.15,
                    help="StreamDEQ: reset the state when consecutive thumbnails differ by more than this (0 = never)")
+    p.add_argument("--ll-scheme", choices=["full", "fixed", "adaptive", "adaptive_lls"], default="adaptive_lls",
+                   help="low-latency key-frame scheme")
+    p.add_argument("--ll-threshold", type=float, default=0.05, help="low-latency: predicted deviation for a key frame")
+    p.add_argument("--ll-interval", type=int, default=5, help="low-latency: key-frame interval of the fixed scheme")
     p.add_argument("--arch", default="deeplabv3_mnv2", help="student architecture")
     p.add_argument("--config", default="", help="student config JSON (with --checkpoint '' )")
     p.add_argument("--eval-teacher", default=env("AMS_EVAL_TEACHER_ADDR", ""),
@@ -52,10 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _segmenter_options(args: argparse.Namespace, architecture: str) -> dict:
+    if architecture == "streamdeq":
+        return {"iters": args.deq_iters, "solver": args.deq_solver, "budget_ms": args.deq_budget_ms,
+                "cut_threshold": args.deq_cut_threshold or None}
+    if architecture == "lowlatency":
+        return {"scheme": args.ll_scheme, "threshold": args.ll_threshold, "interval": args.ll_interval}
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.checkpoint is None:
-        args.checkpoint = "streamdeq_selfie" if args.segmenter == "streamdeq" else "deeplabv3_mnv2_selfie"
+        args.checkpoint = {"streamdeq": "streamdeq_selfie", "lowlatency": "lowlatency_selfie"}.get(
+            args.segmenter, "deeplabv3_mnv2_selfie")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -70,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
                               progress=not args.quiet, baseline=not args.no_baseline,
                               overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),
-                              segmenter=args.segmenter, segmenter_options={} if holder.architecture != "streamdeq" else {
-                                  "iters": args.deq_iters, "solver": args.deq_solver, "budget_ms": args.deq_budget_ms,
-                                  "cut_threshold": args.deq_cut_threshold or None})
+                              segmenter=args.segmenter, segmenter_options=_segmenter_options(args, holder.architecture))
         summary = EdgeRuntime(link, source, options, labeler).run()
     finally:
         link.close()

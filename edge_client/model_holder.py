@@ -23,6 +23,39 @@ from edge_client.models import build_student
 log = logging.getLogger(__name__)
 
 
+class ReadWriteLock:
+    """Many readers (inference on the main and background threads) or one writer (an update)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextlib.contextmanager
+    def reading(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class ModelHolder:
     def __init__(self, snapshot: streaming_pb2.ModelSnapshot):
         self._lock = threading.Lock()
@@ -40,7 +73,7 @@ class ModelHolder:
         if snapshot.params_sha256 and parameter_checksum(flat) != snapshot.params_sha256:
             raise UpdateRejected("snapshot checksum mismatch")
         inactive = copy.deepcopy(model)
-        model.in_use, inactive.in_use = threading.Lock(), threading.Lock()
+        model.in_use, inactive.in_use = ReadWriteLock(), ReadWriteLock()
         with self._lock:
             self.architecture, self.config = architecture, config
             self._inactive = inactive
@@ -59,7 +92,7 @@ class ModelHolder:
                 self.updates_rejected += 1
                 log.warning("update v%d->v%d refused: %s", update.base_version, update.new_version, exc)
                 return False
-            with self._inactive.in_use:
+            with self._inactive.in_use.writing():
                 load_flat_parameters(self._inactive, new_flat)
             self.active, self._inactive = self._inactive, self.active   # the swap
             self.flat, self.version = new_flat, update.new_version
@@ -70,7 +103,7 @@ class ModelHolder:
     def using(self):
         """The active model, held so that no update writes into it while the caller runs it."""
         model = self.active
-        with model.in_use:
+        with model.in_use.reading():
             yield model
 
     @torch.inference_mode()
@@ -78,5 +111,5 @@ class ModelHolder:
         """(H, W, 3) uint8 -> (H, W) uint8 class map with the active model."""
         model = self.active
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
-        with model.in_use:
+        with model.in_use.reading():
             return model(x)[0].argmax(0).to(torch.uint8).numpy()

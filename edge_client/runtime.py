@@ -22,6 +22,7 @@ from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
 from edge_client.sampler import IntervalSampler
+from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.segmenters import StreamDEQSegmenter, make_segmenter
 from edge_client.video_source import VideoSource
 
@@ -36,8 +37,9 @@ class EdgeOptions:
     progress: bool = True
     overlay_path: str | None = None
     baseline: bool = True                # also run the never-updated w0 on evaluated frames
-    segmenter: str = "auto"              # auto | frame | streamdeq
-    segmenter_options: dict = field(default_factory=dict)   # StreamDEQ: iters, solver, budget_ms, cut_threshold
+    segmenter: str = "auto"              # auto | frame | streamdeq | lowlatency
+    segmenter_options: dict = field(default_factory=dict)   # StreamDEQ: iters, solver, budget_ms, cut_threshold;
+                                                            # low-latency: scheme, threshold, interval
 
 
 @dataclass
@@ -145,12 +147,19 @@ class EdgeRuntime:
         if isinstance(segmenter, StreamDEQSegmenter):
             summary["streamdeq"] = {"resets": segmenter.resets, "last_iters": segmenter.last_iters,
                                     "solver": segmenter.solver, **self.opt.segmenter_options}
+        if isinstance(segmenter, LowLatencySegmenter):
+            summary["lowlatency"] = {"scheme": segmenter.scheme, "key_frames": segmenter.key_frames,
+                                     "key_frame_rate": segmenter.key_frames / max(segmenter.frames, 1),
+                                     "slow_tracks": segmenter.slow_tracks}
+            for seg in (segmenter, base_segmenter):
+                if isinstance(seg, LowLatencySegmenter):
+                    seg.close()
         return summary
 
     @staticmethod
     def stateful(segmenter) -> bool:
         """A streaming segmenter must see every frame, not only the evaluated ones."""
-        return isinstance(segmenter, StreamDEQSegmenter)
+        return isinstance(segmenter, (StreamDEQSegmenter, LowLatencySegmenter))
 
     def _print_progress(self, frames: int, video_s: float, version: int) -> None:
         s = self.link.stats

@@ -115,12 +115,16 @@ class StreamDEQSegmenter:
         return pred
 
 
-def make_segmenter(holder: ModelHolder, kind: str = "auto", **options) -> FrameSegmenter | StreamDEQSegmenter:
-    """`auto` picks by the student's architecture."""
+def make_segmenter(holder: ModelHolder, kind: str = "auto", **options):
+    """`auto` picks by the student's architecture: streamdeq and lowlatency students stream."""
+    from edge_client.lowlatency_scheduler import LowLatencySegmenter
+
     if kind == "auto":
-        kind = "streamdeq" if holder.architecture == "streamdeq" else "frame"
+        kind = holder.architecture if holder.architecture in ("streamdeq", "lowlatency") else "frame"
+    if kind in ("streamdeq", "lowlatency") and holder.architecture != kind:
+        raise ValueError(f"--segmenter {kind} needs a {kind} student, the trainer sent {holder.architecture}")
     if kind == "streamdeq":
-        if holder.architecture != "streamdeq":
-            raise ValueError(f"--segmenter streamdeq needs a streamdeq student, the trainer sent {holder.architecture}")
         return StreamDEQSegmenter(holder, **options)
+    if kind == "lowlatency":
+        return LowLatencySegmenter(holder, **options)
     return FrameSegmenter(holder)

@@ -6,11 +6,13 @@ import dataclasses
 import torch.nn as nn
 
 from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
+from edge_client.models.lowlatency import LowLatencyConfig, LowLatencySegNet
 from edge_client.models.streamdeq import StreamDEQ, StreamDEQConfig
 
 ARCHITECTURES = {
     "deeplabv3_mnv2": (DeepLabMNv2Config, DeepLabV3MobileNetV2),
     "streamdeq": (StreamDEQConfig, StreamDEQ),
+    "lowlatency": (LowLatencyConfig, LowLatencySegNet),
 }
 
 

@@ -1,0 +1,100 @@
+"""Key-frame scheduling for the low-latency segmenter (Li, Shi, Lin, CVPR 2018, §3.2 and §3.4).
+
+Schemes: `full` (every frame through S_l + S_h), `fixed` (a key frame every `interval` frames),
+`adaptive` (a key frame when the predicted deviation from the last key frame exceeds `threshold`),
+and `adaptive_lls` (adaptive + low-latency scheduling: a key frame is answered at once through the
+propagation path; S_h runs on a background worker and its features replace the cached key features
+when done, so no frame waits for S_h). The cache lives here, not in the model, so it survives a
+model update from the trainer.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edge_client.model_holder import ModelHolder
+
+SCHEMES = ("full", "fixed", "adaptive", "adaptive_lls")
+
+
+@dataclass
+class KeyCache:
+    low: torch.Tensor        # F_l^k (1, C_l, h, w)
+    high: torch.Tensor       # F_h^k (1, C_h, h, w): from S_h, or provisional (propagated) under LLS
+    frame: int               # index of the key frame
+    exact: bool              # True once F_h came from S_h
+
+
+class LowLatencySegmenter:
+    def __init__(self, holder: ModelHolder, scheme: str = "adaptive_lls", threshold: float = 0.05, interval: int = 5):
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
+        self.holder, self.scheme, self.threshold, self.interval = holder, scheme, threshold, interval
+        self.cache: KeyCache | None = None
+        self.frames = 0
+        self.key_frames = 0
+        self.slow_tracks = 0          # S_h runs finished in the background
+        self.last_deviation = 0.0
+        self.last_was_key = False
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lls-slow-track") \
+            if scheme == "adaptive_lls" else None
+        self._pending: Future | None = None
+
+    def close(self) -> None:
+        if self._worker:
+            self._worker.shutdown(wait=True)
+
+    # --- the slow track ---------------------------------------------------------------------------
+    def _slow_track(self, low: torch.Tensor, frame: int) -> None:
+        with torch.inference_mode(), self.holder.using() as model:
+            high = model.upper(low)
+        with self._lock:
+            if self.cache is not None and self.cache.frame == frame:   # still the newest key frame
+                self.cache.high, self.cache.exact = high, True
+            self.slow_tracks += 1
+
+    def wait_idle(self, timeout_s: float = 30.0) -> None:
+        """Block until no slow track is running (for tests and orderly shutdown)."""
+        pending = self._pending
+        if pending is not None:
+            pending.result(timeout=timeout_s)
+
+    # --- per frame --------------------------------------------------------------------------------
+    def _is_key(self, model, low: torch.Tensor, cache: KeyCache | None) -> bool:
+        if cache is None or self.scheme == "full":
+            return True
+        if self.scheme == "fixed":
+            return self.frames - cache.frame >= self.interval
+        self.last_deviation = float(model.deviation(cache.low, low)[0])
+        return self.last_deviation > self.threshold
+
+    @torch.inference_mode()
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+        size = x.shape[-2:]
+        with self.holder.using() as model:
+            low = model.lower(x)
+            with self._lock:
+                cache = self.cache
+            key = self._is_key(model, low, cache)
+            if key and (self.scheme != "adaptive_lls" or cache is None):
+                high = model.upper(low)                                  # blocking S_h
+                new_cache = KeyCache(low, high, self.frames, True)
+            else:
+                high = model.propagate(cache.high, cache.low, low)       # fast track
+                new_cache = KeyCache(low, high, self.frames, False) if key else None
+            logits = model.classify(high, size)
+        if new_cache is not None:
+            with self._lock:
+                self.cache = new_cache
+            self.key_frames += 1
+            if not new_cache.exact:
+                self._pending = self._worker.submit(self._slow_track, low, self.frames)
+        self.last_was_key = new_cache is not None
+        self.frames += 1
+        return logits[0].argmax(0).to(torch.uint8).numpy()

@@ -1,0 +1,122 @@
+"""Low-latency segmenter: spatially variant convolution, kernel predictor, and the key-frame scheduler."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ams.synthetic import SyntheticScene
+from ams.update_codec import encode_snapshot, flat_parameters, make_update, round_to_float16
+from edge_client.lowlatency_scheduler import LowLatencySegmenter
+from edge_client.model_holder import ModelHolder
+from edge_client.models import build_student, student_config_dict
+from edge_client.models.lowlatency import spatially_variant_conv
+
+TINY = {"num_classes": 2, "width_mult": 0.25, "high_channels": 16, "reduce_channels": 8, "kernel_size": 5,
+        "input_height": 48, "input_width": 64}
+SCENE = SyntheticScene(seed=5, w=64, h=48, fps=10, shift=1e9)
+
+
+def test_spatially_variant_conv_equals_a_naive_reference():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 3, 5, 6, generator=g)
+    k = torch.softmax(torch.randn(2, 9, 5, 6, generator=g), 1)
+    out = spatially_variant_conv(f, k, 3)
+    ref = torch.zeros_like(f)
+    for b in range(2):
+        for y in range(5):
+            for x in range(6):
+                for i in range(9):
+                    dy, dx = divmod(i, 3)
+                    yy, xx = y + dy - 1, x + dx - 1
+                    if 0 <= yy < 5 and 0 <= xx < 6:
+                        ref[b, :, y, x] += k[b, i, y, x] * f[b, :, yy, xx]
+    torch.testing.assert_close(out, ref)
+
+
+def test_identity_kernel_reproduces_the_features():
+    f = torch.randn(1, 4, 7, 9)
+    k = torch.zeros(1, 81, 7, 9)
+    k[:, 40] = 1.0      # the centre of a 9×9 kernel
+    torch.testing.assert_close(spatially_variant_conv(f, k, 9), f)
+
+
+def test_predicted_kernels_sum_to_one_and_start_near_identity():
+    model = build_student("lowlatency", TINY).eval()
+    low = model.lower(torch.rand(2, 3, 48, 64))
+    kernels = model.kernels(low, low.flip(0))
+    assert kernels.shape == (2, 25, 6, 8)
+    torch.testing.assert_close(kernels.sum(1), torch.ones(2, 6, 8))
+    assert kernels[:, 12].mean() > 0.5          # untrained: mostly the centre tap (copy the key features)
+
+
+def _holder():
+    torch.manual_seed(0)
+    model = build_student("lowlatency", TINY).eval()
+    names = [n for n, _ in model.named_parameters()]
+    return ModelHolder(encode_snapshot("s", 0, "lowlatency", student_config_dict(model), model.state_dict(), names))
+
+
+def _frames(n):
+    return [SCENE.render(i / 10)[0] for i in range(n)]
+
+
+def test_key_frames_follow_the_predicted_deviation_threshold(monkeypatch):
+    holder = _holder()
+    seg = LowLatencySegmenter(holder, scheme="adaptive", threshold=0.3)
+    script = iter([0.1, 0.2, 0.35, 0.05, 0.31, 0.29, 0.25])
+    for model in (holder.active, holder._inactive):
+        monkeypatch.setattr(model.deviation, "forward", lambda low_key, low_cur: torch.tensor([next(script)]))
+    keys = []
+    for rgb in _frames(8):
+        seg.segment(rgb)
+        keys.append(seg.last_was_key)
+    # frame 0 is always a key frame (nothing cached); then key iff deviation > 0.3
+    assert keys == [True, False, False, True, False, True, False, False]
+
+
+def test_fixed_scheme_keys_every_interval_frames():
+    seg = LowLatencySegmenter(_holder(), scheme="fixed", interval=3)
+    keys = []
+    for rgb in _frames(10):
+        seg.segment(rgb)
+        keys.append(seg.last_was_key)
+    assert [i for i, k in enumerate(keys) if k] == [0, 3, 6, 9]
+
+
+def test_low_latency_scheduling_never_waits_for_a_slow_upper_part(monkeypatch):
+    holder = _holder()
+    seg = LowLatencySegmenter(holder, scheme="adaptive_lls", threshold=-1.0)   # every frame is a key frame
+    seg.segment(_frames(1)[0])                  # the very first frame computes S_h once, in the foreground
+    release = threading.Event()
+    for model in (holder.active, holder._inactive):
+        original = model.upper
+        monkeypatch.setattr(model, "upper", lambda low, original=original: (release.wait(30), original(low))[1])
+    for rgb in _frames(6):                       # S_h now blocks until released: frames must still flow
+        assert seg.segment(rgb).shape == (48, 64)
+    assert seg.key_frames == 7 and not seg.cache.exact and seg.slow_tracks == 0
+    release.set()
+    seg.wait_idle()
+    assert seg.cache.exact and seg.cache.frame == 6   # the newest key frame got its S_h features
+    seg.close()
+
+
+def test_a_model_update_keeps_the_key_frame_cache():
+    holder = _holder()
+    seg = LowLatencySegmenter(holder, scheme="fixed", interval=100)
+    for rgb in _frames(3):
+        seg.segment(rgb)
+    cache = seg.cache
+    flat = flat_parameters(holder.active)
+    idx = np.arange(0, flat.size, 20)
+    after = flat.copy()
+    after[idx] += 0.01
+    round_to_float16(after, idx)
+    assert holder.apply(make_update("s", 0, 1, after, idx))
+    seg.segment(_frames(4)[3])
+    assert seg.cache is cache and not seg.last_was_key and seg.key_frames == 1
+
+
+def test_unknown_scheme_is_refused():
+    with pytest.raises(ValueError, match="scheme"):
+        LowLatencySegmenter(_holder(), scheme="sometimes")

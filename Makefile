@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help install assets redis tools proto demo demo-streamdeq bench-streamdeq test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help install assets redis tools proto demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -66,3 +66,9 @@ demo-streamdeq: install assets redis
 
 bench-streamdeq: install assets
 	$(BIN)/python -m scripts.bench_streamdeq
+
+bench-lowlatency: install assets
+	$(BIN)/python -m scripts.bench_lowlatency
+
+demo-lowlatency: install assets redis
+	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency

@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="out/demo")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--segmenter", choices=["frame", "streamdeq"], default="frame",
+    p.add_argument("--segmenter", choices=["frame", "streamdeq", "lowlatency"], default="frame",
                    help="frame: DeeplabV3-MobileNetV2 (deeplabv3_mnv2_selfie); streamdeq: StreamDEQ at M = 2 "
-                        "iterations per frame (streamdeq_selfie)")
+                        "iterations per frame (streamdeq_selfie); lowlatency: adaptive key frames with low-latency "
+                        "scheduling (lowlatency_selfie)")
     args = p.parse_args(argv)
     out = os.path.join(ROOT, args.out)
     os.makedirs(out, exist_ok=True)
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     with ams_stack(os.path.join(out, "logs"), teacher_env, TRAINER_ENV, os.environ.get("AMS_REDIS_URL")) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
                "--mode", "replay", "--device-id", "demo-edge", "--out", out, "--threads", "1"]
-        cmd += ["--segmenter", "streamdeq", "--deq-iters", "2"] if args.segmenter == "streamdeq" else \
-            ["--checkpoint", "deeplabv3_mnv2_selfie"]
+        cmd += {"streamdeq": ["--segmenter", "streamdeq", "--deq-iters", "2"],
+                "lowlatency": ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls"],
+                "frame": ["--checkpoint", "deeplabv3_mnv2_selfie"]}[args.segmenter]
         cmd += [a for v in VIDEOS for a in ("--video", v)] + (["--quiet"] if args.quiet else [])
         subprocess.run(cmd, cwd=ROOT, check=True)
         server = scrape(stack["trainer_metrics"])

@@ -10,6 +10,7 @@ import pytest
 
 from ams.synthetic import SyntheticScene
 from scripts.pretrain import pretrain, save_checkpoint
+from scripts.train_lowlatency import train_lowlatency
 from scripts.procs import ROOT, ams_stack
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +24,9 @@ STUDENTS = {
     "streamdeq": ({"num_classes": 2, "channels": [8, 16, 24, 32], "train_mode": "SUR", "train_iters": 8,
                    "test_iters": 8, "input_height": 72, "input_width": 128},                # ≈78 K parameters
                   ["--segmenter", "streamdeq", "--deq-iters", "2"]),
+    "lowlatency": ({"num_classes": 2, "width_mult": 0.25, "high_channels": 16, "reduce_channels": 8, "kernel_size": 5,
+                    "input_height": 72, "input_width": 128},                                 # ≈150 K parameters
+                   ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls", "--ll-threshold", "0.05"]),
 }
 GAMMA = 0.05
 MESSAGE_OVERHEAD_BYTES = 128   # ServerMessage/ModelUpdate framing, versions, sha256, session id
@@ -31,8 +35,13 @@ MESSAGE_OVERHEAD_BYTES = 128   # ServerMessage/ModelUpdate framing, versions, sh
 @pytest.mark.parametrize("architecture", sorted(STUDENTS))
 def test_ams_beats_no_customization_after_a_domain_shift(tmp_path, architecture):
     config, edge_flags = STUDENTS[architecture]
-    model, meta = pretrain([PRETRAIN_SCENE.spec()], "oracle", "", PRETRAIN_SCENE.spec(), architecture,
-                           config, steps=120, batch=8, lr=5e-3, seed=0, log=lambda *_: None)
+    if architecture == "lowlatency":   # all three stages: basic network, propagation, deviation predictor
+        frames = [PRETRAIN_SCENE.render(i / PRETRAIN_SCENE.fps) for i in range(PRETRAIN_SCENE.num_frames)]
+        model, meta = train_lowlatency([([f for f, _ in frames], [y for _, y in frames])], config, (120, 100, 60),
+                                       lr=5e-3, log=lambda *_: None)
+    else:
+        model, meta = pretrain([PRETRAIN_SCENE.spec()], "oracle", "", PRETRAIN_SCENE.spec(), architecture,
+                               config, steps=120, batch=8, lr=5e-3, seed=0, log=lambda *_: None)
     save_checkpoint(str(tmp_path / "students" / "tiny_domain_a.pt"), architecture, model, meta)
     trainer_env = {"AMS_CHECKPOINT_DIR": str(tmp_path / "students"), "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
                    "AMS_K_ITERS": "10", "AMS_BATCH_SIZE": "4", "AMS_LR": "0.01", "AMS_GAMMA": str(GAMMA),
@@ -47,6 +56,9 @@ def test_ams_beats_no_customization_after_a_domain_shift(tmp_path, architecture)
     summary = json.loads((out / "summary.json").read_text())
     if architecture == "streamdeq":   # the edge streamed: warm-started state, M = 2 iterations per frame
         assert summary["segmenter"] == "StreamDEQSegmenter" and summary["streamdeq"]["last_iters"] == 2
+    if architecture == "lowlatency":  # key frames were chosen adaptively and S_h ran in the background
+        ll = summary["lowlatency"]
+        assert summary["segmenter"] == "LowLatencySegmenter" and 0 < ll["key_frame_rate"] < 1 and ll["slow_tracks"] > 0
     ams, base = summary["ams"]["miou"], summary["no_customization"]["miou"]
     assert summary["frames"] == SCENE.num_frames and summary["updates"] >= 8
     assert ams > base + 0.10, (ams, base)

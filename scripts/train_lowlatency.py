@@ -1,0 +1,117 @@
+"""`python -m scripts.train_lowlatency`: train a low-latency segmenter in the paper's three stages (§4).
+
+1. the basic network (S_l + S_h + classifier) on teacher-labelled frames;
+2. with it frozen, the propagation modules (kernel weight predictor, AdaptNet, fusion) on frame pairs
+   l ∈ [2, 10] apart — the first frame is the key frame, the loss is on the second;
+3. the deviation predictor by regression on the fraction of pixels whose label (from the basic
+   network's own predictions) changed between the two frames (l ∈ [1, 10], so small gaps are seen too).
+Writes a checkpoint the trainer serves by name (<out-dir>/<name>.pt).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_client.video_source import VideoSource
+from scripts.pretrain import save_checkpoint, train_student
+from services.teacher.backends import TeacherInput, make_backend
+
+DEFAULT_CONFIG = {"num_classes": 2, "input_height": 144, "input_width": 256}
+
+
+def label_clips(videos: list[str], size: tuple[int, int], model_path: str) -> list[tuple[list, list]]:
+    """Frames of each video with the LiteRT teacher's labels."""
+    backend = make_backend("litert", model_path)
+    backend.load()
+    clips = []
+    for video in videos:
+        frames = [f.rgb for f in VideoSource([video], size)]
+        clips.append((frames, [o.class_map for o in backend.infer_batch([TeacherInput(f, 0.0) for f in frames])]))
+    return clips
+
+
+def _pairs(clips: list[tuple[list, list]], batch: int, gap: tuple[int, int], rng: np.random.Generator):
+    """A batch of (key frame, current frame, current label) tensors, `gap` frames apart within a clip."""
+    keys, curs, labels = [], [], []
+    for _ in range(batch):
+        frames, lab = clips[rng.integers(len(clips))]
+        step = int(rng.integers(gap[0], gap[1] + 1))
+        i = int(rng.integers(0, max(1, len(frames) - step)))
+        j = min(i + step, len(frames) - 1)
+        keys.append(frames[i])
+        curs.append(frames[j])
+        labels.append(lab[j])
+    to = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    return to(keys), to(curs), torch.from_numpy(np.stack(labels)).long()
+
+
+def train_lowlatency(clips: list[tuple[list, list]], config: dict, steps: tuple[int, int, int] = (300, 300, 200),
+                     batch: int = 8, lr: float = 2e-3, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
+    """All three stages; returns the model (eval mode) and what was done."""
+    started = time.time()
+    frames = [f for c in clips for f in c[0]]
+    labels = [label for c in clips for label in c[1]]
+    model, meta = train_student(frames, labels, "lowlatency", config, steps[0], batch, lr, seed, log)
+    model.eval()   # the basic network is fixed from here on (BatchNorm statistics included)
+    rng = np.random.default_rng(seed + 1)
+    prop_params = [p for m in (model.kernels, model.adapt, model.fuse) for p in m.parameters()]
+    opt = torch.optim.Adam(prop_params, lr=1e-3)
+    for step in range(steps[1]):
+        xk, xt, yt = _pairs(clips, batch, (2, 10), rng)
+        with torch.no_grad():
+            low_k, low_t = model.lower(xk), model.lower(xt)
+            high_k = model.upper(low_k)
+        loss = F.cross_entropy(model.classify(model.propagate(high_k, low_k, low_t), xt.shape[-2:]), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps[1] - 1:
+            log(f"propagation step {step:4d}  loss {loss.item():.4f}")
+    meta["propagation_loss"] = float(loss.item())
+    opt = torch.optim.Adam(model.deviation.parameters(), lr=1e-3)
+    for step in range(steps[2]):
+        xk, xt, _ = _pairs(clips, batch, (1, 10), rng)
+        with torch.no_grad():
+            low_k, low_t = model.lower(xk), model.lower(xt)
+            pk = model.classify(model.upper(low_k), xk.shape[-2:]).argmax(1)
+            pt = model.classify(model.upper(low_t), xt.shape[-2:]).argmax(1)
+            target = (pk != pt).float().mean((1, 2))          # fraction of pixels whose label changed
+        loss = F.mse_loss(model.deviation(low_k, low_t), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps[2] - 1:
+            log(f"deviation step {step:4d}  loss {loss.item():.5f}")
+    meta.update({"deviation_loss": float(loss.item()), "steps": list(steps), "train_seconds": round(time.time() - started, 1)})
+    return model.eval(), meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="train_lowlatency", description=__doc__)
+    p.add_argument("--video", action="append", default=None, help="training clips (not the evaluation clip)")
+    p.add_argument("--model-path", default="assets/teacher/selfie_segmentation_landscape.tflite")
+    p.add_argument("--config", default=json.dumps(DEFAULT_CONFIG))
+    p.add_argument("--steps", default="300,300,200", help="basic, propagation, deviation steps")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", default="assets/students")
+    p.add_argument("--name", default="lowlatency_selfie")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = json.loads(args.config)
+    videos = args.video or ["data/videos/bikes.mp4"]
+    clips = label_clips(videos, (config.get("input_height", 144), config.get("input_width", 256)), args.model_path)
+    model, meta = train_lowlatency(clips, config, tuple(int(s) for s in args.steps.split(",")))
+    meta.update({"videos": [os.path.basename(v) for v in videos], "teacher": "litert"})
+    path = os.path.join(args.out_dir, args.name + ".pt")
+    save_checkpoint(path, "lowlatency", model, meta)
+    print(f"wrote {path}: {sum(p.numel() for p in model.parameters())} parameters, meta {meta}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ model update from the trainer.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +18,17 @@ import numpy as np
 import torch
 
 from edge_client.model_holder import ModelHolder
+from edge_client.models import class_map
 
 SCHEMES = ("full", "fixed", "adaptive", "adaptive_lls")
+
+
+def _lower_priority() -> None:
+    """Run the slow track at the lowest CPU priority, so the fast track preempts it (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass   # not permitted or not supported: the slow track just runs at normal priority
 
 
 @dataclass
@@ -41,8 +51,8 @@ class LowLatencySegmenter:
         self.last_deviation = 0.0
         self.last_was_key = False
         self._lock = threading.Lock()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lls-slow-track") \
-            if scheme == "adaptive_lls" else None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lls-slow-track",
+                                          initializer=_lower_priority) if scheme == "adaptive_lls" else None
         self._pending: Future | None = None
 
     def close(self) -> None:
@@ -97,4 +107,4 @@ class LowLatencySegmenter:
                 self._pending = self._worker.submit(self._slow_track, low, self.frames)
         self.last_was_key = new_cache is not None
         self.frames += 1
-        return logits[0].argmax(0).to(torch.uint8).numpy()
+        return class_map(logits[0])

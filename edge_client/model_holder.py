@@ -18,7 +18,7 @@ import torch
 from ams.update_codec import (SparseUpdate, UpdateRejected, apply_update, decode_snapshot, flat_parameters,
                               load_flat_parameters, parameter_checksum)
 from ams.v1 import streaming_pb2
-from edge_client.models import build_student
+from edge_client.models import build_student, class_map
 
 log = logging.getLogger(__name__)
 
@@ -112,4 +112,4 @@ class ModelHolder:
         model = self.active
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
         with model.in_use.reading():
-            return model(x)[0].argmax(0).to(torch.uint8).numpy()
+            return class_map(model(x)[0])

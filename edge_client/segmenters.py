@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edge_client.model_holder import ModelHolder
+from edge_client.models import class_map
 
 
 def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -105,7 +106,7 @@ class StreamDEQSegmenter:
             t1 = time.perf_counter()
             z, self.last_residuals = model.solve(injection, self.z, m, self.solver)
             t2 = time.perf_counter()
-            pred = model.decode(z, x.shape[-2:])[0].argmax(0).to(torch.uint8).numpy()
+            pred = class_map(model.decode(z, x.shape[-2:])[0])
             t3 = time.perf_counter()
         self.z = z
         self.frames += 1

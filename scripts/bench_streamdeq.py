@@ -21,7 +21,7 @@ import torch
 
 from ams.synthetic import SyntheticScene
 from edge_client.evaluation import Confusion
-from edge_client.models import build_student
+from edge_client.models import build_student, class_map
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
 from services.teacher.backends import TeacherInput, make_backend
@@ -92,7 +92,7 @@ def evaluate(model: torch.nn.Module, windows: list, mode: str, iters: int, solve
             injection = model.inject(x)
             z0 = z if (mode == "stream" and z is not None) else model.zeros(injection)
             z, _ = model.solve(injection, z0, iters, solver)
-            pred = model.decode(z, x.shape[-2:])[0].argmax(0).numpy()
+            pred = class_map(model.decode(z, x.shape[-2:])[0])
             times.append((time.perf_counter() - started) * 1000)
             confusions[t].add(pred, label)
     return {"miou_by_frame": [round(c.miou() * 100, 2) for c in confusions],

@@ -4,7 +4,8 @@
 2. with it frozen, the propagation modules (kernel weight predictor, AdaptNet, fusion) on frame pairs
    l ∈ [2, 10] apart — the first frame is the key frame, the loss is on the second;
 3. the deviation predictor by regression on the fraction of pixels whose label (from the basic
-   network's own predictions) changed between the two frames (l ∈ [1, 10], so small gaps are seen too).
+   network's own predictions) changed between the two frames (l ∈ [0, 10], so small gaps are seen too).
+`--resume CKPT --stages deviation` re-runs stage 3 alone on a trained checkpoint.
 Writes a checkpoint the trainer serves by name (<out-dir>/<name>.pt).
 """
 from __future__ import annotations
@@ -74,9 +75,19 @@ def train_lowlatency(clips: list[tuple[list, list]], config: dict, steps: tuple[
         if step % 100 == 0 or step == steps[1] - 1:
             log(f"propagation step {step:4d}  loss {loss.item():.4f}")
     meta["propagation_loss"] = float(loss.item())
+    meta["deviation_loss"] = train_deviation(model, clips, steps[2], batch, rng, log)
+    meta.update({"steps": list(steps), "train_seconds": round(time.time() - started, 1)})
+    return model.eval(), meta
+
+
+def train_deviation(model: torch.nn.Module, clips: list[tuple[list, list]], steps: int, batch: int,
+                    rng: np.random.Generator, log=print) -> float:
+    """Stage 3: regress the deviation predictor on the basic network's label changes; returns the last loss."""
+    model.eval()
     opt = torch.optim.Adam(model.deviation.parameters(), lr=1e-3)
-    for step in range(steps[2]):
-        xk, xt, _ = _pairs(clips, batch, (1, 10), rng)
+    loss = torch.zeros(())
+    for step in range(steps):
+        xk, xt, _ = _pairs(clips, batch, (0, 10), rng)
         with torch.no_grad():
             low_k, low_t = model.lower(xk), model.lower(xt)
             pk = model.classify(model.upper(low_k), xk.shape[-2:]).argmax(1)
@@ -86,9 +97,22 @@ def train_lowlatency(clips: list[tuple[list, list]], config: dict, steps: tuple[
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 100 == 0 or step == steps[2] - 1:
+        if step % 100 == 0 or step == steps - 1:
             log(f"deviation step {step:4d}  loss {loss.item():.5f}")
-    meta.update({"deviation_loss": float(loss.item()), "steps": list(steps), "train_seconds": round(time.time() - started, 1)})
+    return float(loss.item())
+
+
+def resume_deviation(path: str, clips, steps: int, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
+    """Load a trained low-latency checkpoint and re-run stage 3 only."""
+    from edge_client.models import build_student
+
+    ckpt = torch.load(path, weights_only=True)
+    model = build_student("lowlatency", ckpt["config"])
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("deviation.")}
+    model.load_state_dict(state, strict=False)
+    meta = dict(ckpt.get("meta", {}))
+    meta["deviation_loss"] = train_deviation(model, clips, steps, 8, np.random.default_rng(seed + 2), log)
+    meta["deviation_retrained"] = True
     return model.eval(), meta
 
 
@@ -101,12 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", default="assets/students")
     p.add_argument("--name", default="lowlatency_selfie")
+    p.add_argument("--resume", default="", help="start from this checkpoint")
+    p.add_argument("--stages", default="all", help="all | deviation (stage 3 only, with --resume)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = json.loads(args.config)
     videos = args.video or ["data/videos/bikes.mp4"]
     clips = label_clips(videos, (config.get("input_height", 144), config.get("input_width", 256)), args.model_path)
-    model, meta = train_lowlatency(clips, config, tuple(int(s) for s in args.steps.split(",")))
+    steps = tuple(int(s) for s in args.steps.split(","))
+    if args.stages == "deviation":
+        model, meta = resume_deviation(args.resume, clips, steps[2])
+    else:
+        model, meta = train_lowlatency(clips, config, steps)
     meta.update({"videos": [os.path.basename(v) for v in videos], "teacher": "litert"})
     path = os.path.join(args.out_dir, args.name + ".pt")
     save_checkpoint(path, "lowlatency", model, meta)

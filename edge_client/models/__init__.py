@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import torch
 import torch.nn as nn
 
 from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
@@ -28,6 +30,12 @@ def build_student(architecture: str, config: dict) -> nn.Module:
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     config = {k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v for k, v in config.items()}
     return model_cls(config_cls(**config))
+
+
+def class_map(logits: torch.Tensor) -> np.ndarray:
+    """(C, H, W) logits -> (H, W) uint8 class ids. `max(0).indices`, not `argmax(0)`: on CPU the latter
+    takes 6.6 ms at 2×144×256 here, the former 0.14 ms."""
+    return logits.max(0).indices.to(torch.uint8).numpy()
 
 
 def student_config_dict(model: nn.Module) -> dict:

@@ -47,18 +47,22 @@ def spatially_variant_conv(features: torch.Tensor, kernels: torch.Tensor, kernel
 
 
 class DeviationPredictor(nn.Module):
-    """Predicted fraction of pixels whose label changed between key frame k and frame t (§3.2)."""
+    """Predicted fraction of pixels whose label changed between key frame k and frame t (§3.2).
+
+    Reduce both frames' low-level features (3×3 conv), take their difference, a 3×3 conv, global
+    pooling and an FC. The difference enters as its magnitude and no layer after it has a bias, so
+    identical frames predict exactly 0 and the prediction grows with the change."""
 
     def __init__(self, low_channels: int, width: int):
         super().__init__()
         self.reduce = nn.Conv2d(low_channels, width, 3, padding=1)
-        self.conv = nn.Conv2d(width, width, 3, padding=1)
-        self.fc = nn.Linear(width, 1)
+        self.conv = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.fc = nn.Linear(width, 1, bias=False)
 
     def forward(self, low_key: torch.Tensor, low_cur: torch.Tensor) -> torch.Tensor:
-        diff = F.relu(self.reduce(low_cur)) - F.relu(self.reduce(low_key))
+        diff = (F.relu(self.reduce(low_cur)) - F.relu(self.reduce(low_key))).abs()
         pooled = F.relu(self.conv(diff)).mean((2, 3))                          # global pooling, (B, width)
-        return torch.sigmoid(self.fc(pooled))[:, 0]                            # (B,) in [0, 1]
+        return 1.0 - torch.exp(-F.relu(self.fc(pooled)[:, 0]))                 # (B,) in [0, 1), 0 when equal
 
 
 class KernelWeightPredictor(nn.Module):

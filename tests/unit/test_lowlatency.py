@@ -120,3 +120,11 @@ def test_a_model_update_keeps_the_key_frame_cache():
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="scheme"):
         LowLatencySegmenter(_holder(), scheme="sometimes")
+
+
+def test_deviation_predictor_is_zero_for_identical_frames_and_in_0_1():
+    model = build_student("lowlatency", TINY).eval()
+    low = model.lower(torch.rand(2, 3, 48, 64))
+    assert torch.equal(model.deviation(low, low), torch.zeros(2))
+    other = model.deviation(low, low.flip(0))
+    assert ((other >= 0) & (other < 1)).all()

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="StreamDEQ: reset the state when consecutive thumbnails differ by more than this (0 = never)")
     p.add_argument("--ll-scheme", choices=["full", "fixed", "adaptive", "adaptive_lls"], default="adaptive_lls",
                    help="low-latency key-frame scheme")
-    p.add_argument("--ll-threshold", type=float, default=0.05, help="low-latency: predicted deviation for a key frame")
+    p.add_argument("--ll-threshold", type=float, default=0.02, help="low-latency: predicted deviation for a key frame")
     p.add_argument("--ll-interval", type=int, default=5, help="low-latency: key-frame interval of the fixed scheme")
     p.add_argument("--arch", default="deeplabv3_mnv2", help="student architecture")
     p.add_argument("--config", default="", help="student config JSON (with --checkpoint '' )")

@@ -138,3 +138,15 @@ class LowLatencySegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.upper(self.lower(x)), x.shape[-2:])
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The AMS trainer's loss: the full-frame path on every frame, plus the propagation path with
+        each frame's predecessor in the (capture-ordered) batch as its key frame, so both the key-frame
+        features and what non-key frames see adapt to the scene."""
+        low = self.lower(x)
+        high = self.upper(low)
+        loss = F.cross_entropy(self.classify(high, x.shape[-2:]), y)
+        if x.shape[0] > 1:
+            propagated = self.propagate(high[:-1], low[:-1], low[1:])
+            loss = loss + F.cross_entropy(self.classify(propagated, x.shape[-2:]), y[1:])
+        return loss

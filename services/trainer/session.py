@@ -87,14 +87,16 @@ class Session:
         h, w = self.student_config.get("input_height"), self.student_config.get("input_width")
 
         def loss_fn(model: torch.nn.Module) -> torch.Tensor:
-            chosen = [keys[i] for i in self.rng.integers(0, len(keys), size=self.cfg.batch_size)]  # uniform over B
+            picks = np.sort(self.rng.integers(0, len(keys), size=self.cfg.batch_size))   # uniform over B
+            chosen = [keys[i] for i in picks]   # in capture order (keys are sorted), for students that pair frames
             frames, labels = self.store.load_frames(self.sid, chosen)
             x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0   # (B, 3, H, W)
             y = torch.from_numpy(np.stack(labels)).long()                                  # (B, H, W)
             if h and w and x.shape[-2:] != (h, w):
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
                 y = F.interpolate(y[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
-            return F.cross_entropy(model(x), y)
+            student_loss = getattr(model, "training_loss", None)   # a student may define its own (see lowlatency)
+            return student_loss(x, y) if student_loss else F.cross_entropy(model(x), y)
         return loss_fn
 
     def train_phase(self) -> tuple[SparseUpdate | None, dict]:

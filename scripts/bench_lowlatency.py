@@ -27,6 +27,7 @@ from edge_client.model_holder import ModelHolder
 from edge_client.models import build_student, student_config_dict
 from edge_client.video_source import file_duration
 from scripts.pretrain import save_checkpoint
+from scripts.readme import write_block
 from scripts.train_lowlatency import DEFAULT_CONFIG, label_clips, train_lowlatency
 
 TEACHER = "assets/teacher/selfie_segmentation_landscape.tflite"
@@ -105,12 +106,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def render_readme(text: str, result: dict) -> str:
-    begin, end = "<!-- lowlatency-bench:begin -->", "<!-- lowlatency-bench:end -->"
-    head, rest = text.split(begin, 1)
-    return f"{head}{begin}\n{table(result)}\n{end}{rest.split(end, 1)[1]}"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="out/bench/lowlatency.json")
@@ -123,11 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.readme:
         with open(args.out) as f:
-            result = json.load(f)
-        with open("README.md") as f:
-            text = f.read()
-        with open("README.md", "w") as f:
-            f.write(render_readme(text, result))
+            write_block("lowlatency-bench", table(json.load(f)))
         return
     torch.set_num_threads(args.threads)
     size = (DEFAULT_CONFIG["input_height"], DEFAULT_CONFIG["input_width"])

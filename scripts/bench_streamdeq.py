@@ -24,6 +24,7 @@ from edge_client.evaluation import Confusion
 from edge_client.models import build_student, class_map
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
+from scripts.readme import write_block
 from services.teacher.backends import TeacherInput, make_backend
 
 WINDOW, STRIDE, M_VALUES = 20, 10, (1, 2, 4, 8)
@@ -122,12 +123,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def render_readme(text: str, result: dict) -> str:
-    begin, end = "<!-- streamdeq-bench:begin -->", "<!-- streamdeq-bench:end -->"
-    head, rest = text.split(begin, 1)
-    return f"{head}{begin}\n{table(result)}\n{end}{rest.split(end, 1)[1]}"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="out/bench/streamdeq.json")
@@ -140,11 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.readme:
         with open(args.out) as f:
-            result = json.load(f)
-        with open("README.md") as f:
-            text = f.read()
-        with open("README.md", "w") as f:
-            f.write(render_readme(text, result))
+            write_block("streamdeq-bench", table(json.load(f)))
         return
     torch.set_num_threads(args.threads)
     cache = os.path.join(os.path.dirname(args.out), "streamdeq_models")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ams.config import env_name
+from scripts.readme import replace_block, write_block
 from services.teacher.config import TeacherConfig
 from services.trainer.config import TrainerConfig
 
@@ -19,9 +20,6 @@ def rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
-BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
-
-
 def table() -> str:
     lines = ["| service | variable | default | meaning |", "|---|---|---|---|"]
     lines += [f"| {service} | `{var}` | `{default}` | {help_} |" for service, var, default, help_ in rows()]
@@ -29,19 +27,14 @@ def table() -> str:
 
 
 def render_readme(text: str) -> str:
-    """README text with the table between the markers regenerated."""
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
+    """README text with the configuration table regenerated."""
+    return replace_block(text, "config-table", table())
 
 
 def main() -> None:
     import sys
     if "--readme" in sys.argv:
-        with open("README.md") as f:
-            text = f.read()
-        with open("README.md", "w") as f:
-            f.write(render_readme(text))
+        write_block("config-table", table())
     else:
         print(table())
 

@@ -1,0 +1,17 @@
+"""Generated blocks of README.md: the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
+from __future__ import annotations
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """`text` with the block `name` replaced by `content`."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{content}\n{end}{rest.split(end, 1)[1]}"
+
+
+def write_block(name: str, content: str, path: str = "README.md") -> None:
+    """Rewrite the block `name` of the README in place."""
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(replace_block(text, name, content))

@@ -27,12 +27,12 @@ assets: $(STAMP)
 
 # A redis-server binary for the tests and the demo (they start their own on free ports).
 redis:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server; }
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
 # Validators for docker-compose.yml and the Prometheus files (no Docker engine needed).
 tools:
 	@command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose prometheus; }
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose prometheus; }
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)

@@ -135,12 +135,11 @@ class TrainerLink:
                 if self._call is not None:
                     self._call.cancel()
                 return
-            if ok:
-                self.stats.updates += 1
-                self.stats.update_bytes.append(message.ByteSize())
-                self.stats.update_mask_bytes.append(len(message.update.index_mask_gz))
-                self.stats.update_values.append(len(message.update.values_f16) // 2)
-                self.stats.update_times.append(self.video_time_s)
+            self.stats.updates += 1
+            self.stats.update_bytes.append(message.ByteSize())
+            self.stats.update_mask_bytes.append(len(message.update.index_mask_gz))
+            self.stats.update_values.append(len(message.update.values_f16) // 2)
+            self.stats.update_times.append(self.video_time_s)
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()
             self.holder.load_snapshot(message.snapshot)

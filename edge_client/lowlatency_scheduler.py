@@ -41,6 +41,8 @@ class KeyCache:
 
 
 class LowLatencySegmenter:
+    stateful = True     # the key-frame cache must see every frame
+
     def __init__(self, holder: ModelHolder, scheme: str = "adaptive_lls", threshold: float = 0.05, interval: int = 5):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")

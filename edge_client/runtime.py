@@ -19,10 +19,10 @@ import numpy as np
 from ams.video import encode_clip
 from edge_client.evaluation import Confusion, TeacherLabeler, frame_miou
 from edge_client.link import TrainerLink
+from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
 from edge_client.sampler import IntervalSampler
-from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.segmenters import StreamDEQSegmenter, make_segmenter
 from edge_client.video_source import VideoSource
 
@@ -115,7 +115,7 @@ class EdgeRuntime:
             self.latencies_ms.append((time.perf_counter() - started) * 1000)
             frames += 1
             evaluate = self.labeler and self.opt.eval_every and frame.index % self.opt.eval_every == 0
-            base_pred = base_segmenter.segment(frame.rgb) if base_segmenter and (evaluate or self.stateful(base_segmenter)) else None
+            base_pred = base_segmenter.segment(frame.rgb) if base_segmenter and (evaluate or base_segmenter.stateful) else None
             if evaluate:
                 label = self.labeler.label(frame.rgb, video_t)
                 conf_ams.add(pred, label)
@@ -139,6 +139,9 @@ class EdgeRuntime:
             uploader.join()
         if overlay:
             overlay.close()
+        for seg in (segmenter, base_segmenter):
+            if seg is not None:
+                seg.close()
         if self.opt.progress:
             self._print_progress(frames, video_t - (t0 or 0), holder.version)
             sys.stderr.write("\n")
@@ -151,15 +154,7 @@ class EdgeRuntime:
             summary["lowlatency"] = {"scheme": segmenter.scheme, "key_frames": segmenter.key_frames,
                                      "key_frame_rate": segmenter.key_frames / max(segmenter.frames, 1),
                                      "slow_tracks": segmenter.slow_tracks}
-            for seg in (segmenter, base_segmenter):
-                if isinstance(seg, LowLatencySegmenter):
-                    seg.close()
         return summary
-
-    @staticmethod
-    def stateful(segmenter) -> bool:
-        """A streaming segmenter must see every frame, not only the evaluated ones."""
-        return isinstance(segmenter, (StreamDEQSegmenter, LowLatencySegmenter))
 
     def _print_progress(self, frames: int, video_s: float, version: int) -> None:
         s = self.link.stats

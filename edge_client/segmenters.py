@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
 from edge_client.models import class_map
 
@@ -24,13 +25,21 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 class FrameSegmenter:
-    """One forward pass of the active model per frame."""
+    """One forward pass of the active model per frame.
+
+    Every segmenter has `segment(rgb) -> class map`, `stateful` (whether it must see every frame,
+    not only the ones being evaluated) and `close()`."""
+
+    stateful = False
 
     def __init__(self, holder: ModelHolder):
         self.holder = holder
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         return self.holder.predict(rgb)
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -75,6 +84,8 @@ class ShotChangeDetector:
 class StreamDEQSegmenter:
     """Warm-started streaming inference of a StreamDEQ student."""
 
+    stateful = True
+
     def __init__(self, holder: ModelHolder, iters: int = 2, solver: str = "unroll", budget_ms: float | None = None,
                  cut_threshold: float | None = 0.15):
         self.holder, self.iters, self.solver = holder, iters, solver
@@ -89,6 +100,9 @@ class StreamDEQSegmenter:
     def reset(self) -> None:
         """Forget the state: the next frame starts from z = 0."""
         self.z = None
+
+    def close(self) -> None:
+        pass
 
     @torch.inference_mode()
     def segment(self, rgb: np.ndarray, iters: int | None = None) -> np.ndarray:
@@ -118,8 +132,6 @@ class StreamDEQSegmenter:
 
 def make_segmenter(holder: ModelHolder, kind: str = "auto", **options):
     """`auto` picks by the student's architecture: streamdeq and lowlatency students stream."""
-    from edge_client.lowlatency_scheduler import LowLatencySegmenter
-
     if kind == "auto":
         kind = holder.architecture if holder.architecture in ("streamdeq", "lowlatency") else "frame"
     if kind in ("streamdeq", "lowlatency") and holder.architecture != kind:

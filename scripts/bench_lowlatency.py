@@ -27,7 +27,7 @@ from edge_client.model_holder import ModelHolder
 from edge_client.models import build_student, student_config_dict
 from edge_client.video_source import file_duration
 from scripts.pretrain import save_checkpoint
-from scripts.readme import write_block
+from scripts.readme import write_block_from_results
 from scripts.train_lowlatency import DEFAULT_CONFIG, label_clips, train_lowlatency
 
 TEACHER = "assets/teacher/selfie_segmentation_landscape.tflite"
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
     args = p.parse_args(argv)
     if args.readme:
-        with open(args.out) as f:
-            write_block("lowlatency-bench", table(json.load(f)))
+        write_block_from_results("lowlatency-bench", args.out, table)
         return
     torch.set_num_threads(args.threads)
     size = (DEFAULT_CONFIG["input_height"], DEFAULT_CONFIG["input_width"])

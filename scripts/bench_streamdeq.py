@@ -24,7 +24,7 @@ from edge_client.evaluation import Confusion
 from edge_client.models import build_student, class_map
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
-from scripts.readme import write_block
+from scripts.readme import write_block_from_results
 from services.teacher.backends import TeacherInput, make_backend
 
 WINDOW, STRIDE, M_VALUES = 20, 10, (1, 2, 4, 8)
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
     args = p.parse_args(argv)
     if args.readme:
-        with open(args.out) as f:
-            write_block("streamdeq-bench", table(json.load(f)))
+        write_block_from_results("streamdeq-bench", args.out, table)
         return
     torch.set_num_threads(args.threads)
     cache = os.path.join(os.path.dirname(args.out), "streamdeq_models")

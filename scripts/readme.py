@@ -15,3 +15,11 @@ def write_block(name: str, content: str, path: str = "README.md") -> None:
         text = f.read()
     with open(path, "w") as f:
         f.write(replace_block(text, name, content))
+
+
+def write_block_from_results(name: str, results_path: str, table) -> None:
+    """Rewrite block `name` with `table(results)` for the JSON results at `results_path`."""
+    import json
+
+    with open(results_path) as f:
+        write_block(name, table(json.load(f)))

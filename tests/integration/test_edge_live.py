@@ -90,6 +90,6 @@ def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatc
             time.sleep(0.05)
         assert corrupted and link.holder.updates_rejected == 1
         assert link.holder.version == 2     # caught up by re-delivery after the refusal
-        np.testing.assert_array_equal(flat_parameters(link.holder.active), link.holder.flat)
+        np.testing.assert_array_equal(flat_parameters(link.holder.canonical), link.holder.flat)
     finally:
         link.close()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ams.synthetic import SyntheticScene
-from ams.update_codec import encode_snapshot, flat_parameters, make_update, round_to_float16
+from ams.update_codec import encode_snapshot, make_update, round_to_float16
 from edge_client.model_holder import ModelHolder
 from edge_client.models import build_student, student_config_dict
 from edge_client.models.deq_solvers import broyden, unroll
@@ -138,7 +138,7 @@ def test_a_model_update_mid_stream_keeps_the_state_and_never_stops_frames():
     holder = _holder()
     seg = StreamDEQSegmenter(holder, iters=2, cut_threshold=None)
     scene = SyntheticScene(seed=3, w=64, h=36, fps=10)
-    flat = flat_parameters(holder.active)
+    flat = holder.flat.copy()
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(flat.size, flat.size // 20, replace=False))
     after = flat.copy()

@@ -98,15 +98,18 @@ def test_holder_applies_swaps_and_keeps_last_good_model():
     flat = flat_parameters(model)
     after, upd = _update(flat, base=0, new=1)
     assert holder.apply(upd) and holder.version == 1
-    assert holder.active is not active_before                  # swapped to the other copy
-    np.testing.assert_array_equal(flat_parameters(holder.active), after)
+    assert holder.active is not active_before                  # a new inference copy was published
+    np.testing.assert_array_equal(flat_parameters(holder.canonical), after)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():                                       # the published copy computes the updated model
+        torch.testing.assert_close(holder.active(x), holder.canonical(x), atol=1e-4, rtol=1e-4)
     assert holder.apply(upd) and holder.version == 1            # re-delivery is harmless
     _, bad = _update(after, base=1, new=2, seed=5)
     msg = encode_update(bad)
     msg.values_f16 = bytes(len(msg.values_f16))                 # zeroed values: wrong checksum
     assert not holder.apply(decode_update(msg))
     assert holder.version == 1 and holder.updates_rejected == 1
-    np.testing.assert_array_equal(flat_parameters(holder.active), after)
+    np.testing.assert_array_equal(flat_parameters(holder.canonical), after)
     x = np.zeros((32, 48, 3), dtype=np.uint8)
     assert holder.predict(x).shape == (32, 48)
 

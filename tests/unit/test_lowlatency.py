@@ -1,12 +1,13 @@
 """Low-latency segmenter: spatially variant convolution, kernel predictor, and the key-frame scheduler."""
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from ams.synthetic import SyntheticScene
-from ams.update_codec import encode_snapshot, flat_parameters, make_update, round_to_float16
+from ams.update_codec import encode_snapshot, make_update, round_to_float16
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
 from edge_client.models import build_student, student_config_dict
@@ -65,7 +66,7 @@ def test_key_frames_follow_the_predicted_deviation_threshold(monkeypatch):
     holder = _holder()
     seg = LowLatencySegmenter(holder, scheme="adaptive", threshold=0.3)
     script = iter([0.1, 0.2, 0.35, 0.05, 0.31, 0.29, 0.25])
-    for model in (holder.active, holder._inactive):
+    for model in (holder.active,):
         monkeypatch.setattr(model.deviation, "forward", lambda low_key, low_cur: torch.tensor([next(script)]))
     keys = []
     for rgb in _frames(8):
@@ -84,14 +85,16 @@ def test_fixed_scheme_keys_every_interval_frames():
     assert [i for i, k in enumerate(keys) if k] == [0, 3, 6, 9]
 
 
-def test_low_latency_scheduling_never_waits_for_a_slow_upper_part(monkeypatch):
+@pytest.mark.parametrize("cooperative", [True, False])
+def test_low_latency_scheduling_never_waits_for_a_slow_upper_part(monkeypatch, cooperative):
     holder = _holder()
-    seg = LowLatencySegmenter(holder, scheme="adaptive_lls", threshold=-1.0)   # every frame is a key frame
+    seg = LowLatencySegmenter(holder, scheme="adaptive_lls", threshold=-1.0,   # every frame is a key frame
+                              cooperative=cooperative)
     seg.segment(_frames(1)[0])                  # the very first frame computes S_h once, in the foreground
     release = threading.Event()
-    for model in (holder.active, holder._inactive):
-        original = model.upper
-        monkeypatch.setattr(model, "upper", lambda low, original=original: (release.wait(30), original(low))[1])
+    blocks = holder.active.upper_blocks()
+    stuck = lambda x: (release.wait(30), x)[1]   # noqa: E731  -- an S_h block that takes until released
+    monkeypatch.setattr(holder.active, "upper_blocks", lambda: [blocks[0], stuck, *blocks[1:]])
     for rgb in _frames(6):                       # S_h now blocks until released: frames must still flow
         assert seg.segment(rgb).shape == (48, 64)
     assert seg.key_frames == 7 and not seg.cache.exact and seg.slow_tracks == 0
@@ -101,13 +104,36 @@ def test_low_latency_scheduling_never_waits_for_a_slow_upper_part(monkeypatch):
     seg.close()
 
 
+def test_the_cooperative_slow_track_yields_to_frames_on_the_fast_track(monkeypatch):
+    holder = _holder()
+    seg = LowLatencySegmenter(holder, scheme="adaptive_lls", threshold=-1.0)   # every frame is a key frame
+    seg.MAX_YIELD_S = 30.0
+    seg.segment(_frames(1)[0])
+    model = holder.active
+    original, during = model.propagate, []
+
+    def slow_propagate(*args):                  # a fast track long enough for all of S_h to run in parallel
+        before = seg.slow_blocks
+        time.sleep(0.03)
+        out = original(*args)
+        during.append(seg.slow_blocks - before)
+        return out
+    monkeypatch.setattr(model, "propagate", slow_propagate)
+    for rgb in _frames(8):
+        seg.segment(rgb)
+    seg.wait_idle()
+    assert seg.cache.exact and seg.slow_tracks >= 1
+    assert max(during) <= 1      # at most the one S_h block already in flight when the frame came
+    seg.close()
+
+
 def test_a_model_update_keeps_the_key_frame_cache():
     holder = _holder()
     seg = LowLatencySegmenter(holder, scheme="fixed", interval=100)
     for rgb in _frames(3):
         seg.segment(rgb)
     cache = seg.cache
-    flat = flat_parameters(holder.active)
+    flat = holder.flat.copy()
     idx = np.arange(0, flat.size, 20)
     after = flat.copy()
     after[idx] += 0.01
@@ -128,3 +154,16 @@ def test_deviation_predictor_is_zero_for_identical_frames_and_in_0_1():
     assert torch.equal(model.deviation(low, low), torch.zeros(2))
     other = model.deviation(low, low.flip(0))
     assert ((other >= 0) & (other < 1)).all()
+
+
+def test_deviation_predictor_cannot_collapse_to_a_constant_zero():
+    """Regression pushing the FC below zero used to end in a dead final ReLU: prediction 0 for every
+    pair and no gradient, so adaptive scheduling never picked a key frame again."""
+    model = build_student("lowlatency", TINY).eval()
+    with torch.no_grad():
+        model.deviation.fc.weight.fill_(-10.0)
+    low = model.lower(torch.rand(2, 3, 48, 64)).detach()
+    pred = model.deviation(low, low.flip(0))
+    assert (pred > 0).all()
+    pred.sum().backward()
+    assert model.deviation.fc.weight.grad.abs().sum() > 0

@@ -7,12 +7,10 @@ propagation path; S_h runs on a background worker and its features replace the c
 when done, so no frame waits for S_h). The cache lives here, not in the model, so it survives a
 model update from the trainer.
 
-On a CPU the two tracks share cores, memory bandwidth and the GIL. By default the slow track is
-*cooperative*: it runs S_h block by block and, before each block, waits while a frame is on the fast
-track, so it fills the idle time between frames and a frame meets at most one S_h block in flight.
-This does not delay the fast track. It delays the exact key features by a frame or two. With
-`cooperative=False` the two tracks simply run in parallel, which suits a device with spare cores or
-an accelerator.
+The slow track runs S_h block by block and drops a run a newer key frame has superseded. On this
+2-core CPU, with one intra-op thread per track, running it in parallel with the fast track did not
+slow the fast track measurably; a cooperative variant that paused S_h while a frame was on the
+fast track gave the same latency and finished fewer slow tracks, so it was dropped.
 """
 from __future__ import annotations
 
@@ -50,23 +48,14 @@ class KeyCache:
 class LowLatencySegmenter:
     stateful = True     # the key-frame cache must see every frame
 
-    # the slow track waits at most this long for a gap between frames before it runs a block anyway,
-    # so it cannot starve when frames come back to back
-    MAX_YIELD_S = 0.1
-
-    def __init__(self, holder: ModelHolder, scheme: str = "adaptive_lls", threshold: float = 0.05, interval: int = 5,
-                 cooperative: bool = True):
+    def __init__(self, holder: ModelHolder, scheme: str = "adaptive_lls", threshold: float = 0.05, interval: int = 5):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
         self.holder, self.scheme, self.threshold, self.interval = holder, scheme, threshold, interval
-        self.cooperative = cooperative
-        self._fast_idle = threading.Event()     # set while no frame is on the fast track
-        self._fast_idle.set()
         self.cache: KeyCache | None = None
         self.frames = 0
         self.key_frames = 0
         self.slow_tracks = 0          # S_h runs finished in the background
-        self.slow_blocks = 0          # S_h blocks run in the background
         self.last_deviation = 0.0
         self.last_was_key = False
         self._lock = threading.Lock()
@@ -88,12 +77,9 @@ class LowLatencySegmenter:
         with torch.inference_mode(), self.holder.using() as model:
             high = low
             for block in model.upper_blocks():
-                if self.cooperative:
-                    self._fast_idle.wait(self.MAX_YIELD_S)   # yield to a frame on the fast track
                 if self.cache is None or self.cache.frame != frame:
                     return                                    # a newer key frame superseded this one
                 high = block(high)
-                self.slow_blocks += 1
         with self._lock:
             if self.cache is not None and self.cache.frame == frame:   # still the newest key frame
                 self.cache.high, self.cache.exact = high, True
@@ -114,16 +100,9 @@ class LowLatencySegmenter:
         self.last_deviation = float(model.deviation(cache.low, low)[0])
         return self.last_deviation > self.threshold
 
+    @torch.inference_mode()
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W) uint8 class map."""
-        self._fast_idle.clear()
-        try:
-            return self._segment(rgb)
-        finally:
-            self._fast_idle.set()
-
-    @torch.inference_mode()
-    def _segment(self, rgb: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
         size = x.shape[-2:]
         with self.holder.using() as model:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ams.update_codec import encode_update, flat_parameters, make_update, round_to_float16
 from ams.video import encode_clip
-from edge_client.models import build_student
+from edge_client.models import build_student, inference_copy
 from edge_client.video_source import VideoSource
 from services.teacher.backends import TeacherInput, make_backend
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, train_phase
@@ -33,7 +33,9 @@ def _percentiles(samples_ms: list[float]) -> dict:
 
 @torch.inference_mode()
 def bench_edge(config: dict, runs: int) -> dict:
-    model = build_student("deeplabv3_mnv2", config).eval()
+    """The student as the edge runs it: the holder's inference copy (BatchNorm folded, channels_last)."""
+    canonical = build_student("deeplabv3_mnv2", config).eval()
+    model = inference_copy(canonical)
     x = torch.rand(1, 3, config["input_height"], config["input_width"])
     for _ in range(5):
         model(x)
@@ -42,7 +44,7 @@ def bench_edge(config: dict, runs: int) -> dict:
         t = time.perf_counter()
         model(x)
         times.append((time.perf_counter() - t) * 1000)
-    return {"config": config, "params": sum(p.numel() for p in model.parameters()), **_percentiles(times)}
+    return {"config": config, "params": sum(p.numel() for p in canonical.parameters()), **_percentiles(times)}
 
 
 def bench_phase_and_update(config: dict, k: int, batch: int, gamma: float, t_update_s: float) -> dict:

@@ -8,6 +8,7 @@ second halves with each scheme: `full` (S_l + S_h every frame), `fixed` (key fra
 `fixed`'s: the same budget of key frames, placed where the content changed), and `adaptive_lls`
 (the same, with low-latency scheduling). The edge's inference copy of the model is used (BatchNorm folded,
 channels_last), as `ams-edge` runs it. mIoU is against the teacher's labels;
+every scheme makes `--passes` interleaved passes and each figure is the median over them;
 frames arrive at the clip's capture rate, as from a live camera, and latency is the wall time of
 each frame's `segment` call; the first frame of a clip (which always
 runs S_l + S_h to initialise the cache) is reported apart from the steady-state statistics.
@@ -78,15 +79,30 @@ def run_scheme(holder: ModelHolder, clips, scheme: str, threshold: float = 0.05,
 
 
 def matching_threshold(holder: ModelHolder, clips, key_frame_rate: float, iters: int = 14) -> float:
-    """The deviation threshold whose key-frame rate is closest to `key_frame_rate` (bisection in log
-    space; the rate falls as the threshold rises). Runs unpaced: only the decisions matter here."""
-    lo, hi, best = -5.0, 0.0, (float("inf"), 0.05)
+    """The deviation threshold whose key-frame rate is closest to `key_frame_rate` without exceeding it
+    (bisection in log space; the rate falls as the threshold rises). Runs unpaced: only the decisions
+    matter here."""
+    lo, hi, best = -5.0, 0.0, (float("inf"), 1.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
         rate = run_scheme(holder, clips, "adaptive", threshold=10 ** mid, paced=False)["key_frame_rate"]
-        best = min(best, (abs(rate - key_frame_rate), round(10 ** mid, 5)))
+        if rate <= key_frame_rate:
+            best = min(best, (key_frame_rate - rate, 10 ** mid))
         lo, hi = (mid, hi) if rate > key_frame_rate else (lo, mid)
     return best[1]
+
+
+def median_pass(runs: list[dict]) -> dict:
+    """One row from several passes of a scheme: each statistic is the median over the passes (the max
+    of a single 126-frame pass is at the mercy of one hiccup of a shared VM); the per-pass maxima are
+    kept alongside."""
+    row = dict(runs[0])
+    row["miou"] = float(np.median([r["miou"] for r in runs]))
+    row["work_ms_per_frame"] = float(np.median([r["work_ms_per_frame"] for r in runs]))
+    row["latency_ms"] = {k: float(np.median([r["latency_ms"][k] for r in runs])) for k in ("mean", "p99", "max")}
+    row["max_ms_per_pass"] = [r["latency_ms"]["max"] for r in runs]
+    row["slow_tracks"] = sum(r["slow_tracks"] for r in runs)
+    return row
 
 
 @torch.inference_mode()
@@ -116,11 +132,14 @@ def table(result: dict) -> str:
     parts = result["parts_ms"]
     lines = [f"Per part (median ms, 144×256, {result['machine']['threads']} thread(s)): S_l {parts['S_l']}, S_h {parts['S_h']} (S_l = "
              f"{parts['S_l_share_of_full']:.0%} of S_l + S_h), propagation {parts['propagation']}, deviation "
-             f"predictor {parts['deviation']}. {result['test_frames']} held-out frames, teacher labels.", "",
+             f"predictor {parts['deviation']}. {result['test_frames']} held-out frames, teacher labels; each figure is the "
+             f"median of {result['passes']} interleaved passes. `adaptive_lls` max latency / `full`'s: "
+             f"{result['adaptive_lls_max_latency_vs_full']} (per pass: "
+             f"{', '.join(str(r) for r in result['adaptive_lls_max_latency_vs_full_per_pass'])}).", "",
              "| scheme | mIoU | latency mean (ms) | p99 | max | work per frame (CPU ms) | key-frame rate |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        detail = f" (every {r['interval']})" if r["interval"] else (f" (τ = {r['threshold']})" if r["threshold"] else "")
+        detail = f" (every {r['interval']})" if r["interval"] else (f" (τ = {r['threshold']:.4g})" if r["threshold"] else "")
         lat = r["latency_ms"]
         lines.append(f"| {r['scheme']}{detail} | {r['miou']:.1f} | {lat['mean']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} "
                      f"| {r['work_ms_per_frame']:.1f} | {r['key_frame_rate']:.2f} |")
@@ -135,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads; 1 = a 2-core device with the fast track on one core and LLS's slow track on "
                         "the other (with 2, both tracks oversubscribe the cores)")
+    p.add_argument("--model-cache", default="out/bench/lowlatency_models/real.pt",
+                   help="the trained model is kept here and reused unless --retrain")
+    p.add_argument("--passes", type=int, default=3,
+                   help="passes over the test clips per scheme; each statistic is the median over passes")
     p.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
     args = p.parse_args(argv)
     if args.readme:
@@ -150,24 +173,30 @@ def main(argv: list[str] | None = None) -> None:
         period = file_duration(f"data/videos/{name}.mp4") / len(frames)
         train.append((frames[:half], labels[:half]))
         test.append((frames[half:], labels[half:], period))
-    model = _model(train, os.path.join(os.path.dirname(args.out), "lowlatency_models", "real.pt"), args.retrain,
+    model = _model(train, args.model_cache, args.retrain,
                    tuple(int(s) for s in args.steps.split(",")))
     names_ = [n for n, _ in model.named_parameters()]
     holder = ModelHolder(encode_snapshot("bench", 0, "lowlatency", student_config_dict(model), model.state_dict(), names_))
     run_scheme(holder, [(test[0][0][:10], test[0][1][:10], test[0][2])], "adaptive_lls")   # warm-up
-    fixed = run_scheme(holder, test, "fixed", interval=5)
-    threshold = matching_threshold(holder, test, fixed["key_frame_rate"])   # same budget, smarter placement
-    rows = [run_scheme(holder, test, "full"), fixed, run_scheme(holder, test, "adaptive", threshold=threshold),
-            run_scheme(holder, test, "adaptive_lls", threshold=threshold)]
+    fixed_rate = run_scheme(holder, test, "fixed", interval=5, paced=False)["key_frame_rate"]
+    threshold = matching_threshold(holder, test, fixed_rate)   # same budget, smarter placement
+    schemes = [("full", {}), ("fixed", {"interval": 5}), ("adaptive", {"threshold": threshold}),
+               ("adaptive_lls", {"threshold": threshold})]
+    passes = {name: [] for name, _ in schemes}
+    for _ in range(args.passes):   # interleaved, so a noisy stretch of the machine hits every scheme alike
+        for name, kwargs in schemes:
+            passes[name].append(run_scheme(holder, test, name, **kwargs))
+    rows = [median_pass(passes[name]) for name, _ in schemes]
     torch.set_num_threads(2)     # reference: the full network with both cores to itself
-    rows.append({**run_scheme(holder, test, "full"), "scheme": "full (2 threads)"})
+    rows.append({**median_pass([run_scheme(holder, test, "full") for _ in range(args.passes)]), "scheme": "full (2 threads)"})
     torch.set_num_threads(args.threads)
     for row in rows:
         print(json.dumps(row), flush=True)
     result = {"rows": rows, "parts_ms": part_costs(holder.active, test[0][0][0]), "test_frames": sum(len(c[0]) for c in test),
-              "machine": {"threads": args.threads, "torch": torch.__version__}}
-    full = rows[0]["latency_ms"]["max"]
-    result["adaptive_lls_max_latency_vs_full"] = round(rows[3]["latency_ms"]["max"] / full, 3)
+              "passes": args.passes, "machine": {"threads": args.threads, "torch": torch.__version__}}
+    result["adaptive_lls_max_latency_vs_full"] = round(rows[3]["latency_ms"]["max"] / rows[0]["latency_ms"]["max"], 3)
+    result["adaptive_lls_max_latency_vs_full_per_pass"] = [
+        round(lls["latency_ms"]["max"] / full["latency_ms"]["max"], 3) for lls, full in zip(passes["adaptive_lls"], passes["full"])]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

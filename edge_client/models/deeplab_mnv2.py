@@ -116,4 +116,5 @@ class DeepLabV3MobileNetV2(nn.Module):
         size = x.shape[-2:]
         feats = self.backbone((x - self.mean) / self.std)  # (B, C, H/os, W/os)
         logits = self.classifier(self.aspp(feats))
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        # .contiguous(): few-channel logits upsample 3× faster in NCHW than channels_last (inference copy)
+        return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=False)

@@ -141,7 +141,8 @@ class LowLatencySegNet(nn.Module):
         return self.fuse(torch.cat([propagated, self.adapt(low_cur)], 1))
 
     def classify(self, high: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(self.classifier(high), size=size, mode="bilinear", align_corners=False)
+        # .contiguous(): few-channel logits upsample 3× faster in NCHW than channels_last (inference copy)
+        return F.interpolate(self.classifier(high).contiguous(), size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.upper(self.lower(x)), x.shape[-2:])

@@ -151,7 +151,8 @@ class StreamDEQ(nn.Module):
         """Segmentation head on the (approximate) equilibrium state -> logits at `size`."""
         top = z[0].shape[-2:]
         feats = torch.cat([z[0]] + [F.interpolate(t, size=top, mode="bilinear", align_corners=False) for t in z[1:]], 1)
-        return F.interpolate(self.head(feats), size=size, mode="bilinear", align_corners=False)
+        # .contiguous(): few-channel logits upsample 3× faster in NCHW than channels_last (inference copy)
+        return F.interpolate(self.head(feats).contiguous(), size=size, mode="bilinear", align_corners=False)
 
     # --- whole-model passes ----------------------------------------------------------------------
     def solve(self, injection: State, z0: State, iters: int, solver: str = "unroll") -> tuple[State, list[float]]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from edge_client.model_holder import ModelHolder
-from edge_client.models import class_map
+from edge_client.models import class_map, frame_tensor
 
 SCHEMES = ("full", "fixed", "adaptive", "adaptive_lls")
 
@@ -68,13 +68,18 @@ class LowLatencySegmenter:
             sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._pending: Future | None = None
 
+    def summary(self) -> dict:
+        return {"lowlatency": {"scheme": self.scheme, "key_frames": self.key_frames,
+                               "key_frame_rate": self.key_frames / max(self.frames, 1), "slow_tracks": self.slow_tracks}}
+
     def close(self) -> None:
         if self._worker:
             self._worker.shutdown(wait=True)
 
     # --- the slow track ---------------------------------------------------------------------------
     def _slow_track(self, low: torch.Tensor, frame: int) -> None:
-        with torch.inference_mode(), self.holder.using() as model:
+        model = self.holder.active
+        with torch.inference_mode():
             high = low
             for block in model.upper_blocks():
                 if self.cache is None or self.cache.frame != frame:
@@ -103,20 +108,19 @@ class LowLatencySegmenter:
     @torch.inference_mode()
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W) uint8 class map."""
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
-        size = x.shape[-2:]
-        with self.holder.using() as model:
-            low = model.lower(x)
-            with self._lock:
-                cache = self.cache
-            key = self._is_key(model, low, cache)
-            if key and (self.scheme != "adaptive_lls" or cache is None):
-                high = model.upper(low)                                  # blocking S_h
-                new_cache = KeyCache(low, high, self.frames, True)
-            else:
-                high = model.propagate(cache.high, cache.low, low)       # fast track
-                new_cache = KeyCache(low, high, self.frames, False) if key else None
-            logits = model.classify(high, size)
+        x = frame_tensor(rgb)
+        model = self.holder.active
+        low = model.lower(x)
+        with self._lock:
+            cache = self.cache
+        key = self._is_key(model, low, cache)
+        if key and (self.scheme != "adaptive_lls" or cache is None):
+            high = model.upper(low)                                  # blocking S_h
+            new_cache = KeyCache(low, high, self.frames, True)
+        else:
+            high = model.propagate(cache.high, cache.low, low)       # fast track
+            new_cache = KeyCache(low, high, self.frames, False) if key else None
+        logits = model.classify(high, x.shape[-2:])
         if new_cache is not None:
             with self._lock:
                 self.cache = new_cache

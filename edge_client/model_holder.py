@@ -6,12 +6,12 @@ update path touches it, under the holder's lock), and the published inference co
 applied to the canonical model, a fresh inference copy is derived, and the `active` reference is
 swapped (atomic in CPython). A published copy is never written again, so inference — on the main
 thread or a background one — never waits for an update and never sees a half-written model; an
-inference still running on the previous copy simply finishes on it. A corrupt or mis-based update
+inference still running on the previous copy simply finishes on it: a caller reads `active` once
+and uses that model for the whole frame. A corrupt or mis-based update
 is refused and the last good model is kept.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 
@@ -21,7 +21,7 @@ import torch
 from ams.update_codec import (SparseUpdate, UpdateRejected, apply_update, decode_snapshot, flat_parameters,
                               load_flat_parameters, parameter_checksum)
 from ams.v1 import streaming_pb2
-from edge_client.models import build_student, class_map, inference_copy
+from edge_client.models import build_student, class_map, frame_tensor, inference_copy
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,7 @@ class ModelHolder:
             self.updates_applied += 1
             return True
 
-    @contextlib.contextmanager
-    def using(self):
-        """The active inference model for one call (published copies are immutable, so no lock)."""
-        yield self.active
-
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W) uint8 class map with the active model."""
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
-        return class_map(self.active(x)[0])
+        return class_map(self.active(frame_tensor(rgb))[0])

@@ -19,11 +19,10 @@ import numpy as np
 from ams.video import encode_clip
 from edge_client.evaluation import Confusion, TeacherLabeler, frame_miou
 from edge_client.link import TrainerLink
-from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
 from edge_client.sampler import IntervalSampler
-from edge_client.segmenters import StreamDEQSegmenter, make_segmenter
+from edge_client.segmenters import make_segmenter
 from edge_client.video_source import VideoSource
 
 log = logging.getLogger(__name__)
@@ -147,13 +146,7 @@ class EdgeRuntime:
             sys.stderr.write("\n")
         summary = self._summary(frames, video_t - (t0 or 0), conf_ams, conf_base if baseline else None, time.perf_counter() - wall0)
         summary["segmenter"] = type(segmenter).__name__
-        if isinstance(segmenter, StreamDEQSegmenter):
-            summary["streamdeq"] = {"resets": segmenter.resets, "last_iters": segmenter.last_iters,
-                                    "solver": segmenter.solver, **self.opt.segmenter_options}
-        if isinstance(segmenter, LowLatencySegmenter):
-            summary["lowlatency"] = {"scheme": segmenter.scheme, "key_frames": segmenter.key_frames,
-                                     "key_frame_rate": segmenter.key_frames / max(segmenter.frames, 1),
-                                     "slow_tracks": segmenter.slow_tracks}
+        summary.update(segmenter.summary())
         return summary
 
     def _print_progress(self, frames: int, video_s: float, version: int) -> None:

@@ -17,18 +17,15 @@ import torch
 
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
-from edge_client.models import class_map
-
-
-def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+from edge_client.models import class_map, frame_tensor
 
 
 class FrameSegmenter:
     """One forward pass of the active model per frame.
 
     Every segmenter has `segment(rgb) -> class map`, `stateful` (whether it must see every frame,
-    not only the ones being evaluated) and `close()`."""
+    not only the ones being evaluated), `summary()` (its own figures for the run's summary) and
+    `close()`."""
 
     stateful = False
 
@@ -37,6 +34,9 @@ class FrameSegmenter:
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         return self.holder.predict(rgb)
+
+    def summary(self) -> dict:
+        return {}
 
     def close(self) -> None:
         pass
@@ -101,6 +101,11 @@ class StreamDEQSegmenter:
         """Forget the state: the next frame starts from z = 0."""
         self.z = None
 
+    def summary(self) -> dict:
+        return {"streamdeq": {"resets": self.resets, "last_iters": self.last_iters, "solver": self.solver,
+                              "iters": self.iters, "budget_ms": self.budget.target_ms if self.budget else None,
+                              "cut_threshold": self.cuts.threshold if self.cuts else None}}
+
     def close(self) -> None:
         pass
 
@@ -111,17 +116,17 @@ class StreamDEQSegmenter:
             self.reset()
             self.resets += 1
         m = iters if iters is not None else (self.budget.choose() if self.budget else self.iters)
-        with self.holder.using() as model:
-            t0 = time.perf_counter()
-            x = _to_tensor(rgb)
-            injection = model.inject(x)
-            if self.z is None or [t.shape for t in self.z] != [t.shape for t in injection]:
-                self.z = model.zeros(injection)
-            t1 = time.perf_counter()
-            z, self.last_residuals = model.solve(injection, self.z, m, self.solver)
-            t2 = time.perf_counter()
-            pred = class_map(model.decode(z, x.shape[-2:])[0])
-            t3 = time.perf_counter()
+        model = self.holder.active
+        t0 = time.perf_counter()
+        x = frame_tensor(rgb)
+        injection = model.inject(x)
+        if self.z is None or [t.shape for t in self.z] != [t.shape for t in injection]:
+            self.z = model.zeros(injection)
+        t1 = time.perf_counter()
+        z, self.last_residuals = model.solve(injection, self.z, m, self.solver)
+        t2 = time.perf_counter()
+        pred = class_map(model.decode(z, x.shape[-2:])[0])
+        t3 = time.perf_counter()
         self.z = z
         self.frames += 1
         self.last_iters = m

@@ -27,10 +27,10 @@ from ams.update_codec import encode_snapshot
 from edge_client.evaluation import Confusion
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
-from edge_client.models import build_student, student_config_dict
+from edge_client.models import build_student, frame_tensor, student_config_dict
 from edge_client.video_source import file_duration
 from scripts.pretrain import save_checkpoint
-from scripts.readme import write_block_from_results
+from scripts.readme import parse_bench_args
 from scripts.train_lowlatency import DEFAULT_CONFIG, label_clips, train_lowlatency
 
 TEACHER = "assets/teacher/selfie_segmentation_landscape.tflite"
@@ -108,7 +108,7 @@ def median_pass(runs: list[dict]) -> dict:
 @torch.inference_mode()
 def part_costs(model, rgb: np.ndarray, runs: int = 30) -> dict:
     """Median ms of S_l, S_h, propagation and the deviation predictor on one frame."""
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    x = frame_tensor(rgb)
     low = model.lower(x)
     high = model.upper(low)
     parts = {"S_l": lambda: model.lower(x), "S_h": lambda: model.upper(low),
@@ -158,10 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the trained model is kept here and reused unless --retrain")
     p.add_argument("--passes", type=int, default=3,
                    help="passes over the test clips per scheme; each statistic is the median over passes")
-    p.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
-    args = p.parse_args(argv)
-    if args.readme:
-        write_block_from_results("lowlatency-bench", args.out, table)
+    args = parse_bench_args(p, argv, "lowlatency-bench", table)
+    if args is None:
         return
     torch.set_num_threads(args.threads)
     size = (DEFAULT_CONFIG["input_height"], DEFAULT_CONFIG["input_width"])

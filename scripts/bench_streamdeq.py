@@ -21,10 +21,10 @@ import torch
 
 from ams.synthetic import SyntheticScene
 from edge_client.evaluation import Confusion
-from edge_client.models import build_student, class_map
+from edge_client.models import build_student, class_map, frame_tensor
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
-from scripts.readme import write_block_from_results
+from scripts.readme import parse_bench_args
 from services.teacher.backends import TeacherInput, make_backend
 
 WINDOW, STRIDE, M_VALUES = 20, 10, (1, 2, 4, 8)
@@ -89,7 +89,7 @@ def evaluate(model: torch.nn.Module, windows: list, mode: str, iters: int, solve
         z = None
         for t, (rgb, label) in enumerate(zip(frames, labels)):
             started = time.perf_counter()
-            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+            x = frame_tensor(rgb)
             injection = model.inject(x)
             z0 = z if (mode == "stream" and z is not None) else model.zeros(injection)
             z, _ = model.solve(injection, z0, iters, solver)
@@ -131,10 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retrain", action="store_true", help="ignore cached models")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--datasets", default="synthetic,real")
-    p.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
-    args = p.parse_args(argv)
-    if args.readme:
-        write_block_from_results("streamdeq-bench", args.out, table)
+    args = parse_bench_args(p, argv, "streamdeq-bench", table)
+    if args is None:
         return
     torch.set_num_threads(args.threads)
     cache = os.path.join(os.path.dirname(args.out), "streamdeq_models")

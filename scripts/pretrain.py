@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_client.models import build_student, student_config_dict
+from edge_client.models import batch_tensor, build_student, student_config_dict
 from edge_client.video_source import VideoSource
 from services.teacher.backends import TeacherInput, make_backend
 
@@ -56,7 +56,7 @@ def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architectu
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_student(architecture, config)
-    x_all = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+    x_all = batch_tensor(frames)
     y_all = torch.from_numpy(np.stack(labels)).long()
     log(f"training on {len(frames)} labelled frames; class share {np.bincount(y_all.numpy().ravel()) / y_all.numel()}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -17,6 +17,17 @@ def write_block(name: str, content: str, path: str = "README.md") -> None:
         f.write(replace_block(text, name, content))
 
 
+def parse_bench_args(parser, argv: list[str] | None, name: str, table):
+    """Parse a benchmark's arguments, adding `--readme`: with it, only rewrite README block `name` with
+    `table` of the results at `--out` and return None; otherwise return the arguments."""
+    parser.add_argument("--readme", action="store_true", help="only write the table of --out's results into README.md")
+    args = parser.parse_args(argv)
+    if args.readme:
+        write_block_from_results(name, args.out, table)
+        return None
+    return args
+
+
 def write_block_from_results(name: str, results_path: str, table) -> None:
     """Rewrite block `name` with `table(results)` for the JSON results at `results_path`."""
     import json

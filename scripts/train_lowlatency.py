@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edge_client.models import batch_tensor
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
 from services.teacher.backends import TeacherInput, make_backend
@@ -48,8 +49,7 @@ def _pairs(clips: list[tuple[list, list]], batch: int, gap: tuple[int, int], rng
         keys.append(frames[i])
         curs.append(frames[j])
         labels.append(lab[j])
-    to = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    return to(keys), to(curs), torch.from_numpy(np.stack(labels)).long()
+    return batch_tensor(keys), batch_tensor(curs), torch.from_numpy(np.stack(labels)).long()
 
 
 def train_lowlatency(clips: list[tuple[list, list]], config: dict, steps: tuple[int, int, int] = (300, 300, 200),

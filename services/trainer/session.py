@@ -7,18 +7,18 @@ published parameters that both read.
 """
 from __future__ import annotations
 
-import threading
-import zlib
-import time
-from dataclasses import dataclass
-
 import logging
+import threading
+import time
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ams.update_codec import SparseUpdate, flat_parameters, load_flat_parameters, make_update, round_to_float16
+from edge_client.models import batch_tensor
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, train_phase
 from services.trainer.rate_control import ASRController, ATRController, phi_score
@@ -90,7 +90,7 @@ class Session:
             picks = np.sort(self.rng.integers(0, len(keys), size=self.cfg.batch_size))   # uniform over B
             chosen = [keys[i] for i in picks]   # in capture order (keys are sorted), for students that pair frames
             frames, labels = self.store.load_frames(self.sid, chosen)
-            x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0   # (B, 3, H, W)
+            x = batch_tensor(frames)   # (B, 3, H, W)
             y = torch.from_numpy(np.stack(labels)).long()                                  # (B, H, W)
             if h and w and x.shape[-2:] != (h, w):
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)

@@ -2,7 +2,7 @@
 
 Two models: the canonical one, whose parameters the trainer's sparse updates address (only the
 update path touches it, under the holder's lock), and the published inference copy derived from it
-(`inference_copy`: BatchNorm folded into convs, channels_last; 1.6× faster on CPU). An update is
+(`inference_copy`: BatchNorm folded into convs, channels_last; 1.3–1.6× faster on CPU). An update is
 applied to the canonical model, a fresh inference copy is derived, and the `active` reference is
 swapped (atomic in CPython). A published copy is never written again, so inference — on the main
 thread or a background one — never waits for an update and never sees a half-written model; an

@@ -38,8 +38,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
     """An eval-only copy of a student for the edge's inference: every Conv2d followed by a BatchNorm2d
     inside an nn.Sequential is folded into one conv (torch's `fuse_conv_bn_eval`), and the weights are
     stored channels_last so oneDNN picks its fast NHWC kernels. On 2 CPU cores at 144×256 (1 thread)
-    DeeplabV3-MobileNetV2 runs 1.6× faster (13.1 vs 21.4 ms), the low-latency S_l 1.6× (2.7 vs
-    4.4 ms); outputs agree to 2e-6. Its parameters are not the ones updates address, so the
+    DeeplabV3-MobileNetV2 runs 1.3–1.6× faster across runs (12.5 vs 16.1 ms, 13.1 vs 21.4 ms); outputs
+    agree to 2e-6. Its parameters are not the ones updates address, so the
     ModelHolder keeps the canonical model and derives a new copy per update."""
     model = copy.deepcopy(model).eval()
     for parent in model.modules():

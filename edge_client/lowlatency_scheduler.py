@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from edge_client.model_holder import ModelHolder
-from edge_client.models import class_map, frame_tensor
+from ams.models import class_map, frame_tensor
 
 SCHEMES = ("full", "fixed", "adaptive", "adaptive_lls")
 

@@ -21,7 +21,7 @@ import torch
 from ams.update_codec import (SparseUpdate, UpdateRejected, apply_update, decode_snapshot, flat_parameters,
                               load_flat_parameters, parameter_checksum)
 from ams.v1 import streaming_pb2
-from edge_client.models import build_student, class_map, frame_tensor, inference_copy
+from ams.models import build_student, class_map, frame_tensor, inference_copy
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
-from edge_client.models import class_map, frame_tensor
+from ams.models import class_map, frame_tensor
 
 
 class FrameSegmenter:

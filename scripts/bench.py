@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ams.update_codec import encode_update, flat_parameters, make_update, round_to_float16
 from ams.video import encode_clip
-from edge_client.models import build_student, inference_copy
+from ams.models import build_student, inference_copy
 from edge_client.video_source import VideoSource
 from services.teacher.backends import TeacherInput, make_backend
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, train_phase

@@ -27,7 +27,7 @@ from ams.update_codec import encode_snapshot
 from edge_client.evaluation import Confusion
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
-from edge_client.models import build_student, frame_tensor, student_config_dict
+from ams.models import build_student, frame_tensor, student_config_dict
 from edge_client.video_source import file_duration
 from scripts.pretrain import save_checkpoint
 from scripts.readme import parse_bench_args

@@ -21,7 +21,7 @@ import torch
 
 from ams.synthetic import SyntheticScene
 from edge_client.evaluation import Confusion
-from edge_client.models import build_student, class_map, frame_tensor
+from ams.models import build_student, class_map, frame_tensor
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
 from scripts.readme import parse_bench_args

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_client.models import batch_tensor, build_student, student_config_dict
+from ams.models import batch_tensor, build_student, student_config_dict
 from edge_client.video_source import VideoSource
 from services.teacher.backends import TeacherInput, make_backend
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_client.models import batch_tensor
+from ams.models import batch_tensor
 from edge_client.video_source import VideoSource
 from scripts.pretrain import save_checkpoint, train_student
 from services.teacher.backends import TeacherInput, make_backend
@@ -104,7 +104,7 @@ def train_deviation(model: torch.nn.Module, clips: list[tuple[list, list]], step
 
 def resume_deviation(path: str, clips, steps: int, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
     """Load a trained low-latency checkpoint and re-run stage 3 only."""
-    from edge_client.models import build_student
+    from ams.models import build_student
 
     ckpt = torch.load(path, weights_only=True)
     model = build_student("lowlatency", ckpt["config"])

@@ -22,7 +22,7 @@ import torch
 from ams import errors
 from ams.update_codec import encode_update
 from ams.video import decode_clip
-from edge_client.models import build_student, student_config_dict
+from ams.models import build_student, student_config_dict
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.session import Control, Session

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ams.update_codec import SparseUpdate, flat_parameters, load_flat_parameters, make_update, round_to_float16
-from edge_client.models import batch_tensor
+from ams.models import batch_tensor
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, train_phase
 from services.trainer.rate_control import ASRController, ATRController, phi_score

@@ -9,8 +9,8 @@ from ams.synthetic import SyntheticScene
 from ams.update_codec import encode_snapshot, make_update, round_to_float16
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
-from edge_client.models import build_student, student_config_dict
-from edge_client.models.lowlatency import spatially_variant_conv
+from ams.models import build_student, student_config_dict
+from ams.models.lowlatency import spatially_variant_conv
 
 TINY = {"num_classes": 2, "width_mult": 0.25, "high_channels": 16, "reduce_channels": 8, "kernel_size": 5,
         "input_height": 48, "input_width": 64}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ams.config import ConfigError, load_config
-from edge_client.models import build_student
+from ams.models import build_student
 from services.trainer.config import TrainerConfig
 
 

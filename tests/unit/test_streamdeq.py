@@ -8,8 +8,8 @@ import torch
 from ams.synthetic import SyntheticScene
 from ams.update_codec import encode_snapshot, make_update, round_to_float16
 from edge_client.model_holder import ModelHolder
-from edge_client.models import build_student, student_config_dict
-from edge_client.models.deq_solvers import broyden, unroll
+from ams.models import build_student, student_config_dict
+from ams.models.deq_solvers import broyden, unroll
 from edge_client.segmenters import ShotChangeDetector, StreamDEQSegmenter, TimeBudget
 from edge_client.video_source import VideoSource
 

@@ -8,7 +8,7 @@ import torch
 from ams.update_codec import (UpdateRejected, apply_update, decode_snapshot, decode_update, encode_snapshot,
                               encode_update, flat_parameters, make_update, parameter_checksum, round_to_float16)
 from edge_client.model_holder import ModelHolder
-from edge_client.models import build_student, student_config_dict
+from ams.models import build_student, student_config_dict
 
 TINY = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "input_height": 32, "input_width": 48}
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge_client.models.deq_solvers import broyden, unroll
+from ams.models.deq_solvers import broyden, unroll
 
 State = list[torch.Tensor]   # one (B, C_i, H_i, W_i) tensor per resolution
 

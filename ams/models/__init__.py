@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
-from edge_client.models.lowlatency import LowLatencyConfig, LowLatencySegNet
-from edge_client.models.streamdeq import StreamDEQ, StreamDEQConfig
+from ams.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
+from ams.models.lowlatency import LowLatencyConfig, LowLatencySegNet
+from ams.models.streamdeq import StreamDEQ, StreamDEQConfig
 
 ARCHITECTURES = {
     "deeplabv3_mnv2": (DeepLabMNv2Config, DeepLabV3MobileNetV2),

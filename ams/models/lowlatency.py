@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge_client.models.deeplab_mnv2 import ASPPLite, MobileNetV2Features
+from ams.models.deeplab_mnv2 import ASPPLite, MobileNetV2Features
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,10 @@ def flat_parameters(model: torch.nn.Module) -> np.ndarray:
 
 def load_flat_parameters(model: torch.nn.Module, flat: np.ndarray) -> None:
     """Write a flat float32 vector into the model's parameters, in place."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), model.parameters())
+        vector = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)).to(device)
+        torch.nn.utils.vector_to_parameters(vector, model.parameters())
 
 
 def parameter_checksum(flat: np.ndarray) -> bytes:

@@ -2,7 +2,9 @@
 
 Updates and control messages arrive on a server stream read by a background thread, which applies
 them to the ModelHolder; on UNAVAILABLE it reconnects with backoff and resumes from the version
-the device holds (the trainer catches it up by missed updates or a snapshot).
+the device holds (the trainer catches it up by missed updates or a snapshot). An update the device
+refuses (wrong base, corrupt, checksum mismatch) ends the stream; the link reconnects after an
+exponential backoff and names the refused version, and the trainer answers with a snapshot.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ class TrainerLink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._call = None
-        self._resync = False
+        self._refused_version = 0          # set when an update is refused: the next stream asks for a snapshot
+        self.resyncs = 0
 
     # --- session ----------------------------------------------------------------------------------
     def open(self) -> ModelHolder:
@@ -130,8 +133,8 @@ class TrainerLink:
                 log.warning("corrupt update refused: %s", exc)
                 self.holder.updates_rejected += 1
                 ok = False
-            if not ok:   # out of step with the trainer: reconnect from the version held to be caught up
-                self._resync = True
+            if not ok:   # out of step with the trainer: reconnect and ask for a snapshot
+                self._refused_version = message.update.new_version
                 if self._call is not None:
                     self._call.cancel()
                 return
@@ -151,21 +154,28 @@ class TrainerLink:
             self._cond.notify_all()
 
     def _stream_loop(self) -> None:
-        backoff = 0.2
+        backoff = resync_backoff = 0.2
         while not self._stop.is_set():
+            refused, self._refused_version = self._refused_version, 0
             try:
                 self._call = self._stub.StreamUpdates(
-                    streaming_pb2.StreamUpdatesRequest(session_id=self.session_id, held_version=self.holder.version),
+                    streaming_pb2.StreamUpdatesRequest(session_id=self.session_id, held_version=self.holder.version,
+                                                       refused_version=refused),
                     metadata=self._metadata, wait_for_ready=True)
                 for message in self._call:
                     self._handle(message)
                     backoff = 0.2
+                    if message.WhichOneof("body") in ("update", "snapshot") and not self._refused_version:
+                        resync_backoff = 0.2      # in step again
                 if self._stop.is_set():
                     return
             except grpc.RpcError as exc:
-                if self._resync and not self._stop.is_set():
-                    self._resync = False
-                    log.info("resyncing updates from version %d", self.holder.version)
+                if self._refused_version and not self._stop.is_set():
+                    self.resyncs += 1
+                    log.info("update v%d refused; resyncing by snapshot from version %d in %.1f s",
+                             self._refused_version, self.holder.version, resync_backoff)
+                    self._stop.wait(resync_backoff * (1 + random.random()))   # never a tight loop
+                    resync_backoff = min(resync_backoff * 2, 30.0)
                     continue
                 if self._stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
                     return

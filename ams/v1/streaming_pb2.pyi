@@ -116,12 +116,14 @@ class UploadClipResponse(_message.Message):
     def __init__(self, frames_accepted: _Optional[int] = ..., frames_buffered: _Optional[int] = ...) -> None: ...
 
 class StreamUpdatesRequest(_message.Message):
-    __slots__ = ("session_id", "held_version")
+    __slots__ = ("session_id", "held_version", "refused_version")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_VERSION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     held_version: int
-    def __init__(self, session_id: _Optional[str] = ..., held_version: _Optional[int] = ...) -> None: ...
+    refused_version: int
+    def __init__(self, session_id: _Optional[str] = ..., held_version: _Optional[int] = ..., refused_version: _Optional[int] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -118,8 +118,9 @@ class OnnxBackend(TeacherBackend):
 
     name = "onnx"
 
-    def __init__(self, model_path: str, classes: list[str], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
-        self.model_path, self.classes = model_path, classes
+    def __init__(self, model_path: str, classes: list[str], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                 device: str = "auto"):
+        self.model_path, self.classes, self.device = model_path, classes, device
         self.mean = np.array(mean, dtype=np.float32)[:, None, None]
         self.std = np.array(std, dtype=np.float32)[:, None, None]
         self._session = None
@@ -127,7 +128,11 @@ class OnnxBackend(TeacherBackend):
     def load(self) -> None:
         import onnxruntime  # optional dependency: pip install onnxruntime
 
-        self._session = onnxruntime.InferenceSession(self.model_path, providers=onnxruntime.get_available_providers())
+        available = onnxruntime.get_available_providers()
+        if self.device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise RuntimeError("AMS_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider")
+        providers = ["CPUExecutionProvider"] if self.device == "cpu" else available   # CUDA first when present
+        self._session = onnxruntime.InferenceSession(self.model_path, providers=providers)
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         dims = [d if isinstance(d, int) else 0 for d in inp.shape[2:4]]   # 0: dynamic, use the frame's size
@@ -149,12 +154,13 @@ class OnnxBackend(TeacherBackend):
         return results
 
 
-def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes: str = "", threads: int = 2) -> TeacherBackend:
+def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes: str = "", threads: int = 2,
+                 device: str = "auto") -> TeacherBackend:
     """Factory from config values."""
     if kind == "litert":
         return LiteRTSelfieBackend(model_path, threads)
     if kind == "oracle":
         return OracleBackend(scene_spec)
     if kind == "onnx":
-        return OnnxBackend(model_path, [c for c in classes.split(",") if c])
+        return OnnxBackend(model_path, [c for c in classes.split(",") if c], device=device)
     raise ValueError(f"unknown teacher backend {kind!r} (litert | oracle | onnx)")

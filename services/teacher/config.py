@@ -16,6 +16,8 @@ class TeacherConfig:
     scene: str = field(default="", metadata={"help": "synthetic scene spec for the oracle backend"})
     classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})
     threads: int = field(default=2, metadata={"help": "inference threads"})
+    device: str = field(default="auto", metadata={"env": "AMS_DEVICE", "help": "onnx backend: auto (CUDA when "
+                        "onnxruntime has it), cpu or cuda; litert and oracle run on the CPU"})
     max_batch: int = field(default=8, metadata={"help": "frames per inference batch"})
     max_wait_ms: float = field(default=10.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "frames queued before RESOURCE_EXHAUSTED"})
@@ -27,5 +29,7 @@ class TeacherConfig:
             raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, oracle or onnx")
         if self.backend == "oracle" and not self.scene:
             raise ConfigError("the oracle backend needs AMS_TEACHER_SCENE (a synthetic scene spec)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"AMS_DEVICE={self.device!r}: want auto, cpu or cuda")
         if self.max_batch < 1 or self.max_wait_ms < 0:
             raise ConfigError("AMS_TEACHER_MAX_BATCH must be ≥ 1 and AMS_TEACHER_MAX_WAIT_MS ≥ 0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ams.config import ConfigError
+from ams.device import resolve_device
 
 
 def _f(default, help_: str, env: str | None = None):
@@ -45,6 +46,9 @@ class TrainerConfig:
     torch_threads: int = _f(2, "intra-op threads for training")
     seed: int = _f(0, "seed for I_1 and mini-batch sampling")
     updates_kept: int = _f(32, "updates kept per session for catch-up after a reconnect")
+    checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "
+                                   "a phase writes only its update; ≤ updates_kept)")
+    device: str = _f("auto", "where training runs: auto (CUDA when present), cpu or cuda")
 
     def validate(self) -> None:
         if not 0 < self.gamma <= 1:
@@ -53,5 +57,8 @@ class TrainerConfig:
             raise ConfigError("AMS_K_ITERS and AMS_BATCH_SIZE must be ≥ 1")
         if not 0 < self.r_min <= self.r_init <= self.r_max:
             raise ConfigError("need 0 < AMS_R_MIN ≤ AMS_R_INIT ≤ AMS_R_MAX")
+        resolve_device(self.device)
+        if not 1 <= self.checkpoint_every <= self.updates_kept:
+            raise ConfigError("need 1 ≤ AMS_CHECKPOINT_EVERY ≤ AMS_UPDATES_KEPT (restore replays the kept chain)")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")

@@ -24,8 +24,15 @@ class AdamCDState:
     step: int = 0                       # Adam's global step count i
 
     @classmethod
-    def zeros(cls, num_params: int) -> "AdamCDState":
-        return cls(torch.zeros(num_params), torch.zeros(num_params))
+    def zeros(cls, num_params: int, device: torch.device | str = "cpu") -> "AdamCDState":
+        return cls(torch.zeros(num_params, device=device), torch.zeros(num_params, device=device))
+
+    def clone(self) -> "AdamCDState":
+        """A copy a training phase can move without touching this state (phases are transactions)."""
+        return AdamCDState(self.m.clone(), self.v.clone(), None if self.u is None else self.u.clone(), self.step)
+
+    def to(self, device: torch.device | str) -> "AdamCDState":
+        return AdamCDState(self.m.to(device), self.v.to(device), None if self.u is None else self.u.to(device), self.step)
 
 
 @dataclass(frozen=True)
@@ -44,20 +51,28 @@ def select_indices(state: AdamCDState, num_params: int, gamma: float, rng: np.ra
     if state.u is None:
         chosen = rng.choice(num_params, size=k, replace=False)
     else:
-        chosen = torch.topk(state.u.abs(), k, sorted=False).indices.numpy()
+        chosen = torch.topk(state.u.abs(), k, sorted=False).indices.cpu().numpy()
     return np.sort(chosen.astype(np.int64))
 
 
-def adam_cd_step(w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, state: AdamCDState, cfg: AdamCDConfig) -> None:
-    """Lines 9–13 for one iteration, in place on w (P,), given the full gradient g (P,) and 0/1 mask (P,)."""
+def adam_cd_step(w: torch.Tensor, g: torch.Tensor, chosen: torch.Tensor, state: AdamCDState, cfg: AdamCDConfig) -> None:
+    """Lines 9–13 for one iteration, in place on w (P,), given the full gradient g (P,) and I_n as an
+    index tensor. w − u ⊙ b_n is computed only at I_n: multiplying by a 0/1 mask would turn a 0.0
+    weight into -0.0 (0.0 − (−x·0)), a different bit pattern the edge's checksum would refuse."""
     state.m.mul_(cfg.beta1).add_(g, alpha=1 - cfg.beta1)
     state.v.mul_(cfg.beta2).addcmul_(g, g, value=1 - cfg.beta2)
     state.step += 1
+    u = adam_direction(state, cfg)
+    w.index_add_(0, chosen, u.index_select(0, chosen), alpha=-1)
+    state.u = u
+
+
+def adam_direction(state: AdamCDState, cfg: AdamCDConfig) -> torch.Tensor:
+    """Line 12: u = α·sqrt(1-β2^i)/(1-β1^i) · m/(sqrt(v)+ε) for every parameter. A pure function of
+    (m, v, i), so a stored state need not carry u: recomputing it gives the same bits."""
     i = state.step
     scale = cfg.lr * (1 - cfg.beta2 ** i) ** 0.5 / (1 - cfg.beta1 ** i)
-    u = scale * state.m / (state.v.sqrt() + cfg.eps)
-    w.sub_(u * mask)
-    state.u = u
+    return scale * state.m / (state.v.sqrt() + cfg.eps)
 
 
 def train_phase(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor], state: AdamCDState,
@@ -69,8 +84,7 @@ def train_phase(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tor
     params = [p for p in model.parameters()]
     num_params = sum(p.numel() for p in params)
     indices = select_indices(state, num_params, cfg.gamma, rng)
-    mask = torch.zeros(num_params)
-    mask[torch.from_numpy(indices)] = 1.0
+    chosen = torch.from_numpy(indices).to(state.m.device)
     losses = []
     for _ in range(cfg.iterations):
         model.zero_grad(set_to_none=True)
@@ -80,6 +94,6 @@ def train_phase(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tor
         with torch.no_grad():
             g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
             w = torch.nn.utils.parameters_to_vector(params)
-            adam_cd_step(w, g, mask, state, cfg)
+            adam_cd_step(w, g, chosen, state, cfg)
             torch.nn.utils.vector_to_parameters(w, params)
     return indices, losses

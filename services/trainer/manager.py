@@ -1,7 +1,8 @@
 """Session lifecycle and the training engine: the trainer's core, independent of gRPC.
 
-One training thread (the "accelerator") serves every session round-robin, one phase per turn
-(AMS App. E); the asyncio loop only does I/O, so training never blocks the server.
+One training thread (the "accelerator") serves every session, one phase per turn (AMS App. E),
+earliest deadline first: the session whose oldest untrained clip was uploaded longest ago goes next.
+The asyncio loop only does I/O, so training never blocks the server.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from typing import AsyncIterator
 import torch
 
 from ams import errors
-from ams.update_codec import encode_update
-from ams.video import decode_clip
+from ams.device import resolve_device
 from ams.models import build_student, student_config_dict
+from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
-from services.trainer.session import Control, Session
+from services.trainer.session import Control, Session, resize_pair
 from services.trainer.store import SessionStore
 from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
@@ -48,7 +49,8 @@ class SessionManager:
         self.cfg, self.store, self.teacher = cfg, store, teacher
         self.sessions: dict[str, Session] = {}
         self.subscribers: dict[str, set[asyncio.Queue]] = collections.defaultdict(set)
-        self.pending: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.pending: dict[str, float] = {}   # sid -> wall time of its oldest untrained upload (the EDF key)
+        self.device = resolve_device(cfg.device)
         self._wakeup = asyncio.Event()
         self._train_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ams-train")
         self._engine: asyncio.Task | None = None
@@ -85,11 +87,18 @@ class SessionManager:
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
 
     async def stop(self) -> None:
+        """Stop training (a phase in flight finishes and commits), then checkpoint every held session,
+        so a graceful restart resumes Adam's moments exactly too."""
         for task in (self._engine, getattr(self, "_watcher", None)):
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._train_executor.shutdown(wait=True)
+        for session in list(self.sessions.values()):
+            try:
+                await asyncio.to_thread(session.checkpoint)
+            except errors.AMSError as exc:
+                log.warning("session %s: no checkpoint at shutdown (%s)", session.sid, exc)
 
     def _build_model(self, spec: streaming_pb2.StudentSpec) -> tuple[str, dict, torch.nn.Module]:
         try:
@@ -127,9 +136,10 @@ class SessionManager:
             raise errors.ResourceExhausted(f"trainer serves at most {self.cfg.max_sessions} sessions")
         architecture, config, model = await asyncio.to_thread(self._build_model, spec)
         sid = uuid.uuid4().hex
-        session = Session(sid, device_id, architecture, config, model, self.store, self.cfg)
-        await asyncio.to_thread(self.store.save_training_state, sid, model.state_dict(), session.adam,
-                                {**session.meta(), "config_json": json.dumps(config)}, None)
+        session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device)
+        written = await asyncio.to_thread(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
+                                          model.state_dict(), session.adam)
+        metrics.STATE_BYTES.inc(written)
         self.sessions[sid] = session
         metrics.SESSIONS_OPENED.inc()
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
@@ -147,21 +157,20 @@ class SessionManager:
         return session
 
     def _restore(self, sid: str) -> Session:
-        if not sid or not self.store.exists(sid):
+        ckpt = self.store.load_checkpoint(sid) if sid else None
+        if ckpt is None:
             raise errors.NotFound(f"unknown or expired session {sid!r}")
-        meta = self.store.load_meta(sid)
-        state, adam = self.store.load_training_state(sid)
-        if state is None:
-            raise errors.NotFound(f"session {sid!r} has no stored model")
-        model = build_student(meta["architecture"], json.loads(meta["config_json"]))
-        model.load_state_dict(state)
-        session = Session(sid, meta["device_id"], meta["architecture"], json.loads(meta["config_json"]), model,
-                          self.store, self.cfg, version=int(meta["version"]), adam=adam)
-        session.restore_meta(meta)
-        self.sessions.setdefault(sid, session)
+        session = Session.from_checkpoint(sid, ckpt, self.store, self.cfg, self.device)
+        if sid in self.sessions:
+            return self.sessions[sid]
+        self.sessions[sid] = session
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
-        log.info("restored session %s at version %d from redis", sid, session.version)
-        return self.sessions[sid]
+        log.info("restored session %s at version %d from redis (checkpoint v%d + %d updates; Adam state of v%d)",
+                 sid, session.version, session.checkpoint_version, session.version - session.checkpoint_version,
+                 session.checkpoint_version)
+        if session.last_clip_seq > session.trained_clip_seq:   # clips buffered before the restart: train on them
+            self._schedule(session)
+        return session
 
     async def close(self, sid: str, device_id: str) -> None:
         await self.get(sid, device_id)
@@ -194,14 +203,23 @@ class SessionManager:
         metrics.FRAMES_RECEIVED.inc(len(frames))
         if not keep:
             raise errors.InvalidArgument("the teacher could not label any frame of this clip")
+        pairs = [(frames[i], labelled[i][0]) for i in keep]
+        if size := session.input_size():    # buffer what the student trains on, not the camera's resolution
+            pairs = await asyncio.to_thread(lambda: [resize_pair(f, lab, size) for f, lab in pairs])
         buffered, control_changed = await asyncio.to_thread(
-            session.ingest, clip_seq, [timestamps[i] for i in keep], [frames[i] for i in keep],
-            [labelled[i][0] for i in keep], [labelled[i][1] for i in keep])
+            session.ingest, clip_seq, [timestamps[i] for i in keep], [f for f, _ in pairs],
+            [lab for _, lab in pairs], [labelled[i][1] for i in keep])
         if control_changed:
             self._publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
-        self.pending[session.sid] = None
-        self._wakeup.set()
+        session.upload_times.setdefault(clip_seq, time.monotonic())
+        self._schedule(session)
         return len(keep), buffered
+
+    def _schedule(self, session: Session) -> None:
+        """Queue a phase for the session, keeping the deadline of its oldest untrained upload."""
+        self.pending.setdefault(session.sid, min(session.upload_times.values(), default=time.monotonic()))
+        metrics.SESSIONS_WAITING.set(len(self.pending))
+        self._wakeup.set()
 
     # --- training engine: Algorithm 1 lines 10-17 --------------------------------------------------
     async def _run_engine(self) -> None:
@@ -210,31 +228,47 @@ class SessionManager:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self.pending:
-                sid, _ = self.pending.popitem(last=False)   # round-robin: one phase per session per turn
+                sid = min(self.pending, key=self.pending.__getitem__)   # earliest deadline first
+                del self.pending[sid]
+                metrics.SESSIONS_WAITING.set(len(self.pending))
                 session = self.sessions.get(sid)
                 if session is not None:
                     await self._train_once(loop, session)
 
     async def _train_once(self, loop: asyncio.AbstractEventLoop, session: Session) -> None:
+        """One transactional phase; a failure is counted and leaves the session as it was."""
+        seq_before = session.last_clip_seq
         try:
             with metrics.PHASE_SECONDS.time():
-                update, stats = await loop.run_in_executor(self._train_executor, session.train_phase)
-            if update is None:
-                self._publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
-                return
-            message = encode_update(update)
-            _, state = session.state_dict_copy()
-            await asyncio.to_thread(self.store.save_training_state, session.sid, state, session.adam,
-                                    session.meta(), message.SerializeToString())
-            metrics.UPDATES.inc()
-            log.info("session %s phase %d: v%d, %d frames, loss %.4f -> %.4f in %.1fs", session.sid, update.phase,
-                     update.new_version, stats["frames"], stats["loss_first"], stats["loss_last"], stats["seconds"])
-            self._publish(session.sid, Event("update", session.trained_clip_seq, update=message))
-        except Exception:  # noqa: BLE001 - one session's failure never stops another's
-            log.exception("training phase failed for session %s", session.sid)
-            metrics.SESSION_FAILURES.inc()
-            session.trained_clip_seq = session.last_clip_seq  # the device keeps its model and goes on
-            self._publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
+                outcome = await loop.run_in_executor(self._train_executor, session.run_phase)
+        except Exception as exc:  # noqa: BLE001 - one session's failure never stops another's
+            log.exception("training phase failed for session %s (rolled back, nothing sent)", session.sid)
+            metrics.PHASE_FAILURES.inc()
+            if isinstance(exc, errors.FailedPrecondition):   # the stored state moved on: reload it on next use
+                self.sessions.pop(session.sid, None)
+            self._processed(session, seq_before, Event("control", seq_before, control=session.control()))
+            return
+        if outcome is None:
+            self._processed(session, session.trained_clip_seq,
+                            Event("control", session.trained_clip_seq, control=session.control()))
+            return
+        metrics.UPDATES.inc()
+        metrics.STATE_BYTES.inc(outcome.stats["state_bytes"])
+        stats, message = outcome.stats, outcome.message
+        log.info("session %s phase %d: v%d, %d frames, loss %.4f -> %.4f in %.1fs (frames read in %.2fs, %d bytes "
+                 "stored)", session.sid, message.phase, message.new_version, stats["frames"], stats["loss_first"],
+                 stats["loss_last"], stats["seconds"], stats["load_seconds"], stats["state_bytes"])
+        self._processed(session, outcome.seq_seen, Event("update", outcome.seq_seen, update=message), lag=True)
+
+    def _processed(self, session: Session, seq: int, event: Event, lag: bool = False) -> None:
+        """Clips up to `seq` are done with (the device keeps its model if no update came of them)."""
+        session.trained_clip_seq = max(session.trained_clip_seq, seq)
+        now = time.monotonic()
+        for clip_seq in [c for c in session.upload_times if c <= seq]:
+            uploaded = session.upload_times.pop(clip_seq)
+            if lag:
+                metrics.UPDATE_LAG.observe(now - uploaded)
+        self._publish(session.sid, event)
 
     # --- downlink ---------------------------------------------------------------------------------
     def _publish(self, sid: str, event: Event) -> None:
@@ -261,14 +295,20 @@ class SessionManager:
             version = chain[version].new_version
         return out
 
-    async def subscribe(self, session: Session, held_version: int) -> AsyncIterator[Event | tuple[str, object]]:
-        """Catch-up first (updates or a snapshot marker), then live events until the session closes."""
+    async def subscribe(self, session: Session, held_version: int,
+                        refused_version: int = 0) -> AsyncIterator[Event | tuple[str, object]]:
+        """Catch-up first (updates or a snapshot marker), then live events until the session closes.
+        A device that refused an update gets a snapshot, never the chain it could not apply."""
         queue: asyncio.Queue = asyncio.Queue()
         self.subscribers[session.sid].add(queue)
+        if refused_version:
+            metrics.UPDATES_REFUSED.inc()
+            log.warning("session %s: device refused the update to v%d; resyncing it by snapshot", session.sid,
+                        refused_version)
         try:
             last_sent = held_version
             yield Event("control", session.trained_clip_seq, control=session.control())
-            for item in await self.catch_up(session, held_version):
+            for item in [None] if refused_version else await self.catch_up(session, held_version):
                 if item is None:
                     version, _ = session.state_dict_copy()
                     yield Event("snapshot", session.trained_clip_seq)

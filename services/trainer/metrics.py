@@ -2,13 +2,21 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 _SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+_LAG_SECONDS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 
 SESSIONS_ACTIVE = Gauge("ams_trainer_sessions_active", "Sessions held in memory")
 SESSIONS_OPENED = Counter("ams_trainer_sessions_opened_total", "Sessions opened (new or resumed)")
-SESSION_FAILURES = Counter("ams_trainer_session_failures_total", "Training phases that failed")
+SESSIONS_WAITING = Gauge("ams_trainer_sessions_waiting", "Sessions with uploaded frames waiting for a training phase")
+PHASE_FAILURES = Counter("ams_trainer_phase_failures_total", "Training phases that failed (rolled back, nothing sent)")
 PHASE_SECONDS = Histogram("ams_trainer_phase_seconds", "Seconds per training phase (K iterations)", buckets=_SECONDS)
+UPDATE_LAG = Histogram("ams_trainer_update_lag_seconds",
+                       "Wall seconds from a clip's upload to the publication of the update trained on it",
+                       buckets=_LAG_SECONDS)
 TEACHER_SECONDS = Histogram("ams_trainer_teacher_seconds", "Seconds labelling one uploaded clip", buckets=_SECONDS)
 UPDATES = Counter("ams_trainer_updates_total", "Sparse model updates produced")
+UPDATES_REFUSED = Counter("ams_trainer_updates_refused_total",
+                          "Updates devices reported refusing (a resync asked for a snapshot)")
+STATE_BYTES = Counter("ams_trainer_state_bytes_total", "Bytes of session state written to Redis (updates, checkpoints)")
 UPDATE_BYTES = Counter("ams_trainer_update_bytes_total", "Downlink bytes of updates and snapshots sent")
 UPLOAD_BYTES = Counter("ams_trainer_upload_bytes_total", "Uplink bytes of uploaded clips")
 FRAMES_RECEIVED = Counter("ams_trainer_frames_received_total", "Frames received in uploaded clips")

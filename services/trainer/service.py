@@ -60,7 +60,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
     async def StreamUpdates(self, request: streaming_pb2.StreamUpdatesRequest, context):
         try:
             session = await self.manager.get(request.session_id, device_id_of(context))
-            async for event in self.manager.subscribe(session, request.held_version):
+            async for event in self.manager.subscribe(session, request.held_version, request.refused_version):
                 message = self._message(session, event)
                 metrics.UPDATE_BYTES.inc(message.ByteSize())
                 yield message

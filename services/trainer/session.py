@@ -1,28 +1,36 @@
 """One edge device's AMS session: its student copy, buffer, optimizer state and rate controllers.
 
 Pure logic (no gRPC): `ingest` runs Algorithm 1's inference-phase bookkeeping (buffer + φ/ASR/ATR),
-`train_phase` runs one training phase of Algorithm 2 and returns the sparse update to send.
-Ingest runs on I/O threads; training runs on the single training thread; `lock` guards the
-published parameters that both read.
+`run_phase` runs one training phase of Algorithm 2 as a transaction: it reads a fixed set of frames
+up front, trains on scratch copies of the optimizer state and RNG, and either commits (the update is
+logged in the store atomically with the new version, then the session adopts the new state) or
+leaves no trace (model, Adam state, RNG and version exactly as before). Ingest runs on I/O threads;
+training runs on the single training thread; `lock` guards the published parameters both read.
 """
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ams.update_codec import SparseUpdate, flat_parameters, load_flat_parameters, make_update, round_to_float16
-from ams.models import batch_tensor
+from ams.errors import Unavailable
+from ams.models import batch_tensor, build_student
+from ams.update_codec import (SparseUpdate, apply_update, decode_update, encode_update, flat_parameters,
+                              load_flat_parameters, make_update, round_to_float16)
+from ams.v1 import streaming_pb2
 from services.trainer.config import TrainerConfig
-from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, train_phase
+from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, adam_direction, train_phase
 from services.trainer.rate_control import ASRController, ATRController, phi_score
-from services.trainer.store import SessionStore
+from services.trainer.store import Checkpoint, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +41,37 @@ class Control:
     update_interval_s: float
 
 
+@dataclass
+class PhaseResult:
+    """A trained but not yet committed phase: everything the session adopts on commit."""
+
+    update: SparseUpdate
+    flat: np.ndarray
+    adam: AdamCDState
+    rng: np.random.Generator
+    seq_seen: int
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class PhaseOutcome:
+    """A committed phase: the wire message to publish and what it cost."""
+
+    message: streaming_pb2.ModelUpdate
+    seq_seen: int
+    stats: dict
+
+
 class Session:
     def __init__(self, sid: str, device_id: str, architecture: str, student_config: dict, model: torch.nn.Module,
-                 store: SessionStore, cfg: TrainerConfig, version: int = 0, adam: AdamCDState | None = None):
+                 store: SessionStore, cfg: TrainerConfig, version: int = 0, adam: AdamCDState | None = None,
+                 device: torch.device | str = "cpu"):
         self.sid, self.device_id, self.architecture, self.student_config = sid, device_id, architecture, student_config
-        self.model, self.store, self.cfg = model.eval(), store, cfg  # BN stays in eval mode: same as the edge
-        self.version, self.phase = version, 0
+        self.device = torch.device(device)
+        self.model, self.store, self.cfg = model.to(self.device).eval(), store, cfg  # BN in eval mode, as on the edge
+        self.version, self.phase, self.checkpoint_version = version, 0, version
         self.num_params = sum(p.numel() for p in model.parameters())
-        self.adam = adam or AdamCDState.zeros(self.num_params)
+        self.adam = (adam or AdamCDState.zeros(self.num_params)).to(self.device)
         self.adam_cfg = AdamCDConfig(cfg.lr, cfg.beta1, cfg.beta2, 1e-8, cfg.gamma, cfg.k_iters)
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(device_id.encode())])  # replay is reproducible
         self.asr = ASRController(cfg.r_init, cfg.asr_eta, cfg.phi_target, cfg.r_min, cfg.r_max, cfg.asr_delta_t_s)
@@ -49,6 +80,7 @@ class Session:
         self.trained_clip_seq = 0      # highest clip seq a finished phase has seen
         self.latest_ts = float("-inf")
         self.prev_label: np.ndarray | None = None
+        self.upload_times: dict[int, float] = {}   # clip seq -> wall time of its upload (for the lag metric)
         self.lock = threading.Lock()
         self.last_active = time.monotonic()   # for evicting abandoned sessions from memory
         self.ingest_lock = threading.Lock()
@@ -57,6 +89,11 @@ class Session:
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:
         return Control(self.asr.rate_fps, self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s)
+
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) the student trains at, when its config fixes one."""
+        h, w = self.student_config.get("input_height"), self.student_config.get("input_width")
+        return (int(h), int(w)) if h and w else None
 
     def ingest(self, clip_seq: int, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
                probs: list[np.ndarray]) -> tuple[int, bool]:
@@ -79,52 +116,121 @@ class Session:
             buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s)
             self.latest_ts = max(self.latest_ts, max(timestamps))
             self.last_clip_seq = clip_seq
-            self.store.save_meta(self.sid, self.meta())
+            self.store.save_meta(self.sid, self.ingest_meta())
             return buffered, self.control() != before
 
-    # --- training phase (Alg. 1 lines 10–17, Alg. 2) ----------------------------------------------
-    def _minibatch_loss(self, keys: list[str]):
-        h, w = self.student_config.get("input_height"), self.student_config.get("input_width")
-
-        def loss_fn(model: torch.nn.Module) -> torch.Tensor:
-            picks = np.sort(self.rng.integers(0, len(keys), size=self.cfg.batch_size))   # uniform over B
-            chosen = [keys[i] for i in picks]   # in capture order (keys are sorted), for students that pair frames
-            frames, labels = self.store.load_frames(self.sid, chosen)
-            x = batch_tensor(frames)   # (B, 3, H, W)
-            y = torch.from_numpy(np.stack(labels)).long()                                  # (B, H, W)
-            if h and w and x.shape[-2:] != (h, w):
-                x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-                y = F.interpolate(y[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
-            student_loss = getattr(model, "training_loss", None)   # a student may define its own (see lowlatency)
-            return student_loss(x, y) if student_loss else F.cross_entropy(model(x), y)
-        return loss_fn
-
-    def train_phase(self) -> tuple[SparseUpdate | None, dict]:
-        """Run K masked Adam iterations on mini-batches from the horizon; return the update to send."""
-        seq_seen = self.last_clip_seq
+    # --- training phase (Alg. 1 lines 10–17, Alg. 2) as a transaction -----------------------------
+    def _phase_frames(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+        """Read the phase's frames up front: X (U, 3, H, W), Y (U, H, W) and picks (K, B), row k the
+        indices into X/Y of mini-batch S_k, drawn uniformly over B and in capture order (students that
+        pair frames rely on it). Frames trimmed between listing and reading are left out and the draw is
+        repeated over the ones read, so buffer churn cannot fail a phase. None when B is empty."""
         keys = self.store.frame_keys(self.sid)
         if not keys:
-            self.trained_clip_seq = seq_seen
-            return None, {"frames": 0}
+            return None
+        shape = (self.cfg.k_iters, self.cfg.batch_size)
+        picks = rng.integers(0, len(keys), size=shape)
+        wanted = sorted(set(picks.ravel().tolist()))
+        loaded = self.store.load_frames(self.sid, [keys[i] for i in wanted])
+        if not loaded:
+            return None
+        used = [keys[i] for i in wanted if keys[i] in loaded]          # capture order
+        if len(used) == len(wanted):
+            position = {i: n for n, i in enumerate(wanted)}
+            picks = np.vectorize(position.__getitem__, otypes=[np.int64])(picks)
+        else:   # trimmed meanwhile: draw again over what was read
+            log.info("session %s: %d of %d frames trimmed while reading; redrawing", self.sid,
+                     len(wanted) - len(used), len(wanted))
+            picks = rng.integers(0, len(used), size=shape)
+        size = self.input_size()
+        frames, labels = [], []
+        for k in used:
+            frame, label = loaded[k]
+            if size and frame.shape[:2] != size:    # buffered before frames were resized at ingest
+                frame, label = resize_pair(frame, label, size)
+            frames.append(frame)
+            labels.append(label)
+        x = batch_tensor(frames).to(self.device)
+        y = torch.from_numpy(np.stack(labels)).long().to(self.device)
+        return x, y, np.sort(picks, axis=1)
+
+    def train_phase(self) -> PhaseResult | None:
+        """K masked Adam iterations on scratch copies of the optimizer state and RNG. The model's
+        parameters move during the phase; on any error they are put back before the error propagates.
+        None when there is nothing to train on."""
+        seq_seen = self.last_clip_seq
+        rng = copy.deepcopy(self.rng)
         started = time.perf_counter()
-        torch.set_num_threads(self.cfg.torch_threads)
-        indices, losses = train_phase(self.model, self._minibatch_loss(keys), self.adam, self.adam_cfg, self.rng)
-        flat = flat_parameters(self.model)
-        round_to_float16(flat, indices)           # the edge receives float16: keep the very same bits here
-        load_flat_parameters(self.model, flat)
+        try:
+            data = self._phase_frames(rng)
+            if data is None:
+                return None
+            x, y, picks = data
+            loaded_s = time.perf_counter() - started
+            torch.set_num_threads(self.cfg.torch_threads)
+            adam = self.adam.clone()
+            batches = iter(picks)
+            student_loss = getattr(self.model, "training_loss", None)   # a student may define its own
+
+            def loss_fn(model: torch.nn.Module) -> torch.Tensor:
+                rows = torch.from_numpy(next(batches)).to(self.device)
+                xb, yb = x.index_select(0, rows), y.index_select(0, rows)
+                return student_loss(xb, yb) if student_loss else F.cross_entropy(model(xb), yb)
+
+            indices, losses = train_phase(self.model, loss_fn, adam, self.adam_cfg, rng)
+            flat = flat_parameters(self.model)
+            round_to_float16(flat, indices)           # the edge receives float16: keep the very same bits here
+            load_flat_parameters(self.model, flat)
+            update = make_update(self.sid, self.version, self.version + 1, flat, indices, self.phase + 1,
+                                 self.latest_ts)
+        except BaseException:
+            self.discard()
+            raise
+        return PhaseResult(update, flat, adam, rng, seq_seen, {
+            "frames": len(x), "loss_first": losses[0], "loss_last": losses[-1], "load_seconds": loaded_s,
+            "seconds": time.perf_counter() - started})
+
+    def discard(self) -> None:
+        """Undo an uncommitted phase: the model's parameters back to the published ones."""
+        load_flat_parameters(self.model, self.flat)
+
+    def run_phase(self) -> PhaseOutcome | None:
+        """Train, log the update in the store atomically with the new version, then adopt the new state.
+        On any error nothing changes here or in the store (the error propagates). None when the
+        buffer is empty (the clips seen so far count as processed)."""
+        result = self.train_phase()
+        if result is None:
+            self.trained_clip_seq = self.last_clip_seq
+            return None
+        message = encode_update(result.update)
+        checkpoint = result.update.phase % self.cfg.checkpoint_every == 0
+        try:
+            written = self.store.commit_phase(
+                self.sid, self.version, self.training_meta(result), message.SerializeToString(),
+                self.model.state_dict() if checkpoint else None, result.adam if checkpoint else None)
+        except BaseException:
+            self.discard()
+            raise
         with self.lock:
-            base, self.version, self.phase = self.version, self.version + 1, self.phase + 1
-            update = make_update(self.sid, base, self.version, flat, indices, self.phase, self.latest_ts)
-            self.flat = flat
-            self.trained_clip_seq = seq_seen
-        return update, {"frames": len(keys), "loss_first": losses[0], "loss_last": losses[-1],
-                        "seconds": time.perf_counter() - started}
+            self.version, self.phase, self.flat = result.update.new_version, result.update.phase, result.flat
+            self.adam, self.rng, self.trained_clip_seq = result.adam, result.rng, result.seq_seen
+            if checkpoint:
+                self.checkpoint_version = self.version
+        return PhaseOutcome(message, result.seq_seen, {**result.stats, "state_bytes": written})
+
+    def checkpoint(self) -> int:
+        """Store the full model and Adam state of the current version (graceful shutdown); bytes written."""
+        if self.checkpoint_version == self.version:
+            return 0
+        written = self.store.checkpoint(self.sid, self.version, self.state_dict_copy()[1], self.adam)
+        self.checkpoint_version = self.version
+        return written
 
     def state_dict_copy(self) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, state_dict) of the parameters the edge holds; safe to call during training."""
         with self.lock:
             version, flat = self.version, self.flat.copy()
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         offset = 0
         for name, p in self.model.named_parameters():
             n = p.numel()
@@ -132,20 +238,56 @@ class Session:
             offset += n
         return version, state
 
-    def meta(self) -> dict:
+    # --- persistence ------------------------------------------------------------------------------
+    def ingest_meta(self) -> dict:
+        """Fields ingest owns. Never the version: only a phase commit writes that, with its update."""
         return {
-            "device_id": self.device_id, "architecture": self.architecture, "version": self.version,
-            "phase": self.phase, "last_clip_seq": self.last_clip_seq, "trained_clip_seq": self.trained_clip_seq,
+            "device_id": self.device_id, "architecture": self.architecture, "last_clip_seq": self.last_clip_seq,
             "rate_fps": self.asr.rate_fps, "update_interval_s": self.atr.update_interval_s,
             "slowdown": int(self.atr.slowdown), "latest_ts": self.latest_ts,
         }
 
-    def restore_meta(self, meta: dict[str, str]) -> None:
-        """Resume counters and rates after a trainer restart."""
-        self.phase = int(meta.get("phase", 0))
-        self.last_clip_seq = int(meta.get("last_clip_seq", 0))
-        self.trained_clip_seq = int(meta.get("trained_clip_seq", 0))
-        self.asr.rate_fps = float(meta.get("rate_fps", self.asr.rate_fps))
-        self.atr.update_interval_s = float(meta.get("update_interval_s", self.atr.update_interval_s))
-        self.atr.slowdown = bool(int(meta.get("slowdown", 0)))
-        self.latest_ts = float(meta.get("latest_ts", "-inf"))
+    def training_meta(self, result: PhaseResult) -> dict:
+        return {"version": result.update.new_version, "phase": result.update.phase,
+                "trained_clip_seq": result.seq_seen, "rng": json.dumps(result.rng.bit_generator.state)}
+
+    @classmethod
+    def from_checkpoint(cls, sid: str, ckpt: Checkpoint, store: SessionStore, cfg: TrainerConfig,
+                        device: torch.device | str = "cpu") -> "Session":
+        """Rebuild a session exactly as stored: the checkpoint's weights taken to the stored version
+        by the logged update chain (each step checksum-verified), Adam state and RNG, rates, counters."""
+        meta = ckpt.meta
+        config = json.loads(meta["config_json"])
+        model = build_student(meta["architecture"], config)
+        model.load_state_dict(ckpt.state_dict)
+        version, target = int(meta["checkpoint_version"]), int(meta["version"])
+        flat = flat_parameters(model)
+        for raw in ckpt.updates:
+            update = decode_update(streaming_pb2.ModelUpdate.FromString(raw))
+            if update.base_version == version:
+                flat, version = apply_update(flat, version, update), update.new_version
+        if version != target:
+            raise Unavailable(f"session {sid}: stored chain reaches v{version}, not the stored v{target}")
+        load_flat_parameters(model, flat)
+        adam = AdamCDState(ckpt.adam["m"], ckpt.adam["v"], None, int(ckpt.adam["step"]))
+        session = cls(sid, meta["device_id"], meta["architecture"], config, model, store, cfg, version, adam, device)
+        if ckpt.adam.get("has_u"):
+            session.adam.u = adam_direction(session.adam, session.adam_cfg)
+        session.checkpoint_version = int(meta["checkpoint_version"])
+        session.phase = int(meta.get("phase", 0))
+        session.trained_clip_seq = int(meta.get("trained_clip_seq", 0))
+        if "rng" in meta:
+            session.rng.bit_generator.state = json.loads(meta["rng"])
+        session.last_clip_seq = int(meta.get("last_clip_seq", 0))
+        session.asr.rate_fps = float(meta.get("rate_fps", session.asr.rate_fps))
+        session.atr.update_interval_s = float(meta.get("update_interval_s", session.atr.update_interval_s))
+        session.atr.slowdown = bool(int(meta.get("slowdown", 0)))
+        session.latest_ts = float(meta.get("latest_ts", "-inf"))
+        return session
+
+
+def resize_pair(frame: np.ndarray, label: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A frame (area-averaged) and its label map (nearest class) brought to the student's (H, W)."""
+    h, w = size_hw
+    return (cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA),
+            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST))

@@ -1,18 +1,26 @@
 """Session state behind an interface, with the Redis implementation (the frame buffer of DESIGN §4).
 
 Per session `s`, keys under `ams:s:{s}:` (all expiring together when the session is abandoned):
-  meta      hash    device, student, version, phase, last clip seq, rates, ASR/ATR state
+  meta      hash    device, student, rates, clip counters (written by ingest) and the training
+                    fields version, phase, trained_clip_seq, checkpoint_version (written only by a
+                    phase commit, atomically with its update: stored version and weights never disagree)
   frames    zset    frame key scored by capture timestamp (video seconds): the buffer B
-  blobs     hash    f:{key} -> PNG frame, l:{key} -> PNG teacher label
-  model     string  the student's state_dict (torch.save)
-  adam      string  Adam coordinate-descent state (m, v, u, step)
-  updates   list    the last N ModelUpdate messages, for catch-up after a reconnect
+  blobs     hash    f:{key} -> PNG frame, l:{key} -> PNG teacher label (at the student's input size)
+  model     string  the student's state_dict at `checkpoint_version` (torch.save)
+  adam      string  Adam coordinate-descent state (m, v, step) at `checkpoint_version`
+  updates   list    the last N ModelUpdate messages: catch-up after a reconnect, and the chain that
+                    takes the checkpoint to `version` on restore
+
+A phase writes its update (∝ γ) and the training fields; every `checkpoint_every` phases (and at a
+graceful shutdown) it also writes the full model and Adam state. Weights and version are restored
+exactly from checkpoint + chain; Adam's moments are those of the last checkpoint.
 """
 from __future__ import annotations
 
 import abc
 import functools
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -20,8 +28,10 @@ import numpy as np
 import redis
 import torch
 
-from ams.errors import Unavailable
+from ams.errors import FailedPrecondition, Unavailable
 from services.trainer.coordinate_descent import AdamCDState
+
+TRAINING_FIELDS = ("version", "phase", "trained_clip_seq", "checkpoint_version")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -33,6 +43,31 @@ def _png(array: np.ndarray) -> bytes:
 
 def _unpng(data: bytes, flags: int) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+
+
+def serialize_state(state_dict: dict[str, torch.Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
+    return buf.getvalue()
+
+
+def serialize_adam(adam: AdamCDState) -> bytes:
+    """m, v and the step; u is recomputed from them on load (`adam_direction`), so it is not stored."""
+    buf = io.BytesIO()
+    torch.save({"m": adam.m.detach().cpu(), "v": adam.v.detach().cpu(), "step": adam.step,
+                "has_u": adam.u is not None}, buf)
+    return buf.getvalue()
+
+
+@dataclass
+class Checkpoint:
+    """What a restarted trainer resumes from: the full state at `checkpoint_version` and the update
+    chain after it (encoded ModelUpdate messages, oldest first)."""
+
+    meta: dict[str, str]
+    state_dict: dict[str, torch.Tensor]
+    adam: dict[str, Any]
+    updates: list[bytes]
 
 
 class SessionStore(abc.ABC):
@@ -53,7 +88,7 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     def save_meta(self, sid: str, fields: dict[str, Any]) -> None:
-        """Merge scalar session fields (versions, rates, counters)."""
+        """Merge scalar session fields (rates, clip counters); never the training fields."""
 
     @abc.abstractmethod
     def load_meta(self, sid: str) -> dict[str, str]:
@@ -69,17 +104,28 @@ class SessionStore(abc.ABC):
         """Keys of the buffered frames, oldest first."""
 
     @abc.abstractmethod
-    def load_frames(self, sid: str, keys: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """RGB frames and labels for the given keys."""
+    def load_frames(self, sid: str, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{key: (RGB frame, label)} for those of `keys` still buffered (trimming may have removed some)."""
 
     @abc.abstractmethod
-    def save_training_state(self, sid: str, state_dict: dict[str, torch.Tensor], adam: AdamCDState,
-                            meta: dict[str, Any], update_bytes: bytes | None) -> None:
-        """Atomically persist model, optimizer state, meta and (optionally) one more logged update."""
+    def create(self, sid: str, meta: dict[str, Any], state_dict: dict[str, torch.Tensor], adam: AdamCDState) -> int:
+        """Store a new session at version 0 with its first checkpoint; return the bytes written."""
 
     @abc.abstractmethod
-    def load_training_state(self, sid: str) -> tuple[dict[str, torch.Tensor] | None, AdamCDState | None]:
-        """The stored model and optimizer state (None where absent)."""
+    def commit_phase(self, sid: str, base_version: int, training: dict[str, Any], update_bytes: bytes,
+                     state_dict: dict[str, torch.Tensor] | None, adam: AdamCDState | None) -> int:
+        """Atomically log one update and advance the training fields from `base_version` to
+        training["version"], with a checkpoint when `state_dict`/`adam` are given. Raises
+        FailedPrecondition (and writes nothing) when the stored version is not `base_version`.
+        Returns the bytes written."""
+
+    @abc.abstractmethod
+    def checkpoint(self, sid: str, version: int, state_dict: dict[str, torch.Tensor], adam: AdamCDState) -> int:
+        """Store a full checkpoint of `version` if that is still the stored version; return bytes written."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, sid: str) -> Checkpoint | None:
+        """The stored checkpoint, meta and update chain (None when the session has none)."""
 
     @abc.abstractmethod
     def load_updates(self, sid: str) -> list[bytes]:
@@ -97,10 +143,28 @@ def _redis_errors(method):
     return wrapper
 
 
+# KEYS: meta, updates, model, adam. ARGV: base_version, ttl, updates_kept, update (or ""), model (or ""),
+# adam (or ""), then field/value pairs. The version check and every write happen in one atomic step.
+_COMMIT = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+if stored ~= tonumber(ARGV[1]) then return redis.error_reply('STALE stored version ' .. tostring(stored)) end
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[2]) end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return 1
+"""
+
+
 class RedisSessionStore(SessionStore):
     def __init__(self, url: str, ttl_s: int = 900, updates_kept: int = 32):
         self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
         self.ttl_s, self.updates_kept = ttl_s, updates_kept
+        self._commit = self.r.register_script(_COMMIT)
 
     @staticmethod
     def key(sid: str, part: str) -> str:
@@ -124,6 +188,8 @@ class RedisSessionStore(SessionStore):
     # --- meta -------------------------------------------------------------------------------------
     @_redis_errors
     def save_meta(self, sid: str, fields: dict[str, Any]) -> None:
+        if set(fields) & set(TRAINING_FIELDS):
+            raise ValueError(f"training fields {sorted(set(fields) & set(TRAINING_FIELDS))} are written by commits only")
         pipe = self.r.pipeline()
         pipe.hset(self.key(sid, "meta"), mapping={k: str(v) for k, v in fields.items()})
         pipe.expire(self.key(sid, "meta"), self.ttl_s)
@@ -173,40 +239,60 @@ class RedisSessionStore(SessionStore):
     @_redis_errors
     def load_frames(self, sid, keys):
         raw = self.r.hmget(self.key(sid, "blobs"), [f"{p}:{k}" for k in keys for p in ("f", "l")])
-        if any(b is None for b in raw):
-            raise KeyError("a buffered frame vanished (trimmed or expired) while sampling")
-        frames = [cv2.cvtColor(_unpng(raw[2 * i], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for i in range(len(keys))]
-        labels = [_unpng(raw[2 * i + 1], cv2.IMREAD_UNCHANGED) for i in range(len(keys))]
-        return frames, labels
+        out = {}
+        for i, k in enumerate(keys):
+            frame, label = raw[2 * i], raw[2 * i + 1]
+            if frame is not None and label is not None:
+                out[k] = (cv2.cvtColor(_unpng(frame, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),
+                          _unpng(label, cv2.IMREAD_UNCHANGED))
+        return out
 
-    # --- model, optimizer, update log -------------------------------------------------------------
-    @_redis_errors
-    def save_training_state(self, sid: str, state_dict: dict[str, torch.Tensor], adam: AdamCDState,
-                            meta: dict[str, Any], update_bytes: bytes | None) -> None:
-        """Atomically persist what a restarted trainer needs after a phase."""
-        model_buf, adam_buf = io.BytesIO(), io.BytesIO()
-        torch.save(state_dict, model_buf)
-        torch.save({"m": adam.m, "v": adam.v, "u": adam.u, "step": adam.step}, adam_buf)
-        pipe = self.r.pipeline()
-        pipe.set(self.key(sid, "model"), model_buf.getvalue(), ex=self.ttl_s)
-        pipe.set(self.key(sid, "adam"), adam_buf.getvalue(), ex=self.ttl_s)
-        pipe.hset(self.key(sid, "meta"), mapping={k: str(v) for k, v in meta.items()})
-        pipe.expire(self.key(sid, "meta"), self.ttl_s)
-        if update_bytes is not None:
-            pipe.rpush(self.key(sid, "updates"), update_bytes)
-            pipe.ltrim(self.key(sid, "updates"), -self.updates_kept, -1)
-            pipe.expire(self.key(sid, "updates"), self.ttl_s)
-        pipe.execute()
+    # --- model, optimizer, update chain -----------------------------------------------------------
+    def _run_commit(self, sid: str, base_version: int, fields: dict[str, Any], update: bytes, model: bytes,
+                    adam: bytes) -> int:
+        flat_fields = [x for k, v in fields.items() for x in (k, str(v))]
+        keys = [self.key(sid, p) for p in ("meta", "updates", "model", "adam")]
+        try:
+            self._commit(keys=keys, args=[base_version, self.ttl_s, self.updates_kept, update, model, adam, *flat_fields])
+        except redis.ResponseError as exc:
+            if "STALE" in str(exc):
+                raise FailedPrecondition(f"session {sid}: {exc}; this trainer's copy is out of date") from exc
+            raise
+        return len(update) + len(model) + len(adam) + sum(len(x) for x in flat_fields)
 
     @_redis_errors
-    def load_training_state(self, sid: str) -> tuple[dict[str, torch.Tensor] | None, AdamCDState | None]:
-        model_raw, adam_raw = self.r.mget(self.key(sid, "model"), self.key(sid, "adam"))
-        state = torch.load(io.BytesIO(model_raw), weights_only=True) if model_raw else None
-        adam = None
-        if adam_raw:
-            d = torch.load(io.BytesIO(adam_raw), weights_only=True)
-            adam = AdamCDState(d["m"], d["v"], d["u"], int(d["step"]))
-        return state, adam
+    def create(self, sid, meta, state_dict, adam) -> int:
+        self.r.delete(*self._all_keys(sid))   # a missing meta reads as version -1
+        fields = {**meta, "version": 0, "phase": 0, "trained_clip_seq": 0, "checkpoint_version": 0}
+        return self._run_commit(sid, -1, fields, b"", serialize_state(state_dict), serialize_adam(adam))
+
+    @_redis_errors
+    def commit_phase(self, sid, base_version, training, update_bytes, state_dict, adam) -> int:
+        fields = dict(training)
+        model_bytes = adam_bytes = b""
+        if state_dict is not None and adam is not None:
+            model_bytes, adam_bytes = serialize_state(state_dict), serialize_adam(adam)
+            fields["checkpoint_version"] = training["version"]
+        return self._run_commit(sid, base_version, fields, update_bytes, model_bytes, adam_bytes)
+
+    @_redis_errors
+    def checkpoint(self, sid, version, state_dict, adam) -> int:
+        return self._run_commit(sid, version, {"checkpoint_version": version}, b"", serialize_state(state_dict),
+                                serialize_adam(adam))
+
+    @_redis_errors
+    def load_checkpoint(self, sid: str) -> Checkpoint | None:
+        pipe = self.r.pipeline()   # MULTI/EXEC: one consistent view of checkpoint, meta and chain
+        pipe.hgetall(self.key(sid, "meta"))
+        pipe.get(self.key(sid, "model"))
+        pipe.get(self.key(sid, "adam"))
+        pipe.lrange(self.key(sid, "updates"), 0, -1)
+        meta_raw, model_raw, adam_raw, updates = pipe.execute()
+        if not model_raw or not adam_raw:
+            return None
+        meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
+        return Checkpoint(meta, torch.load(io.BytesIO(model_raw), weights_only=True),
+                          torch.load(io.BytesIO(adam_raw), weights_only=True), list(updates))
 
     @_redis_errors
     def load_updates(self, sid: str) -> list[bytes]:

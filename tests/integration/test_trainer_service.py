@@ -19,8 +19,8 @@ from ams.update_codec import decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from ams.video import encode_clip
 from edge_client.model_holder import ModelHolder
-from edge_client.models import ARCHITECTURES
-from edge_client.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
+from ams.models import ARCHITECTURES
+from ams.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
 from services.teacher.backends import make_backend
 from services.teacher.config import TeacherConfig
 from services.teacher.service import create_server as create_teacher
@@ -272,7 +272,7 @@ def test_one_sessions_failure_does_not_stop_another(stack, monkeypatch):
     bad = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
         architecture="faulty", config_json=json.dumps(TINY_STUDENT))), metadata=ME).session_id
     good = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
-    failures = metrics.SESSION_FAILURES._value.get()
+    failures = metrics.PHASE_FAILURES._value.get()
     bad_q, c1 = _stream(stack.stub, bad, 0)
     good_q, c2 = _stream(stack.stub, good, 0)
     _next(bad_q, "control")
@@ -280,7 +280,7 @@ def test_one_sessions_failure_does_not_stop_another(stack, monkeypatch):
     stack.stub.UploadClip(_clip_request(good, 1, [0.0, 1.0]), metadata=ME)
     assert _next(good_q, "update").update.new_version == 1
     # the failed phase is reported as processed (the device keeps its model), and counted
-    _wait(lambda: metrics.SESSION_FAILURES._value.get() == failures + 1, 30)
+    _wait(lambda: metrics.PHASE_FAILURES._value.get() == failures + 1, 30)
     assert _next(bad_q, "control").processed_clip_seq == 1
     c1.cancel()
     c2.cancel()

@@ -34,8 +34,12 @@ EXPORTED_METRICS = {
     "ams_teacher_ready",
     "ams_trainer_sessions_active",
     "ams_trainer_sessions_opened_total",
-    "ams_trainer_session_failures_total",
+    "ams_trainer_phase_failures_total",
     "ams_trainer_phase_seconds",
+    "ams_trainer_sessions_waiting",
+    "ams_trainer_update_lag_seconds",
+    "ams_trainer_updates_refused_total",
+    "ams_trainer_state_bytes_total",
     "ams_trainer_teacher_seconds",
     "ams_trainer_updates_total",
     "ams_trainer_update_bytes_total",
@@ -53,7 +57,7 @@ DASHBOARD_REQUIRED = {
     "ams_trainer_updates_total",
     "ams_trainer_update_bytes_total",
     "ams_trainer_upload_bytes_total",
-    "ams_trainer_session_failures_total",
+    "ams_trainer_phase_failures_total",
 }
 
 REQUIRED_ALERTS = {

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ams.errors import Unavailable
+from ams.errors import FailedPrecondition, Unavailable
 from services.trainer.coordinate_descent import AdamCDState
 from services.trainer.store import RedisSessionStore
 
@@ -21,9 +21,11 @@ def test_buffer_round_trip_and_horizon_trimming(redis_url):
     assert store.add_frames("a", [4.0, 6.0, 8.0], frames[3:], labels[3:], horizon_s=5.0) == 3  # drops t < 3
     assert store.frame_timestamps("a") == [4.0, 6.0, 8.0]
     keys = store.frame_keys("a")
-    got_frames, got_labels = store.load_frames("a", keys[1:2])
-    np.testing.assert_array_equal(got_frames[0], frames[4])
-    np.testing.assert_array_equal(got_labels[0], labels[4])
+    got = store.load_frames("a", keys[1:2])
+    np.testing.assert_array_equal(got[keys[1]][0], frames[4])
+    np.testing.assert_array_equal(got[keys[1]][1], labels[4])
+    # a key trimmed meanwhile is simply absent (the phase draws again over what was read)
+    assert set(store.load_frames("a", ["0.000000", keys[2]])) == {keys[2]}
     # trimmed frames' blobs are gone too, not just their index entries
     assert store.r.hlen(store.key("a", "blobs")) == 6
 
@@ -33,7 +35,7 @@ def test_sessions_are_namespaced_and_expire(redis_url):
     frames, labels = _frames(2)
     store.add_frames("a", [0.0, 1.0], frames, labels, horizon_s=60)
     store.add_frames("b", [0.0], frames[:1], labels[:1], horizon_s=60)
-    store.save_meta("a", {"version": 1})
+    store.save_meta("a", {"last_clip_seq": 1})
     assert len(store.frame_keys("a")) == 2 and len(store.frame_keys("b")) == 1
     for key in store.r.keys("ams:s:a:*"):
         assert 0 < store.r.ttl(key) <= 30
@@ -41,16 +43,28 @@ def test_sessions_are_namespaced_and_expire(redis_url):
     assert store.r.keys("ams:s:a:*") == [] and store.frame_keys("b")
 
 
-def test_training_state_and_update_log(redis_url):
+def test_commits_are_atomic_monotonic_and_restore_from_checkpoint_plus_chain(redis_url):
     store = RedisSessionStore(redis_url, ttl_s=60, updates_kept=3)
     state = {"w": torch.arange(6.0).reshape(2, 3)}
     adam = AdamCDState(torch.ones(6), torch.full((6,), 2.0), torch.full((6,), 0.5), step=7)
-    for i in range(5):
-        store.save_training_state("s", state, adam, {"version": i}, f"update-{i}".encode())
-    loaded, adam2 = store.load_training_state("s")
-    assert torch.equal(loaded["w"], state["w"]) and adam2.step == 7 and torch.equal(adam2.u, adam.u)
-    assert store.load_updates("s") == [b"update-2", b"update-3", b"update-4"]
-    assert store.load_meta("s")["version"] == "4"
+    created = store.create("s", {"device_id": "d", "config_json": "{}"}, state, adam)
+    assert created > 0 and store.load_meta("s")["version"] == "0"
+    for i in range(5):     # checkpoint at v3 only; other phases write their update and the training fields
+        full = i == 2
+        written = store.commit_phase("s", i, {"version": i + 1, "phase": i + 1}, f"update-{i}".encode(),
+                                     state if full else None, adam if full else None)
+        assert (written > 100) == full
+    ckpt = store.load_checkpoint("s")
+    assert ckpt.meta["version"] == "5" and ckpt.meta["checkpoint_version"] == "3"
+    assert torch.equal(ckpt.state_dict["w"], state["w"]) and ckpt.adam["step"] == 7 and "u" not in ckpt.adam
+    assert ckpt.updates == [b"update-2", b"update-3", b"update-4"] == store.load_updates("s")
+    # a commit from a stale base (an old copy, or a racing writer) writes nothing
+    with pytest.raises(FailedPrecondition):
+        store.commit_phase("s", 3, {"version": 4}, b"stale", None, None)
+    assert store.load_meta("s")["version"] == "5" and store.load_updates("s")[-1] == b"update-4"
+    # ingest's meta writes can never carry the version (that race rolled versions back)
+    with pytest.raises(ValueError):
+        store.save_meta("s", {"version": 1})
 
 
 def test_dead_redis_is_unavailable():

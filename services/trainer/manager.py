@@ -26,7 +26,7 @@ from ams.models import build_student, student_config_dict
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
-from services.trainer.session import Control, Session, resize_pair
+from services.trainer.session import Control, Session
 from services.trainer.store import SessionStore
 from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
@@ -203,12 +203,9 @@ class SessionManager:
         metrics.FRAMES_RECEIVED.inc(len(frames))
         if not keep:
             raise errors.InvalidArgument("the teacher could not label any frame of this clip")
-        pairs = [(frames[i], labelled[i][0]) for i in keep]
-        if size := session.input_size():    # buffer what the student trains on, not the camera's resolution
-            pairs = await asyncio.to_thread(lambda: [resize_pair(f, lab, size) for f, lab in pairs])
         buffered, control_changed = await asyncio.to_thread(
-            session.ingest, clip_seq, [timestamps[i] for i in keep], [f for f, _ in pairs],
-            [lab for _, lab in pairs], [labelled[i][1] for i in keep])
+            session.ingest, clip_seq, [timestamps[i] for i in keep], [frames[i] for i in keep],
+            [labelled[i][0] for i in keep], [labelled[i][1] for i in keep])
         if control_changed:
             self._publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
         session.upload_times.setdefault(clip_seq, time.monotonic())

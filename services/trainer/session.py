@@ -97,7 +97,8 @@ class Session:
 
     def ingest(self, clip_seq: int, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
                probs: list[np.ndarray]) -> tuple[int, bool]:
-        """Add labelled frames to B (trimmed to T_horizon); update φ, ASR and ATR.
+        """Update φ, ASR and ATR (at the teacher's resolution), then add the labelled frames to B at the
+        student's input size (not the camera's), trimmed to T_horizon.
         Returns (frames in buffer, whether the control values changed). Idempotent per clip_seq."""
         with self.ingest_lock:
             if clip_seq <= self.last_clip_seq:
@@ -113,6 +114,8 @@ class Session:
                         log.info("session %s at %.1fs: mean φ %.3f -> sampling %.2f fps, T_update %.0f s", self.sid,
                                  timestamps[i], self.asr.last_phi_mean, self.asr.rate_fps, self.control().update_interval_s)
                 self.prev_label = labels[i]
+            if size := self.input_size():
+                frames, labels = map(list, zip(*[resize_pair(f, lab, size) for f, lab in zip(frames, labels)]))
             buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s)
             self.latest_ts = max(self.latest_ts, max(timestamps))
             self.last_clip_seq = clip_seq

@@ -1,6 +1,7 @@
 """The edge runtime in live mode against real servers: paced at capture time, uploads on a background
 thread, updates hot-swapped while frames keep flowing."""
 import json
+import threading
 import time
 
 import numpy as np
@@ -15,19 +16,21 @@ from edge_client.video_source import VideoSource
 from services.teacher.backends import make_backend
 from services.teacher.config import TeacherConfig
 from services.teacher.service import create_server as create_teacher
+from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.service import create_server as create_trainer
 from tests.conftest import TINY_STUDENT
 
-SCENE = SyntheticScene(seed=4, w=64, h=36, fps=10, duration=6, shift=3)
+SCENE = SyntheticScene(seed=4, w=64, h=36, fps=10, duration=6, shift=8)   # the first 6 s of LONG_SCENE
+LONG_SCENE = SyntheticScene(seed=4, w=64, h=36, fps=10, duration=16, shift=8)   # longer than the 6 s horizon
 
 
 @pytest.fixture
 def servers(loop_thread, redis_url):
-    tcfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec())
-    teacher = loop_thread.run(create_teacher(tcfg, make_backend("oracle", scene_spec=SCENE.spec())))
+    tcfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=LONG_SCENE.spec())
+    teacher = loop_thread.run(create_teacher(tcfg, make_backend("oracle", scene_spec=LONG_SCENE.spec())))
     cfg = TrainerConfig(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
-                        teacher_addr=f"127.0.0.1:{teacher[1]}", t_update_s=2.0, t_horizon_s=10.0, k_iters=2,
+                        teacher_addr=f"127.0.0.1:{teacher[1]}", t_update_s=2.0, t_horizon_s=6.0, k_iters=2,
                         batch_size=2, r_init=2.0, r_max=2.0, torch_threads=1)
     trainer = loop_thread.run(create_trainer(cfg))
     yield f"127.0.0.1:{teacher[1]}", f"127.0.0.1:{trainer[1]}"
@@ -58,6 +61,35 @@ def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path):
     assert (tmp_path / "o.mp4").stat().st_size > 0
 
 
+def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(servers):
+    """Buffers trim while phases read them (6 s horizon, 16 s of video): no phase may fail."""
+    teacher_addr, trainer_addr = servers
+    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
+    failures, refused = metrics.PHASE_FAILURES._value.get(), metrics.UPDATES_REFUSED._value.get()
+    results: dict[str, tuple] = {}
+
+    def device(name: str) -> None:
+        link = TrainerLink(trainer_addr, name, spec)
+        try:
+            link.open()
+            source = VideoSource([LONG_SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
+            summary = EdgeRuntime(link, source, EdgeOptions(mode="live", eval_every=0, progress=False)).run()
+            link.wait_processed(summary["clips_uploaded"], timeout_s=30)
+            results[name] = (summary, link.stats.updates, link.holder.updates_rejected, link.holder.version)
+        finally:
+            link.close()
+    threads = [threading.Thread(target=device, args=(f"live-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == ["live-0", "live-1"]
+    for summary, updates, rejected, version in results.values():
+        assert summary["clips_uploaded"] == 7 and updates >= 5 and rejected == 0 and version == updates
+    assert metrics.PHASE_FAILURES._value.get() == failures
+    assert metrics.UPDATES_REFUSED._value.get() == refused
+
+
 def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatch):
     import edge_client.link as link_module
     from ams.update_codec import decode_update, flat_parameters
@@ -67,6 +99,7 @@ def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatc
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
     link = TrainerLink(trainer_addr, "flaky-radio", spec)
     corrupted = []
+    refused = metrics.UPDATES_REFUSED._value.get()
 
     def flaky_decode(message):
         update = decode_update(message)
@@ -89,7 +122,8 @@ def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatc
         while link.holder.version < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert corrupted and link.holder.updates_rejected == 1
-        assert link.holder.version == 2     # caught up by re-delivery after the refusal
+        assert link.holder.version == 2     # caught up by a snapshot after the refusal
+        assert link.resyncs == 1 and metrics.UPDATES_REFUSED._value.get() == refused + 1
         np.testing.assert_array_equal(flat_parameters(link.holder.canonical), link.holder.flat)
     finally:
         link.close()

@@ -1,0 +1,91 @@
+"""A trainer process killed with SIGKILL mid-run and started again on the same Redis: the device goes on
+from the version it holds, with no update refused and no snapshot needed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ams.healthcheck import check
+from ams.synthetic import SyntheticScene
+from ams.v1 import streaming_pb2
+from ams.video import encode_clip
+from edge_client.link import TrainerLink
+from scripts.procs import ROOT, free_port
+from services.teacher.backends import make_backend
+from services.teacher.config import TeacherConfig
+from services.teacher.service import create_server as create_teacher
+from tests.conftest import TINY_STUDENT
+
+SCENE = SyntheticScene(seed=5, w=64, h=36, fps=10, duration=30, shift=15)
+
+
+def _start_trainer(env: dict, log_path: str) -> subprocess.Popen:
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "services.trainer"], cwd=ROOT, env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not check(f"127.0.0.1:{env['AMS_TRAINER_PORT']}", timeout_s=1):
+        assert proc.poll() is None and time.monotonic() < deadline, open(log_path).read()[-3000:]
+        time.sleep(0.2)
+    return proc
+
+
+def _upload(link: TrainerLink, seq: int) -> None:
+    times = [2.0 * seq, 2.0 * seq + 1.0]
+    frames = [SCENE.render(t)[0] for t in times]
+    deadline = time.monotonic() + 60
+    while not link.upload(seq, encode_clip(frames), times, SCENE.w, SCENE.h):   # the trainer may be restarting
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def teacher(loop_thread):
+    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec())
+    server = loop_thread.run(create_teacher(cfg, make_backend("oracle", scene_spec=SCENE.spec())))
+    yield f"127.0.0.1:{server[1]}"
+    loop_thread.run(server[0].stop(0))
+    loop_thread.run(server[2].stop())
+
+
+def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(teacher, redis_url, tmp_path):
+    port = free_port()
+    env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
+           "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
+           "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_CHECKPOINT_EVERY": "3",
+           "AMS_UPDATES_KEPT": "6", "AMS_DEVICE": "cpu"}
+    log_path = str(tmp_path / "trainer.log")
+    trainer = _start_trainer(env, log_path)
+    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
+    link = TrainerLink(f"127.0.0.1:{port}", "crash-device", spec, timeout_s=10)
+    try:
+        link.open()
+        snapshot_bytes = link.stats.snapshot_bytes
+        for seq in (1, 2, 3, 4):                          # a checkpoint at v3, then v4 from the chain
+            _upload(link, seq)
+            assert link.wait_processed(seq, timeout_s=60)
+        assert link.holder.version == 4
+        _upload(link, 5)
+        trainer.send_signal(signal.SIGKILL)                # mid-run: clip 5 buffered, its phase maybe under way
+        trainer.wait(10)
+        time.sleep(1.0)
+        trainer = _start_trainer(env, log_path)            # the same port, the same Redis
+        for seq in (6, 7):
+            _upload(link, seq)
+            assert link.wait_processed(seq, timeout_s=60)
+        deadline = time.monotonic() + 30
+        while link.holder.version < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert link.holder.version >= 6 and link.holder.updates_rejected == 0 and link.resyncs == 0
+        assert link.stats.updates == link.holder.version     # every version arrived as an update, in order
+        assert link.stats.snapshot_bytes == snapshot_bytes   # no snapshot was needed
+        log = open(log_path).read()
+        assert "restored session" in log and "training phase failed" not in log
+    finally:
+        link.close()
+        trainer.kill()
+        trainer.wait(10)

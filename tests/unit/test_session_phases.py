@@ -1,0 +1,131 @@
+"""Training phases as transactions, on a real redis-server: a phase that fails leaves no trace, buffer
+churn cannot fail a phase, ingest never rolls the stored version back, and a restore is exact."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ams.errors import FailedPrecondition
+from ams.models import build_student
+from ams.update_codec import apply_update, decode_update
+from services.trainer.config import TrainerConfig
+from services.trainer.session import Session
+from services.trainer.store import RedisSessionStore
+from tests.conftest import TINY_STUDENT
+
+H, W = TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]
+
+
+def _session(redis_url, **cfg) -> Session:
+    config = TrainerConfig(**{**dict(redis_url=redis_url, k_iters=4, batch_size=2, torch_threads=1, t_horizon_s=10.0,
+                                     device="cpu", checkpoint_every=2, updates_kept=4), **cfg})
+    store = RedisSessionStore(redis_url, updates_kept=config.updates_kept)
+    torch.manual_seed(0)
+    model = build_student("deeplabv3_mnv2", TINY_STUDENT)
+    session = Session("s1", "device-a", "deeplabv3_mnv2", TINY_STUDENT, model, store, config)
+    store.create("s1", {**session.ingest_meta(), "config_json": json.dumps(TINY_STUDENT)}, model.state_dict(), session.adam)
+    return session
+
+
+def _ingest(session: Session, seq: int, times: list[float], size=(2 * H, 2 * W)) -> None:
+    """Frames at twice the student's size (as from a camera), labels and uniform probabilities."""
+    rng = np.random.default_rng(seq)
+    frames = [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in times]
+    labels = [(f[..., 0] > 127).astype(np.uint8) for f in frames]
+    session.ingest(seq, times, frames, labels, [np.full((2, *size), 0.5, np.float32) for _ in times])
+
+
+def _adam(session):
+    a = session.adam
+    return a.m.clone(), a.v.clone(), None if a.u is None else a.u.clone(), a.step
+
+
+def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_applies(redis_url, monkeypatch):
+    session = _session(redis_url)
+    edge_flat, edge_version = session.flat.copy(), 0
+    _ingest(session, 1, [0.0, 1.0, 2.0])
+    first = session.run_phase()
+    edge_flat, edge_version = apply_update(edge_flat, 0, decode_update(first.message)), 1
+    assert session.store.frame_keys("s1") and session.store.load_frames("s1", session.store.frame_keys("s1"))[
+        "0.000000"][0].shape == (H, W, 3)                  # buffered at the student's size
+    before = (session.flat.copy(), _adam(session), session.rng.bit_generator.state, session.version, session.phase)
+    calls = []
+    forward = type(session.model).forward
+
+    def fails_at_third_iteration(model, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure at iteration 3")
+        return forward(model, x)
+    monkeypatch.setattr(type(session.model), "forward", fails_at_third_iteration)
+    _ingest(session, 2, [3.0, 4.0])
+    with pytest.raises(RuntimeError, match="iteration 3"):
+        session.run_phase()
+    assert len(calls) == 3                                   # two iterations had moved the weights
+    np.testing.assert_array_equal(torch.nn.utils.parameters_to_vector(session.model.parameters()).detach().numpy(),
+                                  before[0])
+    for got, want in zip(_adam(session), before[1]):
+        assert got == want if isinstance(want, int) else torch.equal(got, want)
+    assert session.rng.bit_generator.state == before[2] and (session.version, session.phase) == before[3:]
+    assert session.store.load_meta("s1")["version"] == "1"
+    monkeypatch.setattr(type(session.model), "forward", forward)
+    second = decode_update(session.run_phase().message)
+    assert (second.base_version, second.new_version) == (1, 2)
+    edge_flat = apply_update(edge_flat, edge_version, second)   # raises if the failed phase had left drift
+    np.testing.assert_array_equal(edge_flat, session.flat)
+
+
+def test_frames_trimmed_while_a_phase_reads_them_do_not_fail_it(redis_url, monkeypatch):
+    session = _session(redis_url, t_horizon_s=5.0)
+    _ingest(session, 1, [float(t) for t in range(6)])      # 0..5 s
+    listed = session.store.frame_keys("s1")
+    real_frame_keys = session.store.frame_keys
+
+    def list_then_trim(sid):
+        keys = real_frame_keys(sid)
+        _ingest(session, 2, [8.0, 9.0])                     # horizon 5 s: trims everything before 4 s
+        return keys
+    monkeypatch.setattr(session.store, "frame_keys", list_then_trim)
+    outcome = session.run_phase()
+    assert outcome is not None and outcome.message.new_version == 1
+    assert len(listed) == 6 and outcome.stats["frames"] <= 2  # only 4.0 and 5.0 of the listed frames survived
+
+
+def test_ingest_never_rolls_the_stored_version_back(redis_url):
+    session = _session(redis_url)
+    _ingest(session, 1, [0.0, 1.0])
+    stale_fields = session.ingest_meta()                    # what a slow I/O thread computed before the phase
+    session.run_phase()
+    session.store.save_meta("s1", stale_fields)             # ...and wrote after the commit
+    _ingest(session, 2, [2.0])
+    assert session.store.load_meta("s1")["version"] == "1"
+    restored = Session.from_checkpoint("s1", session.store.load_checkpoint("s1"), session.store, session.cfg)
+    assert restored.version == 1
+    np.testing.assert_array_equal(restored.flat, session.flat)
+
+
+def test_restore_is_exact_from_checkpoint_plus_chain(redis_url):
+    session = _session(redis_url, checkpoint_every=2)
+    for seq in range(1, 4):                                 # checkpoints at v2; v3 is the chain's
+        _ingest(session, seq, [2.0 * seq, 2.0 * seq + 1])
+        session.run_phase()
+    store = session.store
+    restored = Session.from_checkpoint("s1", store.load_checkpoint("s1"), store, session.cfg)
+    assert (restored.version, restored.checkpoint_version, restored.phase) == (3, 2, 3)
+    np.testing.assert_array_equal(restored.flat, session.flat)             # weights: always exact
+    assert restored.rng.bit_generator.state == session.rng.bit_generator.state
+    assert restored.last_clip_seq == restored.trained_clip_seq == 3
+    assert session.checkpoint() > 0                          # graceful shutdown: Adam state of v3 too
+    restored = Session.from_checkpoint("s1", store.load_checkpoint("s1"), store, session.cfg)
+    for got, want in zip(_adam(restored), _adam(session)):
+        assert got == want if isinstance(want, int) else torch.equal(got, want)
+    # both copies now train identically, bit for bit; only one of them may commit that version
+    _ingest(session, 4, [9.0])
+    assert session.train_phase().update.params_sha256 == restored.train_phase().update.params_sha256
+    session.discard()
+    restored.discard()
+    assert session.run_phase().message.new_version == 4
+    with pytest.raises(FailedPrecondition):
+        restored.run_phase()
+    assert restored.version == 3 and store.load_meta("s1")["version"] == "4"

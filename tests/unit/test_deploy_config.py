@@ -65,6 +65,7 @@ REQUIRED_ALERTS = {
     "AmsTeacherInferenceLatencyHigh",
     "AmsTrainerSessionFailures",
     "AmsTrainingPhaseSlow",
+    "AmsTrainerFallingBehind",
 }
 
 

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help install assets redis tools proto demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help install assets redis tools proto demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -72,3 +72,6 @@ bench-lowlatency: install assets
 
 demo-lowlatency: install assets redis
 	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency
+
+bench-fleet: install assets redis
+	$(BIN)/python -m scripts.bench_fleet

@@ -5,7 +5,8 @@ scripts/procs.py) runs with the paper's settings, and N simulated devices, threa
 use it over the real gRPC contract for `--seconds` of wall time. Each device opens a session on the
 DeeplabV3-MobileNetV2 student (deeplabv3_mnv2_selfie) and keeps its own flat parameter vector
 (checksums verified); every T_update of wall time (live pacing, devices staggered by T_update/N) it
-uploads one H.264 clip of native-size frames sampled at the server's rate from its own rotation and
+uploads one H.264 clip of native-size frames sampled at the server's rate (encoded before the load
+window: real devices encode on their own hardware) from its own rotation and
 offset of the looped sample playlist; a second thread applies the update stream, refusing what does
 not apply (then reconnecting with `refused_version`, with exponential backoff). No inference runs.
 
@@ -50,7 +51,8 @@ VIDEOS = ["data/videos/carphone_pristine.mp4", "data/videos/bikes.mp4", "data/vi
 TEACHER_ENV = {"AMS_TEACHER_BACKEND": "litert", "AMS_TEACHER_MODEL_PATH": "assets/teacher/selfie_segmentation_landscape.tflite",
                "AMS_TEACHER_THREADS": "1"}
 TRAINER_ENV = {"AMS_T_UPDATE_S": "10", "AMS_K_ITERS": "20", "AMS_GAMMA": "0.05", "AMS_R_INIT": "1", "AMS_R_MAX": "1",
-               "AMS_BATCH_SIZE": "4", "AMS_T_HORIZON_S": "30", "AMS_ATR": "false", "AMS_CHECKPOINT_DIR": "assets/students"}
+               "AMS_BATCH_SIZE": "4", "AMS_T_HORIZON_S": "30", "AMS_ATR": "false", "AMS_CHECKPOINT_DIR": "assets/students",
+               "AMS_TRAIN_WORKERS": "2", "AMS_TORCH_THREADS": "1"}   # 2 phases at once, 1 core each: most phases/s here
 
 
 class Playlist:
@@ -93,6 +95,8 @@ class Device:
         self.updates = self.rejected = self.snapshots = self.upload_failures = 0
         self.refused = 0
         self.stop = threading.Event()
+        self._clips: dict[tuple[float, ...], common_pb2.EncodedClip] = {}
+        self.live_encodes = 0    # clips encoded during the load (the rate had changed from the prepared one)
         self.call: grpc.Call | None = None
         self.reader = threading.Thread(target=self._read, daemon=True)
 
@@ -170,22 +174,45 @@ class Device:
             self.stop.wait(backoff * (1 + random.random()))
             backoff = min(backoff * 2, 8.0)
 
-    def upload_loop(self, start: float, load_end: float) -> None:
-        """One clip per T_update of wall time from `start` while its interval ends by `load_end`."""
-        boundary, next_sample, seq = start, 0.0, 0
-        while boundary + self.t_update_s <= load_end:
-            boundary += self.t_update_s
-            time.sleep(max(0.0, boundary - time.monotonic()))
+    def _intervals(self, seconds: float):
+        """The capture timestamps of each T_update interval, at the current sampling rate."""
+        elapsed, next_sample = 0.0, 0.0
+        while elapsed + self.t_update_s <= seconds:
+            elapsed += self.t_update_s
             stamps = []
-            while next_sample < boundary - start:
+            while next_sample < elapsed:
                 stamps.append(self.video_offset_s + next_sample)
                 next_sample += 1.0 / self.rate_fps
-            frames = [self.playlist.frame_at(t) for t in stamps]
-            h, w = frames[0].shape[:2]
-            frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+            yield tuple(stamps)
+
+    def _encode(self, stamps: tuple[float, ...]) -> common_pb2.EncodedClip:
+        frames = [self.playlist.frame_at(t) for t in stamps]
+        h, w = frames[0].shape[:2]
+        frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+        return common_pb2.EncodedClip(codec="h264", data=encode_clip(frames), timestamps_s=stamps,
+                                      width=w - w % 2, height=h - h % 2)
+
+    def prepare(self, seconds: float) -> None:
+        """Encode the run's clips before the load starts, at the rate the server set: a real device
+        encodes on its own hardware, so the emulated ones should not take the server's cores for it.
+        A clip whose rate changed during the run (ASR) is encoded when it is due."""
+        self._clips = {stamps: self._encode(stamps) for stamps in self._intervals(seconds)}
+
+    def upload_loop(self, start: float, load_end: float) -> None:
+        """One clip per T_update of wall time from `start` while its interval ends by `load_end`."""
+        elapsed, next_sample, seq = 0.0, 0.0, 0     # the same arithmetic as _intervals, so prepared clips match
+        while start + elapsed + self.t_update_s <= load_end:
+            elapsed += self.t_update_s
+            time.sleep(max(0.0, start + elapsed - time.monotonic()))
+            stamps = []
+            while next_sample < elapsed:
+                stamps.append(self.video_offset_s + next_sample)
+                next_sample += 1.0 / self.rate_fps
             seq += 1
-            clip = common_pb2.EncodedClip(codec="h264", data=encode_clip(frames), timestamps_s=stamps,
-                                          width=w - w % 2, height=h - h % 2)
+            clip = self._clips.pop(tuple(stamps), None)
+            if clip is None:
+                self.live_encodes += 1
+                clip = self._encode(tuple(stamps))
             began = time.monotonic()
             try:
                 self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
@@ -225,6 +252,7 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
         devices = [Device(stack["trainer"], f"fleet-device-{i}", playlist, (i * 7.3) % playlist.duration) for i in range(n)]
         with ThreadPoolExecutor(n) as pool:
             list(pool.map(Device.open, devices))
+            list(pool.map(lambda d: d.prepare(seconds), devices))
         # baselines after the sessions opened: a session's first checkpoint is not a phase's cost
         net_before = store.info("stats")["total_net_input_bytes"]
         state_open = (_trainer_sample(stack["trainer_metrics"], tries=3) or {}).get("ams_trainer_state_bytes_total")
@@ -266,7 +294,8 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
             "redis_bytes_per_session_open": None if state_open is None else round(state_open / n),
             "redis_net_input_bytes_per_phase": round((net_after - net_before) / phases) if phases else None,
             "phases": phases, "clips": len(lags), "clips_without_update": missing,
-            "snapshots": sum(d.snapshots for d in devices), "upload_failures": sum(d.upload_failures for d in devices),
+            "snapshots": sum(d.snapshots for d in devices), "live_encodes": sum(d.live_encodes for d in devices),
+            "upload_failures": sum(d.upload_failures for d in devices),
             "upload_p95_s": pct(uploads, 95), "trainer_died": not server, "t_update_s": t_update,
             "loadgen_cpu_s": round(cpu, 1), "server_refusals": int(server.get("ams_trainer_updates_refused_total", 0)),
             "server_update_lag_mean_s": round(server.get("ams_trainer_update_lag_seconds_sum", 0.0)

@@ -43,7 +43,9 @@ class TrainerConfig:
     max_sessions: int = _f(16, "sessions served at once")
     max_clip_frames: int = _f(256, "frames in one uploaded clip")
     max_message_mb: int = _f(64, "gRPC message size limit")
-    torch_threads: int = _f(2, "intra-op threads for training")
+    torch_threads: int = _f(2, "intra-op threads per training worker")
+    train_workers: int = _f(1, "phases of different sessions trained at once (threads); on a CPU box, workers × "
+                               "torch_threads = cores (a fleet gets more phases per second from 2 × 1 than 1 × 2)")
     seed: int = _f(0, "seed for I_1 and mini-batch sampling")
     updates_kept: int = _f(32, "updates kept per session for catch-up after a reconnect")
     checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "
@@ -53,8 +55,8 @@ class TrainerConfig:
     def validate(self) -> None:
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"AMS_GAMMA={self.gamma} must be in (0, 1]")
-        if self.k_iters < 1 or self.batch_size < 1:
-            raise ConfigError("AMS_K_ITERS and AMS_BATCH_SIZE must be ≥ 1")
+        if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1:
+            raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE and AMS_TRAIN_WORKERS must be ≥ 1")
         if not 0 < self.r_min <= self.r_init <= self.r_max:
             raise ConfigError("need 0 < AMS_R_MIN ≤ AMS_R_INIT ≤ AMS_R_MAX")
         resolve_device(self.device)

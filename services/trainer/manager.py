@@ -26,7 +26,7 @@ from ams.models import build_student, student_config_dict
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
-from services.trainer.session import Control, Session
+from services.trainer.session import Control, Session, resize_frame
 from services.trainer.store import SessionStore
 from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
@@ -52,7 +52,9 @@ class SessionManager:
         self.pending: dict[str, float] = {}   # sid -> wall time of its oldest untrained upload (the EDF key)
         self.device = resolve_device(cfg.device)
         self._wakeup = asyncio.Event()
-        self._train_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ams-train")
+        self._train_executor = ThreadPoolExecutor(max_workers=cfg.train_workers, thread_name_prefix="ams-train")
+        self.training: set[str] = set()   # sessions whose phase is running (never two at once for one session)
+        self._phases: set[asyncio.Task] = set()
         self._engine: asyncio.Task | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -80,7 +82,8 @@ class SessionManager:
         """Drop sessions idle for longer than the session TTL with nobody subscribed (their keys expire too)."""
         now = time.monotonic()
         for sid, session in list(self.sessions.items()):
-            if not self.subscribers.get(sid) and now - session.last_active > self.cfg.session_ttl_s and sid not in self.pending:
+            busy = sid in self.pending or sid in self.training
+            if not self.subscribers.get(sid) and now - session.last_active > self.cfg.session_ttl_s and not busy:
                 log.info("session %s abandoned: evicted", sid)
                 self.sessions.pop(sid, None)
                 self.subscribers.pop(sid, None)
@@ -93,6 +96,7 @@ class SessionManager:
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*self._phases, return_exceptions=True)
         self._train_executor.shutdown(wait=True)
         for session in list(self.sessions.values()):
             try:
@@ -196,7 +200,7 @@ class SessionManager:
         if clip_seq <= session.last_clip_seq:  # re-delivery after a retry: already buffered
             return 0, len(await asyncio.to_thread(self.store.frame_keys, session.sid))
         metrics.UPLOAD_BYTES.inc(len(data))
-        frames = await asyncio.to_thread(decode_clip, data, len(timestamps))
+        frames = await asyncio.to_thread(self._decode, session, data, len(timestamps))
         with metrics.TEACHER_SECONDS.time():
             labelled = await self.teacher.label(frames, timestamps)
         keep = [i for i, item in enumerate(labelled) if item is not None]
@@ -212,6 +216,15 @@ class SessionManager:
         self._schedule(session)
         return len(keep), buffered
 
+    @staticmethod
+    def _decode(session: Session, data: bytes, count: int) -> list:
+        """Decode a clip and bring its frames to the student's input size: the teacher labels, the
+        buffer keeps and the phase trains on what the student sees, not the camera's resolution."""
+        frames = decode_clip(data, count)
+        if size := session.input_size():
+            frames = [resize_frame(f, size) for f in frames]
+        return frames
+
     def _schedule(self, session: Session) -> None:
         """Queue a phase for the session, keeping the deadline of its oldest untrained upload."""
         self.pending.setdefault(session.sid, min(session.upload_times.values(), default=time.monotonic()))
@@ -220,17 +233,31 @@ class SessionManager:
 
     # --- training engine: Algorithm 1 lines 10-17 --------------------------------------------------
     async def _run_engine(self) -> None:
+        """Start the phase of the waiting session with the earliest deadline whenever one of the
+        `train_workers` is free; a session already training waits for its phase to end."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self.pending:
-                sid = min(self.pending, key=self.pending.__getitem__)   # earliest deadline first
+            while len(self.training) < self.cfg.train_workers:
+                ready = [sid for sid in self.pending if sid not in self.training]
+                if not ready:
+                    break
+                sid = min(ready, key=self.pending.__getitem__)   # earliest deadline first
                 del self.pending[sid]
                 metrics.SESSIONS_WAITING.set(len(self.pending))
                 session = self.sessions.get(sid)
-                if session is not None:
-                    await self._train_once(loop, session)
+                if session is None:
+                    continue
+                self.training.add(sid)
+                task = loop.create_task(self._train_once(loop, session))
+                self._phases.add(task)
+                task.add_done_callback(lambda t, sid=sid: self._phase_done(t, sid))
+
+    def _phase_done(self, task: asyncio.Task, sid: str) -> None:
+        self._phases.discard(task)
+        self.training.discard(sid)
+        self._wakeup.set()
 
     async def _train_once(self, loop: asyncio.AbstractEventLoop, session: Session) -> None:
         """One transactional phase; a failure is counted and leaves the session as it was."""
@@ -265,6 +292,8 @@ class SessionManager:
             uploaded = session.upload_times.pop(clip_seq)
             if lag:
                 metrics.UPDATE_LAG.observe(now - uploaded)
+        if session.sid in self.pending and session.upload_times:   # queued again meanwhile: its deadline moves on
+            self.pending[session.sid] = min(session.upload_times.values())
         self._publish(session.sid, event)
 
     # --- downlink ---------------------------------------------------------------------------------

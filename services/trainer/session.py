@@ -114,7 +114,7 @@ class Session:
                         log.info("session %s at %.1fs: mean φ %.3f -> sampling %.2f fps, T_update %.0f s", self.sid,
                                  timestamps[i], self.asr.last_phi_mean, self.asr.rate_fps, self.control().update_interval_s)
                 self.prev_label = labels[i]
-            if size := self.input_size():
+            if size := self.input_size():   # the manager resizes before labelling; this covers other callers
                 frames, labels = map(list, zip(*[resize_pair(f, lab, size) for f, lab in zip(frames, labels)]))
             buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s)
             self.latest_ts = max(self.latest_ts, max(timestamps))
@@ -294,8 +294,15 @@ class Session:
         return session
 
 
+def resize_frame(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A frame brought to the student's (H, W), area-averaged (a no-op at that size)."""
+    h, w = size_hw
+    return frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+
+
 def resize_pair(frame: np.ndarray, label: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """A frame (area-averaged) and its label map (nearest class) brought to the student's (H, W)."""
     h, w = size_hw
-    return (cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA),
-            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST))
+    if label.shape[:2] != (h, w):
+        label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    return resize_frame(frame, size_hw), label

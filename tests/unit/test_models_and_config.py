@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ams.config import ConfigError, load_config
+from ams.device import resolve_device
 from ams.models import build_student
 from services.trainer.config import TrainerConfig
 
@@ -36,3 +37,24 @@ def test_invalid_config_is_a_clear_error():
         load_config(TrainerConfig, "AMS_", [], env={"AMS_GAMMA": "2"})
     with pytest.raises(ConfigError, match="not a valid"):
         load_config(TrainerConfig, "AMS_", [], env={"AMS_K_ITERS": "many"})
+
+
+def test_device_setting_and_checkpoint_cadence_are_validated():
+    cfg = load_config(TrainerConfig, "AMS_", [], env={"AMS_DEVICE": "cpu", "AMS_TRAIN_WORKERS": "2"})
+    assert resolve_device(cfg.device) == torch.device("cpu") and cfg.train_workers == 2
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="AMS_DEVICE"):
+        load_config(TrainerConfig, "AMS_", [], env={"AMS_DEVICE": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            load_config(TrainerConfig, "AMS_", [], env={"AMS_DEVICE": "cuda"})
+    with pytest.raises(ConfigError, match="AMS_CHECKPOINT_EVERY"):   # restore replays the kept chain
+        load_config(TrainerConfig, "AMS_", [], env={"AMS_CHECKPOINT_EVERY": "40", "AMS_UPDATES_KEPT": "32"})
+
+
+def test_the_trainer_does_not_import_the_edge_client():
+    import subprocess
+    import sys
+    code = ("import sys, services.trainer.service, services.trainer.__main__; "
+            "leaked = sorted(m for m in sys.modules if m.split('.')[0] == 'edge_client'); assert not leaked, leaked")
+    subprocess.run([sys.executable, "-c", code], check=True)

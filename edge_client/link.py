@@ -145,7 +145,14 @@ class TrainerLink:
             self.stats.update_times.append(self.video_time_s)
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()
-            self.holder.load_snapshot(message.snapshot)
+            try:
+                self.holder.load_snapshot(message.snapshot)
+            except UpdateRejected as exc:   # a corrupt snapshot: keep the model, ask again after a backoff
+                log.warning("snapshot v%d refused: %s", message.snapshot.version, exc)
+                self._refused_version = message.snapshot.version or -1
+                if self._call is not None:
+                    self._call.cancel()
+                return
         elif kind == "control":
             self.stats.downlink_bytes += message.ByteSize()
             self._set_control(message.control)

@@ -52,11 +52,23 @@ def serialize_state(state_dict: dict[str, torch.Tensor]) -> bytes:
 
 
 def serialize_adam(adam: AdamCDState) -> bytes:
-    """m, v and the step; u is recomputed from them on load (`adam_direction`), so it is not stored."""
+    """m, v and the step; u is recomputed from them on load (`adam_direction`), so it is not stored.
+    A fresh state (step 0) is stored as its size alone: opening a session writes 17 MB less."""
     buf = io.BytesIO()
-    torch.save({"m": adam.m.detach().cpu(), "v": adam.v.detach().cpu(), "step": adam.step,
-                "has_u": adam.u is not None}, buf)
+    if adam.step == 0 and adam.u is None:
+        torch.save({"zeros": adam.m.numel(), "step": 0, "has_u": False}, buf)
+    else:
+        torch.save({"m": adam.m.detach().cpu(), "v": adam.v.detach().cpu(), "step": adam.step,
+                    "has_u": adam.u is not None}, buf)
     return buf.getvalue()
+
+
+def deserialize_adam(raw: bytes) -> dict[str, Any]:
+    """{"m", "v", "step", "has_u"} as stored by `serialize_adam`."""
+    d = torch.load(io.BytesIO(raw), weights_only=True)
+    if "zeros" in d:
+        d = {**d, "m": torch.zeros(d["zeros"]), "v": torch.zeros(d["zeros"])}
+    return d
 
 
 @dataclass
@@ -291,8 +303,8 @@ class RedisSessionStore(SessionStore):
         if not model_raw or not adam_raw:
             return None
         meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
-        return Checkpoint(meta, torch.load(io.BytesIO(model_raw), weights_only=True),
-                          torch.load(io.BytesIO(adam_raw), weights_only=True), list(updates))
+        return Checkpoint(meta, torch.load(io.BytesIO(model_raw), weights_only=True), deserialize_adam(adam_raw),
+                          list(updates))
 
     @_redis_errors
     def load_updates(self, sid: str) -> list[bytes]:

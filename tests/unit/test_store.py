@@ -47,8 +47,11 @@ def test_commits_are_atomic_monotonic_and_restore_from_checkpoint_plus_chain(red
     store = RedisSessionStore(redis_url, ttl_s=60, updates_kept=3)
     state = {"w": torch.arange(6.0).reshape(2, 3)}
     adam = AdamCDState(torch.ones(6), torch.full((6,), 2.0), torch.full((6,), 0.5), step=7)
-    created = store.create("s", {"device_id": "d", "config_json": "{}"}, state, adam)
+    fresh = AdamCDState.zeros(6)
+    created = store.create("s", {"device_id": "d", "config_json": "{}"}, state, fresh)
     assert created > 0 and store.load_meta("s")["version"] == "0"
+    opened = store.load_checkpoint("s").adam           # a fresh state is stored by its size alone
+    assert torch.equal(opened["m"], fresh.m) and torch.equal(opened["v"], fresh.v) and opened["step"] == 0
     for i in range(5):     # checkpoint at v3 only; other phases write their update and the training fields
         full = i == 2
         written = store.commit_phase("s", i, {"version": i + 1, "phase": i + 1}, f"update-{i}".encode(),

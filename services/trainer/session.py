@@ -5,7 +5,7 @@ Pure logic (no gRPC): `ingest` runs Algorithm 1's inference-phase bookkeeping (b
 up front, trains on scratch copies of the optimizer state and RNG, and either commits (the update is
 logged in the store atomically with the new version, then the session adopts the new state) or
 leaves no trace (model, Adam state, RNG and version exactly as before). Ingest runs on I/O threads;
-training runs on the single training thread; `lock` guards the published parameters both read.
+a session's phases run on one training worker at a time; `lock` guards the published parameters.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class Session:
 
     def ingest(self, clip_seq: int, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
                probs: list[np.ndarray]) -> tuple[int, bool]:
-        """Update φ, ASR and ATR (at the teacher's resolution), then add the labelled frames to B at the
+        """Update φ, ASR and ATR from the teacher's labels, then add the labelled frames to B at the
         student's input size (not the camera's), trimmed to T_horizon.
         Returns (frames in buffer, whether the control values changed). Idempotent per clip_seq."""
         with self.ingest_lock:

@@ -47,6 +47,13 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def error_details(exc: BaseException, limit: int = 256) -> str:
+    """The status message for a domain error, cut to `limit` characters: a client's oversized input
+    (a 1 MB session id, say) is never echoed back whole."""
+    text = str(exc)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     """Client options: explicit size limits, retries on UNAVAILABLE, keepalive for long streams."""
     return [
@@ -93,7 +100,7 @@ def grpc_errors(on_error: Callable[[str, grpc.StatusCode], None] | None = None):
                     on_error(method.__name__, grpc.StatusCode.OK)
                 return result
             except errors.AMSError as exc:
-                code, message = status_code_for(exc), str(exc)
+                code, message = status_code_for(exc), error_details(exc)
             except Exception as exc:  # noqa: BLE001 - anything else is a bug: log it, answer INTERNAL
                 log.exception("unexpected error in %s", method.__name__)
                 code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"

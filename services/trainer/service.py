@@ -6,8 +6,8 @@ import logging
 import grpc
 
 from ams import errors
-from ams.grpc_common import (add_health_and_reflection, device_id_of, grpc_errors, server_options, set_serving,
-                             status_code_for)
+from ams.grpc_common import (add_health_and_reflection, device_id_of, error_details, grpc_errors, server_options,
+                             set_serving, status_code_for)
 from ams.update_codec import encode_snapshot
 from ams.v1 import streaming_pb2, streaming_pb2_grpc
 from services.trainer import metrics
@@ -67,7 +67,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
             _count("StreamUpdates", grpc.StatusCode.OK)
         except errors.AMSError as exc:
             _count("StreamUpdates", status_code_for(exc))
-            await context.abort(status_code_for(exc), str(exc))
+            await context.abort(status_code_for(exc), error_details(exc))
 
     @staticmethod
     def _message(session: Session, event: Event) -> streaming_pb2.ServerMessage:

@@ -196,6 +196,13 @@ def test_malformed_requests_get_precise_codes_and_the_server_keeps_serving(stack
     with pytest.raises(grpc.RpcError) as err:
         list(stack.stub.StreamUpdates(streaming_pb2.StreamUpdatesRequest(session_id="unknown", held_version=0), metadata=ME))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for call_with_huge_id in (   # a 1 MB session id is not echoed back in the status message
+            lambda: stack.stub.UploadClip(_clip_request("x" * 1_000_000, 1, [0.0]), metadata=ME),
+            lambda: list(stack.stub.StreamUpdates(streaming_pb2.StreamUpdatesRequest(session_id="x" * 1_000_000),
+                                                  metadata=ME))):
+        with pytest.raises(grpc.RpcError) as err:
+            call_with_huge_id()
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 300
     assert stack.stub.UploadClip(good, metadata=ME).frames_accepted == 2   # still serving, nothing was half-done
 
 

@@ -21,6 +21,14 @@ class DeepLabMNv2Config:
     input_height: int = 256
     input_width: int = 512
 
+    def __post_init__(self):
+        if self.num_classes < 1 or self.width_mult <= 0 or self.aspp_channels < 1:
+            raise ValueError("num_classes and aspp_channels must be ≥ 1 and width_mult > 0")
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, not {self.output_stride}")
+        if self.input_height < 1 or self.input_width < 1:
+            raise ValueError("input_height and input_width must be ≥ 1")
+
 
 def _make_divisible(v: float, divisor: int = 8) -> int:
     new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)

@@ -41,6 +41,10 @@ class TrainerConfig:
     # limits and operations
     session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
     max_sessions: int = _f(16, "sessions served at once")
+    allow_custom_students: bool = _f(False, "let devices open sessions on their own architecture/config (within "
+                                            "the two limits below); otherwise only on installed checkpoints")
+    max_student_params: int = _f(5_000_000, "largest custom student (parameters)")
+    max_student_pixels: int = _f(512 * 1024, "largest custom student input (input_height × input_width)")
     max_clip_frames: int = _f(256, "frames in one uploaded clip")
     max_message_mb: int = _f(64, "gRPC message size limit")
     torch_threads: int = _f(2, "intra-op threads per training worker")

@@ -122,12 +122,29 @@ class SessionManager:
             model = build_student(ckpt["architecture"], ckpt["config"])
             model.load_state_dict(ckpt["state_dict"])
             return ckpt["architecture"], student_config_dict(model), model
-        try:
-            torch.manual_seed(self.cfg.seed)
-            model = build_student(spec.architecture, config)
-        except (ValueError, TypeError) as exc:
-            raise errors.InvalidArgument(str(exc)) from exc
+        self._check_custom_student(spec.architecture, config)
+        torch.manual_seed(self.cfg.seed)
+        model = build_student(spec.architecture, config)
         return spec.architecture, student_config_dict(model), model
+
+    def _check_custom_student(self, architecture: str, config: dict) -> None:
+        """A device's own student only when the operator allows it, and within the operator's limits.
+        The model is first built on the `meta` device (shapes, no memory), so a client cannot make the
+        trainer allocate a huge model; any config the student rejects is INVALID_ARGUMENT."""
+        if not self.cfg.allow_custom_students:
+            raise errors.PermissionDenied("this trainer serves only its installed checkpoints (StudentSpec.checkpoint)")
+        try:
+            with torch.device("meta"):
+                probe = build_student(architecture, config)
+        except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError) as exc:
+            raise errors.InvalidArgument(f"invalid student config: {exc}") from exc
+        params = sum(p.numel() for p in probe.parameters())
+        if params > self.cfg.max_student_params:
+            raise errors.InvalidArgument(f"student has {params} parameters; this trainer allows {self.cfg.max_student_params}")
+        cfg = student_config_dict(probe)
+        h, w = cfg.get("input_height", 0), cfg.get("input_width", 0)
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and 0 < h * w <= self.cfg.max_student_pixels):
+            raise errors.InvalidArgument(f"student input {h}×{w} is not within 1..{self.cfg.max_student_pixels} pixels")
 
     async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str) -> tuple[Session, bool]:
         """Resume `resume_sid` if it still exists for this device, else open a new session."""

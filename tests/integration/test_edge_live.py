@@ -31,7 +31,7 @@ def servers(loop_thread, redis_url):
     teacher = loop_thread.run(create_teacher(tcfg, make_backend("oracle", scene_spec=LONG_SCENE.spec())))
     cfg = TrainerConfig(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
                         teacher_addr=f"127.0.0.1:{teacher[1]}", t_update_s=2.0, t_horizon_s=6.0, k_iters=2,
-                        batch_size=2, r_init=2.0, r_max=2.0, torch_threads=1)
+                        batch_size=2, r_init=2.0, r_max=2.0, torch_threads=1, allow_custom_students=True)
     trainer = loop_thread.run(create_trainer(cfg))
     yield f"127.0.0.1:{teacher[1]}", f"127.0.0.1:{trainer[1]}"
     loop_thread.run(trainer[0].stop(0))

@@ -57,7 +57,7 @@ def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(te
     env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
            "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
            "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_CHECKPOINT_EVERY": "3",
-           "AMS_UPDATES_KEPT": "6", "AMS_DEVICE": "cpu"}
+           "AMS_UPDATES_KEPT": "6", "AMS_DEVICE": "cpu", "AMS_ALLOW_CUSTOM_STUDENTS": "true"}
     log_path = str(tmp_path / "trainer.log")
     trainer = _start_trainer(env, log_path)
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))

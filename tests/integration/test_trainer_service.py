@@ -78,7 +78,7 @@ def _make_stack(loop_thread, redis_url, **cfg_overrides) -> Stack:
     cfg = TrainerConfig(**{**dict(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
                                   teacher_addr=f"127.0.0.1:{teacher_cfg.port}", t_update_s=2.0, t_horizon_s=20.0,
                                   k_iters=2, batch_size=2, gamma=0.05, max_message_mb=4, torch_threads=1,
-                                  session_ttl_s=120), **cfg_overrides})
+                                  session_ttl_s=120, allow_custom_students=True), **cfg_overrides})
     stack = Stack(loop_thread, cfg, teacher_cfg, None, None, None, None)
     stack.start_teacher()
     stack.trainer = loop_thread.run(create_trainer(cfg))
@@ -187,6 +187,15 @@ def test_malformed_requests_get_precise_codes_and_the_server_keeps_serving(stack
             architecture="deeplabv3_mnv2", config_json="{not json")), ME, grpc.StatusCode.INVALID_ARGUMENT),
         (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
             checkpoint="nope")), ME, grpc.StatusCode.NOT_FOUND),
+        # custom students are bounded by the operator: no 72 M-parameter model, no 4 Mpixel input, no bad values
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=_spec(width_mult=4, aspp_channels=4096)),
+         ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=_spec(input_height=2000, input_width=2000)),
+         ME, grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=_spec(num_classes=-3)), ME,
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (stack.stub.OpenSession, streaming_pb2.OpenSessionRequest(student=_spec(output_stride=7)), ME,
+         grpc.StatusCode.INVALID_ARGUMENT),
     ]
     for method, request, metadata, code in cases:
         with pytest.raises(grpc.RpcError) as err:
@@ -332,6 +341,22 @@ def test_abandoned_sessions_are_evicted_and_their_keys_expire(loop_thread, redis
         with pytest.raises(grpc.RpcError) as err:
             s.stub.UploadClip(_clip_request(sid, 1, [0.0]), metadata=ME)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        s.channel.close()
+        s.stop_trainer()
+        s.stop_teacher()
+
+
+def test_by_default_only_installed_checkpoints_are_served(loop_thread, redis_url):
+    s = _make_stack(loop_thread, redis_url, allow_custom_students=False, checkpoint_dir="assets/students",
+                    max_message_mb=16)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "checkpoint" in err.value.details()
+        reply = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
+            checkpoint="deeplabv3_mnv2_selfie")), metadata=ME)
+        assert reply.snapshot.student.architecture == "deeplabv3_mnv2"
     finally:
         s.channel.close()
         s.stop_trainer()

@@ -1,8 +1,9 @@
 """Session lifecycle and the training engine: the trainer's core, independent of gRPC.
 
-One training thread (the "accelerator") serves every session, one phase per turn (AMS App. E),
-earliest deadline first: the session whose oldest untrained clip was uploaded longest ago goes next.
-The asyncio loop only does I/O, so training never blocks the server.
+`train_workers` training threads (the "accelerator") serve every session, one phase per turn (AMS
+App. E), earliest deadline first: the session whose oldest untrained clip was uploaded longest ago
+goes next, and no session has two phases at once. The asyncio loop only does I/O, so training
+never blocks the server.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ class SessionManager:
             raise errors.InvalidArgument(f"student has {params} parameters; this trainer allows {self.cfg.max_student_params}")
         cfg = student_config_dict(probe)
         h, w = cfg.get("input_height", 0), cfg.get("input_width", 0)
-        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and 0 < h * w <= self.cfg.max_student_pixels):
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and h * w <= self.cfg.max_student_pixels):
             raise errors.InvalidArgument(f"student input {h}×{w} is not within 1..{self.cfg.max_student_pixels} pixels")
 
     async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str) -> tuple[Session, bool]:

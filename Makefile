@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help install assets redis tools proto demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help install assets redis tools proto up fuzz demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
 	@echo "make test      # unit + integration + end-to-end tests"
+	@echo "make up        # redis + teacher + trainer as local processes with mutual TLS (out/stack/stack.json)"
+	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
 	@echo "make proto     # regenerate ams/v1 stubs from proto/"
 	@echo "make pretrain  # re-make the demo's initial student w0 (assets/students/)"
 
@@ -75,3 +77,12 @@ demo-lowlatency: install assets redis
 
 bench-fleet: install assets redis
 	$(BIN)/python -m scripts.bench_fleet
+
+# The server side as local processes (no Docker): certificates in out/stack/pki, stack.json beside them.
+DEVICES ?= edge-1
+up: install assets redis
+	$(BIN)/python -m scripts.up --out out/stack --devices $(DEVICES)
+
+FUZZ_CASES ?= 10000
+fuzz: install assets redis
+	$(BIN)/python -m scripts.fuzz --cases $(FUZZ_CASES) --out out/fuzz

@@ -55,3 +55,15 @@ def load_config(cls: type[T], prefix: str, argv: list[str] | None = None, env: d
     if hasattr(config, "validate"):
         config.validate()
     return config
+
+
+def check_tls(insecure: bool, ca: str, cert: str, key: str, prefix: str) -> None:
+    """A service serves TLS unless plain text is asked for explicitly; its files must exist."""
+    if insecure:
+        return
+    for name, path in (("TLS_CA", ca), ("TLS_CERT", cert), ("TLS_KEY", key)):
+        if not path:
+            raise ConfigError(f"{prefix}{name} is not set: make certificates with `ams-admin init`, or set "
+                              f"{prefix}INSECURE=true for a local plain-text demo")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{prefix}{name}={path!r}: no such file")

@@ -7,6 +7,8 @@ import logging
 from typing import Any, Callable
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -89,12 +91,48 @@ def device_id_of(context: grpc.aio.ServicerContext) -> str:
     raise errors.Unauthenticated(f"missing {DEVICE_ID_KEY!r} metadata")
 
 
+class Malformed:
+    """What a request that is not a valid protobuf message deserializes to: the handler answers
+    INVALID_ARGUMENT (gRPC's own deserializer would answer INTERNAL for a client's mistake)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _tolerant_parser(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, RecursionError on deep nesting, ...
+            return Malformed(f"{type(exc).__name__}: {exc}")
+    return parse
+
+
+def check_well_formed(request) -> None:
+    if isinstance(request, Malformed):
+        raise errors.InvalidArgument(f"request is not a valid protobuf message ({request.error})")
+
+
+def add_servicer(server, servicer, service: ServiceDescriptor) -> None:
+    """Register `servicer`'s methods for `service` (in place of the generated add_*_to_server),
+    with a request parser that turns undecodable bytes into `Malformed`."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        factory = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = factory(getattr(servicer, method.name), request_deserializer=_tolerant_parser(request_class),
+                                        response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def grpc_errors(on_error: Callable[[str, grpc.StatusCode], None] | None = None):
     """Decorator for async unary servicer methods: domain errors -> status codes, in one place."""
     def wrap(method):
         @functools.wraps(method)
         async def handler(self, request, context):
             try:
+                check_well_formed(request)
                 result = await method(self, request, context)
                 if on_error:
                     on_error(method.__name__, grpc.StatusCode.OK)
@@ -111,13 +149,15 @@ def grpc_errors(on_error: Callable[[str, grpc.StatusCode], None] | None = None):
     return wrap
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_names: list[str]) -> health.HealthServicer:
-    """Register grpc.health.v1 (all NOT_SERVING until the caller flips them) and reflection."""
+def add_health_and_reflection(server: grpc.aio.Server, service_names: list[str],
+                              reflection_on: bool = False) -> health.HealthServicer:
+    """Register grpc.health.v1 (all NOT_SERVING until the caller flips them) and, when asked, reflection."""
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     for name in service_names + [""]:
         servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(service_names + [reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    if reflection_on:
+        reflection.enable_server_reflection(service_names + [reflection.SERVICE_NAME, health.SERVICE_NAME], server)
     return servicer
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Callable
 
 import av
 import numpy as np
@@ -38,8 +39,12 @@ def encode_clip(frames: list[np.ndarray], bit_rate: int = 200_000, preset: str =
     return bytes(out)
 
 
-def decode_clip(data: bytes, expected_frames: int | None = None, max_pixels: int = 4096 * 4096) -> list[np.ndarray]:
-    """Decode a raw H.264 stream to RGB frames; raise InvalidArgument if it is not valid H.264."""
+def decode_clip(data: bytes, expected_frames: int | None = None, max_pixels: int = 4096 * 4096,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list[np.ndarray]:
+    """Decode a raw H.264 stream to RGB frames, each passed through `transform` as soon as it is
+    decoded (so only transformed frames are held). Raises InvalidArgument if the stream is not valid
+    H.264, at the first frame larger than `max_pixels`, or as soon as it holds more frames than
+    `expected_frames` (a tiny stream of many large frames is never decoded whole)."""
     if not data:
         raise InvalidArgument("empty clip")
     codec = av.CodecContext.create("h264", "r")
@@ -50,7 +55,10 @@ def decode_clip(data: bytes, expected_frames: int | None = None, max_pixels: int
             for frame in codec.decode(packet):
                 if frame.width * frame.height > max_pixels:
                     raise InvalidArgument(f"clip frame {frame.width}x{frame.height} exceeds {max_pixels} pixels")
-                frames.append(frame.to_ndarray(format="rgb24"))
+                if expected_frames is not None and len(frames) >= expected_frames:
+                    raise InvalidArgument(f"clip has more frames than its {expected_frames} timestamps")
+                rgb = frame.to_ndarray(format="rgb24")
+                frames.append(transform(rgb) if transform else rgb)
     except av.FFmpegError as exc:
         raise InvalidArgument(f"clip is not a decodable H.264 stream: {exc}") from exc
     if not frames:

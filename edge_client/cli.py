@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from ams.pki import CertFiles, identity_of
 from ams.v1 import streaming_pb2
 from edge_client.evaluation import TeacherLabeler
 from edge_client.link import TrainerLink
@@ -21,7 +22,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="ams-edge", description=__doc__)
     p.add_argument("--trainer", default=env("AMS_TRAINER_ADDR", "127.0.0.1:50052"), help="trainer host:port (AMS_TRAINER_ADDR)")
-    p.add_argument("--device-id", default=env("AMS_DEVICE_ID", socket.gethostname()), help="device identity (AMS_DEVICE_ID)")
+    p.add_argument("--ca", default=env("AMS_TLS_CA", ""), help="the operator's CA certificate (AMS_TLS_CA)")
+    p.add_argument("--cert", default=env("AMS_TLS_CERT", ""),
+                   help="this device's certificate from `ams-admin issue-device` (AMS_TLS_CERT); its subject is the device id")
+    p.add_argument("--key", default=env("AMS_TLS_KEY", ""), help="this device's private key (AMS_TLS_KEY)")
+    p.add_argument("--insecure", action="store_true", default=env("AMS_INSECURE", "") in ("1", "true"),
+                   help="plain text to a trainer in insecure mode (local demo only; AMS_INSECURE)")
+    p.add_argument("--device-id", default=env("AMS_DEVICE_ID", socket.gethostname()),
+                   help="device identity sent as a header in --insecure mode (AMS_DEVICE_ID)")
     p.add_argument("--video", action="append", required=True,
                    help="video file, or a synthetic scene spec 'synthetic:seed=1,...'; repeat to play back to back")
     p.add_argument("--loops", type=int, default=1, help="play the playlist this many times (0 = forever)")
@@ -46,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="", help="student config JSON (with --checkpoint '' )")
     p.add_argument("--eval-teacher", default=env("AMS_EVAL_TEACHER_ADDR", ""),
                    help="teacher host:port to score mIoU against (off when empty)")
+    p.add_argument("--eval-cert", default=env("AMS_EVAL_TLS_CERT", ""),
+                   help="service certificate for --eval-teacher (the teacher does not serve devices)")
+    p.add_argument("--eval-key", default=env("AMS_EVAL_TLS_KEY", ""), help="its private key")
     p.add_argument("--eval-every", type=int, default=1, help="score every n-th frame")
     p.add_argument("--no-baseline", action="store_true", help="do not run the never-updated model for comparison")
     p.add_argument("--clip-bitrate", type=int, default=200_000, help="H.264 target bitrate of uploaded clips (bit/s)")
@@ -65,18 +76,36 @@ def _segmenter_options(args: argparse.Namespace, architecture: str) -> dict:
     return {}
 
 
+def _tls(args: argparse.Namespace) -> tuple[CertFiles | None, CertFiles | None]:
+    """(device files for the trainer, service files for the evaluation teacher); None, None when --insecure."""
+    if args.insecure:
+        logging.getLogger("ams-edge").warning("plain text to the trainer (--insecure): local demo only")
+        return None, None
+    missing = [flag for flag in ("ca", "cert", "key") if not getattr(args, flag)]
+    if missing:
+        raise SystemExit(f"ams-edge: --{', --'.join(missing)} needed (a device certificate from `ams-admin "
+                         "issue-device`), or --insecure against a local plain-text trainer")
+    device = CertFiles(args.ca, args.cert, args.key)
+    with open(args.cert, "rb") as f:
+        args.device_id = identity_of(f.read()).name
+    if args.eval_teacher and not (args.eval_cert and args.eval_key):
+        raise SystemExit("ams-edge: --eval-teacher needs --eval-cert/--eval-key (a service certificate)")
+    return device, CertFiles(args.ca, args.eval_cert, args.eval_key) if args.eval_teacher else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    device_tls, eval_tls = _tls(args)
     if args.checkpoint is None:
         args.checkpoint = {"streamdeq": "streamdeq_selfie", "lowlatency": "lowlatency_selfie"}.get(
             args.segmenter, "deeplabv3_mnv2_selfie")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
                                      config_json="" if args.checkpoint else args.config)
-    link = TrainerLink(args.trainer, args.device_id, spec)
-    labeler = TeacherLabeler(args.eval_teacher) if args.eval_teacher else None
+    link = TrainerLink(args.trainer, args.device_id, spec, device_tls)
+    labeler = TeacherLabeler(args.eval_teacher, eval_tls) if args.eval_teacher else None
     try:
         holder = link.open()
         size = (holder.config["input_height"], holder.config["input_width"])

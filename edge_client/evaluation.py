@@ -2,10 +2,11 @@
 frames, from confusion matrices accumulated per class (DESIGN §9)."""
 from __future__ import annotations
 
-import grpc
 import numpy as np
 
+from ams import tls as ams_tls
 from ams.grpc_common import channel_options
+from ams.pki import CertFiles
 from ams.tensors import encode_frame, from_tensor
 from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
@@ -42,8 +43,9 @@ def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
 class TeacherLabeler:
     """Synchronous teacher client for evaluation (its traffic is not counted as AMS bandwidth)."""
 
-    def __init__(self, address: str):
-        self._channel = grpc.insecure_channel(address, options=channel_options())
+    def __init__(self, address: str, tls: CertFiles | None):
+        """`tls`: a service certificate (the teacher serves services, not devices); None in insecure mode."""
+        self._channel = ams_tls.channel(address, tls, options=channel_options())
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
         info = self._stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest(), timeout=60, wait_for_ready=True)
         self.classes = list(info.classes)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from ams import tls as ams_tls
 from ams.grpc_common import channel_options, device_metadata
+from ams.pki import CertFiles
 from ams.update_codec import UpdateRejected, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from edge_client.model_holder import ModelHolder
@@ -39,12 +41,15 @@ class LinkStats:
 
 
 class TrainerLink:
-    def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec,
+    def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec, tls: CertFiles | None,
                  max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0):
+        """`tls`: the operator's CA and this device's certificate and key (the trainer takes the
+        device id from the certificate); None only against a trainer in insecure mode, which
+        takes `device_id` from a header."""
         self.address, self.device_id, self.student, self.timeout_s = address, device_id, student, timeout_s
-        self._channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._channel = ams_tls.channel(address, tls, options=channel_options(max_message_bytes))
         self._stub = streaming_pb2_grpc.ModelStreamingStub(self._channel)
-        self._metadata = device_metadata(device_id)
+        self._metadata = () if tls else device_metadata(device_id)
         self.stats = LinkStats()
         self.session_id = ""
         self.holder: ModelHolder | None = None

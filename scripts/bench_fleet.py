@@ -36,14 +36,16 @@ import numpy as np
 import redis
 import torch
 
+from ams import tls
 from ams.grpc_common import channel_options, device_metadata
+from ams.pki import CertFiles
 from ams.models import build_student
 from ams.update_codec import (UpdateRejected, apply_update, decode_snapshot, decode_update, flat_parameters,
                               parameter_checksum)
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from ams.video import encode_clip
 from scripts.demo import scrape
-from scripts.procs import ROOT, ams_stack
+from scripts.procs import ROOT, ams_stack, device_files
 from scripts.readme import parse_bench_args
 
 CHECKPOINT = "deeplabv3_mnv2_selfie"
@@ -83,10 +85,10 @@ class Playlist:
 class Device:
     """One edge device: a session, its own copy of the parameters, an uploader and an update reader."""
 
-    def __init__(self, address: str, device_id: str, playlist: Playlist, video_offset_s: float):
-        self.channel = grpc.insecure_channel(address, options=channel_options())
+    def __init__(self, address: str, device_id: str, files: CertFiles | None, playlist: Playlist, video_offset_s: float):
+        self.channel = tls.channel(address, files, options=channel_options())
         self.stub = streaming_pb2_grpc.ModelStreamingStub(self.channel)
-        self.device_id, self.metadata = device_id, device_metadata(device_id)
+        self.device_id, self.metadata = device_id, () if files else device_metadata(device_id)
         self.playlist, self.video_offset_s = playlist, video_offset_s
         self.sid, self.version, self.flat = "", 0, np.zeros(0, np.float32)
         self.rate_fps, self.t_update_s = 1.0, 10.0
@@ -249,7 +251,8 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
     """N devices against a fresh stack for `seconds` of load; one row of the results."""
     with ams_stack(log_dir, TEACHER_ENV, trainer_env) as stack:
         store = redis.Redis.from_url(stack["redis_url"])
-        devices = [Device(stack["trainer"], f"fleet-device-{i}", playlist, (i * 7.3) % playlist.duration) for i in range(n)]
+        devices = [Device(stack["trainer"], f"fleet-device-{i}", device_files(stack, f"fleet-device-{i}"), playlist,
+                          (i * 7.3) % playlist.duration) for i in range(n)]
         with ThreadPoolExecutor(n) as pool:
             list(pool.map(Device.open, devices))
             list(pool.map(lambda d: d.prepare(seconds), devices))

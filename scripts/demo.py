@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.procs import ROOT, ams_stack
+from scripts.procs import ROOT, ams_stack, edge_tls_args
 
 VIDEOS = ["data/videos/carphone_pristine.mp4"] * 8 + ["data/videos/bigbuckbunny.mp4"] * 6
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                    "AMS_TEACHER_THREADS": "1"}
     with ams_stack(os.path.join(out, "logs"), teacher_env, TRAINER_ENV, os.environ.get("AMS_REDIS_URL")) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
-               "--mode", "replay", "--device-id", "demo-edge", "--out", out, "--threads", "1"]
+               "--mode", "replay", "--out", out, "--threads", "1", *edge_tls_args(stack, "demo-edge")]
         cmd += {"streamdeq": ["--segmenter", "streamdeq", "--deq-iters", "2"],
                 "lowlatency": ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls"],
                 "frame": ["--checkpoint", "deeplabv3_mnv2_selfie"]}[args.segmenter]

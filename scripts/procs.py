@@ -11,6 +11,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from ams.healthcheck import check
+from ams.pki import CertFiles, init_pki
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,25 +71,72 @@ def redis_server(log_dir: str) -> Iterator[str]:
 
 
 @contextmanager
-def service(module: str, port: int, log_path: str, env: dict, timeout_s: float = 60) -> Iterator[str]:
-    """`python -m <module>` with env; waits for grpc.health SERVING; yields host:port."""
+def service(module: str, port: int, log_path: str, env: dict, timeout_s: float = 60,
+            tls: CertFiles | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python -m <module>` with env; waits for grpc.health SERVING (probing with `tls`); yields (host:port, process)."""
     with process([sys.executable, "-m", module], log_path, env) as proc:
         address = f"127.0.0.1:{port}"
-        _wait(lambda: check(address, timeout_s=1), timeout_s, module, proc)
-        yield address
+        _wait(lambda: check(address, timeout_s=1, tls=tls), timeout_s, module, proc)
+        yield address, proc
+
+
+def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = ()) -> dict:
+    """CA, trainer/teacher certificates, an `operator` service certificate (probes, evaluation) and
+    one certificate per device, made with ams-admin's code when missing; the `tls` part of stack.json."""
+    ca = init_pki(pki_dir, ["localhost", "127.0.0.1"], ["localhost", "127.0.0.1"])
+    def files(name: str, issue) -> dict:
+        stem = ca.path(name)
+        if not os.path.exists(stem + ".pem"):
+            issue()
+        return {"cert": stem + ".pem", "key": stem + ".key"}
+    return {"ca": ca.path("ca.pem"), "dir": pki_dir,
+            "service": files("operator", lambda: ca.issue_service("operator", [])),
+            "devices": {d: files(os.path.join("devices", d), lambda d=d: ca.issue_device(d)) for d in devices}}
+
+
+def device_files(stack: dict, device_id: str) -> CertFiles | None:
+    """A device's certificate files in a stack (None when the stack is insecure)."""
+    tls = stack.get("tls")
+    if not tls:
+        return None
+    if device_id not in tls["devices"]:
+        tls["devices"][device_id] = make_pki(tls["dir"], [device_id])["devices"][device_id]
+    return CertFiles(tls["ca"], **tls["devices"][device_id])
+
+
+def service_files(stack: dict) -> CertFiles | None:
+    tls = stack.get("tls")
+    return CertFiles(tls["ca"], **tls["service"]) if tls else None
+
+
+def edge_tls_args(stack: dict, device_id: str) -> list[str]:
+    """ams-edge flags for `device_id` in this stack (certificates, or --insecure)."""
+    files, service = device_files(stack, device_id), service_files(stack)
+    if files is None:
+        return ["--insecure", "--device-id", device_id]
+    return ["--ca", files.ca, "--cert", files.cert, "--key", files.key, "--eval-cert", service.cert, "--eval-key", service.key]
 
 
 @contextmanager
-def ams_stack(log_dir: str, teacher_env: dict, trainer_env: dict, redis_url: str | None = None) -> Iterator[dict]:
-    """Redis (own, unless redis_url), teacher and trainer as separate processes."""
+def ams_stack(log_dir: str, teacher_env: dict, trainer_env: dict, redis_url: str | None = None,
+              insecure: bool = False, devices: list[str] | tuple[str, ...] = (), pki_dir: str | None = None) -> Iterator[dict]:
+    """Redis (own, unless redis_url), teacher and trainer as separate processes, with mutual TLS
+    (certificates in `pki_dir`, default log_dir/pki) unless `insecure`. Yields the stack.json dict."""
     with ExitStack() as stack:
         url = redis_url or stack.enter_context(redis_server(log_dir))
+        tls = None if insecure else make_pki(pki_dir or os.path.join(log_dir, "pki"), devices)
+        probe = CertFiles(tls["ca"], **tls["service"]) if tls else None
+        teacher_tls = {"AMS_TEACHER_TLS_CA": tls["ca"], "AMS_TEACHER_TLS_CERT": os.path.join(tls["dir"], "teacher.pem"),
+                       "AMS_TEACHER_TLS_KEY": os.path.join(tls["dir"], "teacher.key")} if tls else {"AMS_TEACHER_INSECURE": "true"}
+        trainer_tls = {"AMS_TLS_CA": tls["ca"], "AMS_TLS_CERT": os.path.join(tls["dir"], "trainer.pem"),
+                       "AMS_TLS_KEY": os.path.join(tls["dir"], "trainer.key")} if tls else {"AMS_INSECURE": "true"}
         tport, tmetrics, sport, smetrics = free_port(), free_port(), free_port(), free_port()
-        teacher = stack.enter_context(service("services.teacher", tport, os.path.join(log_dir, "teacher.log"), {
+        teacher, teacher_proc = stack.enter_context(service("services.teacher", tport, os.path.join(log_dir, "teacher.log"), {
             "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(tport), "AMS_TEACHER_METRICS_PORT": str(tmetrics),
-            **teacher_env}))
-        trainer = stack.enter_context(service("services.trainer", sport, os.path.join(log_dir, "trainer.log"), {
+            **teacher_tls, **teacher_env}, tls=probe))
+        trainer, trainer_proc = stack.enter_context(service("services.trainer", sport, os.path.join(log_dir, "trainer.log"), {
             "AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(sport), "AMS_TRAINER_METRICS_PORT": str(smetrics),
-            "AMS_REDIS_URL": url, "AMS_TEACHER_ADDR": teacher, **trainer_env}))
+            "AMS_REDIS_URL": url, "AMS_TEACHER_ADDR": teacher, **trainer_tls, **trainer_env}, tls=probe))
         yield {"redis_url": url, "teacher": teacher, "trainer": trainer,
-               "teacher_metrics": f"http://127.0.0.1:{tmetrics}/metrics", "trainer_metrics": f"http://127.0.0.1:{smetrics}/metrics"}
+               "teacher_metrics": f"http://127.0.0.1:{tmetrics}/metrics", "trainer_metrics": f"http://127.0.0.1:{smetrics}/metrics",
+               "teacher_pid": teacher_proc.pid, "trainer_pid": trainer_proc.pid, "tls": tls}

@@ -41,3 +41,29 @@ def loop_thread():
     lt = LoopThread()
     yield lt
     lt.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> dict:
+    """An operator CA with trainer, teacher and operator certificates (device certificates on demand:
+    `device_tls(pki, name)`)."""
+    from scripts.procs import make_pki
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def device_tls(pki: dict, device_id: str):
+    from scripts.procs import device_files
+    return device_files({"tls": pki}, device_id)
+
+
+def service_tls(pki: dict, name: str = "trainer"):
+    """CertFiles of the trainer or the teacher (their server certificates) or of the operator."""
+    from ams.pki import CertFiles
+    import os
+    return CertFiles(pki["ca"], os.path.join(pki["dir"], name + ".pem"), os.path.join(pki["dir"], name + ".key"))
+
+
+def tls_config(pki: dict, name: str) -> dict:
+    """TrainerConfig/TeacherConfig fields serving mutual TLS with `name`'s certificate."""
+    files = service_tls(pki, name)
+    return {"tls_ca": files.ca, "tls_cert": files.cert, "tls_key": files.key}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ams.config import ConfigError
+from ams.config import ConfigError, check_tls
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,15 @@ class TeacherConfig:
     max_wait_ms: float = field(default=10.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "frames queued before RESOURCE_EXHAUSTED"})
     max_message_mb: int = field(default=64, metadata={"help": "gRPC message size limit"})
+    tls_ca: str = field(default="", metadata={"help": "CA certificate: callers' certificates must be signed by it"})
+    tls_cert: str = field(default="", metadata={"help": "the teacher's certificate"})
+    tls_key: str = field(default="", metadata={"help": "the teacher's private key"})
+    insecure: bool = field(default=False, metadata={"help": "plain text, any caller: for a local demo only"})
+    reflection: bool = field(default=False, metadata={"help": "gRPC server reflection"})
     max_frames_per_request: int = field(default=256, metadata={"help": "frames in one LabelFrames call"})
 
     def validate(self) -> None:
+        check_tls(self.insecure, self.tls_ca, self.tls_cert, self.tls_key, "AMS_TEACHER_")
         if self.backend not in ("litert", "oracle", "onnx"):
             raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, oracle or onnx")
         if self.backend == "oracle" and not self.scene:

@@ -4,7 +4,11 @@ from __future__ import annotations
 import grpc
 
 from ams import errors
-from ams.grpc_common import add_health_and_reflection, grpc_errors, server_options, set_serving
+import logging
+
+from ams import tls
+from ams.grpc_common import add_health_and_reflection, add_servicer, grpc_errors, server_options, set_serving
+from ams.pki import SERVICE_ROLE
 from ams.tensors import decode_frame, to_tensor
 from ams.v1 import teacher_pb2, teacher_pb2_grpc
 from services.teacher import metrics
@@ -12,6 +16,7 @@ from services.teacher.backends import TeacherBackend, TeacherInput
 from services.teacher.batcher import MicroBatcher
 from services.teacher.config import TeacherConfig
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
 
 
@@ -20,11 +25,17 @@ def _count(method: str, code: grpc.StatusCode) -> None:
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
-    def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int):
-        self.backend, self.batcher, self.max_frames = backend, batcher, max_frames
+    def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int, insecure: bool):
+        self.backend, self.batcher, self.max_frames, self.insecure = backend, batcher, max_frames, insecure
+
+    def _check_caller(self, context) -> None:
+        """Only services (the trainer, operator tools) may call the teacher, never a device."""
+        if not self.insecure and (role := tls.peer_identity(context).role) != SERVICE_ROLE:
+            raise errors.PermissionDenied(f"the teacher serves AMS services, not an {role or 'unknown'} certificate")
 
     @grpc_errors(_count)
     async def LabelFrames(self, request: teacher_pb2.LabelFramesRequest, context) -> teacher_pb2.LabelFramesResponse:
+        self._check_caller(context)
         if not request.frames:
             raise errors.InvalidArgument("no frames in request")
         if len(request.frames) > self.max_frames:
@@ -43,6 +54,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
 
     @grpc_errors(_count)
     async def DescribeTeacher(self, request, context) -> teacher_pb2.DescribeTeacherResponse:
+        self._check_caller(context)
         h, w = self.backend.input_size
         return teacher_pb2.DescribeTeacherResponse(backend=self.backend.name, classes=self.backend.classes,
                                                    input_height=h, input_width=w)
@@ -51,10 +63,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
 async def create_server(config: TeacherConfig, backend: TeacherBackend) -> tuple[grpc.aio.Server, int, MicroBatcher]:
     """Load the backend, build and start the server on config.host:config.port; returns (server, port, batcher)."""
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
     batcher = MicroBatcher(backend, config.max_batch, config.max_wait_ms / 1000.0, config.max_queue)
-    teacher_pb2_grpc.add_TeacherServicer_to_server(TeacherServicer(backend, batcher, config.max_frames_per_request), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    add_servicer(server, TeacherServicer(backend, batcher, config.max_frames_per_request, config.insecure),
+                 teacher_pb2.DESCRIPTOR.services_by_name["Teacher"])
+    tls.warn_if_insecure(config, log, "teacher")
+    port = tls.bind(server, f"{config.host}:{config.port}", tls.files_of(config))
     backend.load()  # health turns SERVING only after the weights load
     batcher.start()
     await server.start()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ams.config import ConfigError
+from ams.config import ConfigError, check_tls
 from ams.device import resolve_device
 
 
@@ -18,6 +18,12 @@ class TrainerConfig:
     metrics_port: int = _f(9102, "Prometheus /metrics port (0 = off)", "AMS_TRAINER_METRICS_PORT")
     redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis holding frame buffers and session state")
     teacher_addr: str = _f("127.0.0.1:50051", "teacher service host:port")
+    # transport security (ams-admin makes these files)
+    tls_ca: str = _f("", "CA certificate: device and teacher certificates must be signed by it")
+    tls_cert: str = _f("", "the trainer's certificate (served to devices, presented to the teacher)")
+    tls_key: str = _f("", "the trainer's private key")
+    insecure: bool = _f(False, "plain text, device id from the ams-device-id header: for a local demo only")
+    reflection: bool = _f(False, "gRPC server reflection on the device port")
     checkpoint_dir: str = _f("assets/students", "directory of pretrained student checkpoints (*.pt)")
     # Algorithm 1 / 2 (AMS paper defaults)
     t_update_s: float = _f(10.0, "T_update: seconds of video between model updates (τ_min of ATR)")
@@ -41,11 +47,15 @@ class TrainerConfig:
     # limits and operations
     session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
     max_sessions: int = _f(16, "sessions served at once")
+    max_sessions_per_device: int = _f(1, "sessions one device may hold; opening one more replaces its oldest")
+    max_opens_per_minute: float = _f(6.0, "OpenSession calls one device may make per minute (token bucket)")
     allow_custom_students: bool = _f(False, "let devices open sessions on their own architecture/config (within "
                                             "the two limits below); otherwise only on installed checkpoints")
     max_student_params: int = _f(5_000_000, "largest custom student (parameters)")
     max_student_pixels: int = _f(512 * 1024, "largest custom student input (input_height × input_width)")
     max_clip_frames: int = _f(256, "frames in one uploaded clip")
+    max_clip_scale: float = _f(4.0, "largest uploaded frame, in multiples of the student's input pixels (a clip is "
+                                    "refused at its first larger frame)")
     max_message_mb: int = _f(64, "gRPC message size limit")
     torch_threads: int = _f(2, "intra-op threads per training worker")
     train_workers: int = _f(1, "phases of different sessions trained at once (threads); on a CPU box, workers × "
@@ -57,8 +67,11 @@ class TrainerConfig:
     device: str = _f("auto", "where training runs: auto (CUDA when present), cpu or cuda")
 
     def validate(self) -> None:
+        check_tls(self.insecure, self.tls_ca, self.tls_cert, self.tls_key, "AMS_")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"AMS_GAMMA={self.gamma} must be in (0, 1]")
+        if self.max_sessions_per_device < 1 or self.max_opens_per_minute <= 0 or self.max_clip_scale < 1:
+            raise ConfigError("need AMS_MAX_SESSIONS_PER_DEVICE ≥ 1, AMS_MAX_OPENS_PER_MINUTE > 0, AMS_MAX_CLIP_SCALE ≥ 1")
         if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1:
             raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE and AMS_TRAIN_WORKERS must be ≥ 1")
         if not 0 < self.r_min <= self.r_init <= self.r_max:

@@ -27,6 +27,7 @@ from ams.models import build_student, student_config_dict
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
+from services.trainer.quotas import OpenRateLimiter
 from services.trainer.session import Control, Session, resize_frame
 from services.trainer.store import SessionStore
 from services.trainer.teacher_client import TeacherClient
@@ -57,6 +58,7 @@ class SessionManager:
         self.training: set[str] = set()   # sessions whose phase is running (never two at once for one session)
         self._phases: set[asyncio.Task] = set()
         self._engine: asyncio.Task | None = None
+        self.open_limiter = OpenRateLimiter(cfg.max_opens_per_minute)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,6 +78,8 @@ class SessionManager:
                     set_healthy(ok)
                     healthy = ok
                 self._evict_abandoned()
+                if ok:
+                    await self._drop_revoked()
                 await asyncio.sleep(period_s)
         self._watcher = asyncio.get_running_loop().create_task(loop())
 
@@ -89,6 +93,21 @@ class SessionManager:
                 self.sessions.pop(sid, None)
                 self.subscribers.pop(sid, None)
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
+
+    async def check_not_revoked(self, device_id: str) -> None:
+        """Unauthenticated when the operator has revoked this device (checked on every call)."""
+        if await asyncio.to_thread(self.store.revoked, [device_id]):
+            raise errors.Unauthenticated("this device's certificate has been revoked")
+
+    async def _drop_revoked(self) -> None:
+        """End the sessions (and update streams) of devices revoked since they connected."""
+        try:
+            revoked = await asyncio.to_thread(self.store.revoked, sorted({s.device_id for s in self.sessions.values()}))
+        except errors.Unavailable:
+            return
+        for session in [s for s in self.sessions.values() if s.device_id in revoked]:
+            log.warning("device %s revoked: closing its session %s", session.device_id, session.sid)
+            await self.close(session.sid, session.device_id)
 
     async def stop(self) -> None:
         """Stop training (a phase in flight finishes and commits), then checkpoint every held session,
@@ -154,9 +173,15 @@ class SessionManager:
                 return await self.get(resume_sid, device_id), True
             except errors.NotFound:
                 log.info("session %s expired; opening a new one for %s", resume_sid, device_id)
-        if len(self.sessions) >= self.cfg.max_sessions:
+        self.open_limiter.acquire(device_id)
+        own = sorted((s for s in self.sessions.values() if s.device_id == device_id), key=lambda s: s.opened_at)
+        replaced = own[:max(0, len(own) - self.cfg.max_sessions_per_device + 1)]
+        if len(self.sessions) - len(replaced) >= self.cfg.max_sessions:
             raise errors.ResourceExhausted(f"trainer serves at most {self.cfg.max_sessions} sessions")
         architecture, config, model = await asyncio.to_thread(self._build_model, spec)
+        for old in replaced:   # the device's own oldest session makes room (quota: max_sessions_per_device)
+            log.info("device %s opens a new session: closing its session %s", device_id, old.sid)
+            await self.close(old.sid, device_id)
         sid = uuid.uuid4().hex
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device)
         written = await asyncio.to_thread(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
@@ -234,14 +259,16 @@ class SessionManager:
         self._schedule(session)
         return len(keep), buffered
 
-    @staticmethod
-    def _decode(session: Session, data: bytes, count: int) -> list:
-        """Decode a clip and bring its frames to the student's input size: the teacher labels, the
-        buffer keeps and the phase trains on what the student sees, not the camera's resolution."""
-        frames = decode_clip(data, count)
-        if size := session.input_size():
-            frames = [resize_frame(f, size) for f in frames]
-        return frames
+    def _decode(self, session: Session, data: bytes, count: int) -> list:
+        """Decode a clip, bringing each frame to the student's input size as it is decoded: the
+        teacher labels, the buffer keeps and the phase trains on what the student sees, and no more
+        than one clip at that size is ever held. A frame larger than `max_clip_scale` × the student's
+        input, or more frames than timestamps, stops the decoder at once (INVALID_ARGUMENT)."""
+        size = session.input_size()
+        if size is None:
+            return decode_clip(data, count)
+        max_pixels = int(self.cfg.max_clip_scale * size[0] * size[1])
+        return decode_clip(data, count, max_pixels=max_pixels, transform=lambda f: resize_frame(f, size))
 
     def _schedule(self, session: Session) -> None:
         """Queue a phase for the session, keeping the deadline of its oldest untrained upload."""
@@ -284,6 +311,9 @@ class SessionManager:
             with metrics.PHASE_SECONDS.time():
                 outcome = await loop.run_in_executor(self._train_executor, session.run_phase)
         except Exception as exc:  # noqa: BLE001 - one session's failure never stops another's
+            if session.sid not in self.sessions:   # closed (or replaced by its device) meanwhile: nothing to do
+                log.info("session %s closed during its phase; phase dropped", session.sid)
+                return
             log.exception("training phase failed for session %s (rolled back, nothing sent)", session.sid)
             metrics.PHASE_FAILURES.inc()
             if isinstance(exc, errors.FailedPrecondition):   # the stored state moved on: reload it on next use

@@ -6,8 +6,10 @@ import logging
 import grpc
 
 from ams import errors
-from ams.grpc_common import (add_health_and_reflection, device_id_of, error_details, grpc_errors, server_options,
-                             set_serving, status_code_for)
+from ams import tls
+from ams.grpc_common import (add_health_and_reflection, add_servicer, check_well_formed, device_id_of, error_details,
+                             grpc_errors, server_options, set_serving, status_code_for)
+from ams.pki import DEVICE_ROLE
 from ams.update_codec import encode_snapshot
 from ams.v1 import streaming_pb2, streaming_pb2_grpc
 from services.trainer import metrics
@@ -36,12 +38,23 @@ def snapshot_pb(session: Session) -> streaming_pb2.ModelSnapshot:
 
 
 class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
-    def __init__(self, manager: SessionManager):
-        self.manager = manager
+    def __init__(self, manager: SessionManager, insecure: bool):
+        self.manager, self.insecure = manager, insecure
+
+    async def device(self, context) -> str:
+        """The caller's device id: the subject of its verified client certificate (or, only in
+        insecure mode, the ams-device-id header); revoked devices are refused."""
+        if self.insecure:
+            return device_id_of(context)
+        identity = tls.peer_identity(context)
+        if identity.role != DEVICE_ROLE:
+            raise errors.PermissionDenied(f"an {identity.role or 'unknown'} certificate cannot act as a device")
+        await self.manager.check_not_revoked(identity.name)
+        return identity.name
 
     @grpc_errors(_count)
     async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> streaming_pb2.OpenSessionResponse:
-        device_id = device_id_of(context)
+        device_id = await self.device(context)
         session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id)
         reply = streaming_pb2.OpenSessionResponse(session_id=session.sid, control=control_pb(session.control()),
                                                   resumed=resumed)
@@ -52,14 +65,15 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
 
     @grpc_errors(_count)
     async def UploadClip(self, request: streaming_pb2.UploadClipRequest, context) -> streaming_pb2.UploadClipResponse:
-        session = await self.manager.get(request.session_id, device_id_of(context))
+        session = await self.manager.get(request.session_id, await self.device(context))
         accepted, buffered = await self.manager.upload(session, request.clip_seq, request.clip.codec,
                                                        request.clip.data, list(request.clip.timestamps_s))
         return streaming_pb2.UploadClipResponse(frames_accepted=accepted, frames_buffered=buffered)
 
     async def StreamUpdates(self, request: streaming_pb2.StreamUpdatesRequest, context):
         try:
-            session = await self.manager.get(request.session_id, device_id_of(context))
+            check_well_formed(request)
+            session = await self.manager.get(request.session_id, await self.device(context))
             async for event in self.manager.subscribe(session, request.held_version, request.refused_version):
                 message = self._message(session, event)
                 metrics.UPDATE_BYTES.inc(message.ByteSize())
@@ -82,7 +96,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
 
     @grpc_errors(_count)
     async def CloseSession(self, request: streaming_pb2.CloseSessionRequest, context) -> streaming_pb2.CloseSessionResponse:
-        await self.manager.close(request.session_id, device_id_of(context))
+        await self.manager.close(request.session_id, await self.device(context))
         return streaming_pb2.CloseSessionResponse()
 
 
@@ -90,12 +104,13 @@ async def create_server(config: TrainerConfig, store: SessionStore | None = None
                         teacher: TeacherClient | None = None) -> tuple[grpc.aio.Server, int, SessionManager]:
     """Build and start the trainer on config.host:config.port; returns (server, bound port, manager)."""
     store = store or RedisSessionStore(config.redis_url, config.session_ttl_s, config.updates_kept)
-    teacher = teacher or TeacherClient(config.teacher_addr)
+    teacher = teacher or TeacherClient(config.teacher_addr, tls.files_of(config))
     manager = SessionManager(config, store, teacher)
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
-    health = add_health_and_reflection(server, [SERVICE_NAME])
-    streaming_pb2_grpc.add_ModelStreamingServicer_to_server(ModelStreamingServicer(manager), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
+    add_servicer(server, ModelStreamingServicer(manager, config.insecure), streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"])
+    tls.warn_if_insecure(config, log, "trainer")
+    port = tls.bind(server, f"{config.host}:{config.port}", tls.files_of(config))
     manager.start()
     await server.start()
     manager.watch(lambda ok: set_serving(health, [SERVICE_NAME], ok))

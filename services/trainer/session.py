@@ -83,6 +83,7 @@ class Session:
         self.upload_times: dict[int, float] = {}   # clip seq -> wall time of its upload (for the lag metric)
         self.lock = threading.Lock()
         self.last_active = time.monotonic()   # for evicting abandoned sessions from memory
+        self.opened_at = time.monotonic()     # a device over its session quota loses its oldest
         self.ingest_lock = threading.Lock()
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
 

@@ -29,6 +29,7 @@ import redis
 import torch
 
 from ams.errors import FailedPrecondition, Unavailable
+from ams.pki import REVOKED_KEY
 from services.trainer.coordinate_descent import AdamCDState
 
 TRAINING_FIELDS = ("version", "phase", "trained_clip_seq", "checkpoint_version")
@@ -89,6 +90,10 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> bool:
         """True when the store answers."""
+
+    @abc.abstractmethod
+    def revoked(self, device_ids: list[str]) -> set[str]:
+        """Those of `device_ids` the operator has revoked (`ams-admin revoke`)."""
 
     @abc.abstractmethod
     def exists(self, sid: str) -> bool:
@@ -188,6 +193,13 @@ class RedisSessionStore(SessionStore):
     @_redis_errors
     def ping(self) -> bool:
         return bool(self.r.ping())
+
+    @_redis_errors
+    def revoked(self, device_ids: list[str]) -> set[str]:
+        if not device_ids:
+            return set()
+        flags = self.r.hmget(REVOKED_KEY, device_ids)
+        return {d for d, flag in zip(device_ids, flags) if flag is not None}
 
     @_redis_errors
     def exists(self, sid: str) -> bool:

@@ -8,6 +8,8 @@ import numpy as np
 
 from ams import errors
 from ams.grpc_common import channel_options
+from ams.pki import CertFiles
+from ams.tls import aio_channel
 from ams.tensors import encode_frame, from_tensor
 from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
@@ -15,9 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class TeacherClient:
-    def __init__(self, address: str, timeout_s: float = 30.0, chunk: int = 32):
+    def __init__(self, address: str, files: CertFiles | None, timeout_s: float = 30.0, chunk: int = 32):
+        """`files`: the trainer's CA, certificate and key for mutual TLS (None: plain text)."""
         self.address, self.timeout_s, self.chunk = address, timeout_s, chunk
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self._channel = aio_channel(address, files, options=channel_options())
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
 
     async def close(self) -> None:

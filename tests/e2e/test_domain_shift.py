@@ -11,7 +11,7 @@ import pytest
 from ams.synthetic import SyntheticScene
 from scripts.pretrain import pretrain, save_checkpoint
 from scripts.train_lowlatency import train_lowlatency
-from scripts.procs import ROOT, ams_stack
+from scripts.procs import ROOT, ams_stack, edge_tls_args
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,8 @@ def test_ams_beats_no_customization_after_a_domain_shift(tmp_path, architecture)
     with ams_stack(str(tmp_path / "logs"), teacher_env, trainer_env) as stack:
         subprocess.run([sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--video", SCENE.spec(),
                         "--checkpoint", "tiny_domain_a", "--eval-teacher", stack["teacher"], "--mode", "replay",
-                        "--out", str(out), "--quiet", "--no-overlay", "--threads", "1", *edge_flags],
+                        "--out", str(out), "--quiet", "--no-overlay", "--threads", "1", *edge_flags,
+                        *edge_tls_args(stack, "domain-shift-device")],
                        cwd=ROOT, check=True, timeout=600)
     summary = json.loads((out / "summary.json").read_text())
     if architecture == "streamdeq":   # the edge streamed: warm-started state, M = 2 iterations per frame

@@ -19,19 +19,22 @@ from services.teacher.service import create_server as create_teacher
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.service import create_server as create_trainer
-from tests.conftest import TINY_STUDENT
+from tests.conftest import TINY_STUDENT, device_tls, service_tls, tls_config
 
 SCENE = SyntheticScene(seed=4, w=64, h=36, fps=10, duration=6, shift=8)   # the first 6 s of LONG_SCENE
 LONG_SCENE = SyntheticScene(seed=4, w=64, h=36, fps=10, duration=16, shift=8)   # longer than the 6 s horizon
 
 
 @pytest.fixture
-def servers(loop_thread, redis_url):
-    tcfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=LONG_SCENE.spec())
+def servers(loop_thread, redis_url, pki):
+    """Teacher and trainer over mutual TLS, as deployed."""
+    tcfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=LONG_SCENE.spec(),
+                         **tls_config(pki, "teacher"))
     teacher = loop_thread.run(create_teacher(tcfg, make_backend("oracle", scene_spec=LONG_SCENE.spec())))
     cfg = TrainerConfig(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
                         teacher_addr=f"127.0.0.1:{teacher[1]}", t_update_s=2.0, t_horizon_s=6.0, k_iters=2,
-                        batch_size=2, r_init=2.0, r_max=2.0, torch_threads=1, allow_custom_students=True)
+                        batch_size=2, r_init=2.0, r_max=2.0, torch_threads=1, allow_custom_students=True,
+                        **tls_config(pki, "trainer"))
     trainer = loop_thread.run(create_trainer(cfg))
     yield f"127.0.0.1:{teacher[1]}", f"127.0.0.1:{trainer[1]}"
     loop_thread.run(trainer[0].stop(0))
@@ -40,10 +43,11 @@ def servers(loop_thread, redis_url):
     loop_thread.run(teacher[2].stop())
 
 
-def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path):
+def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path, pki):
     teacher_addr, trainer_addr = servers
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
-    link, labeler = TrainerLink(trainer_addr, "live-device", spec), TeacherLabeler(teacher_addr)
+    link, labeler = (TrainerLink(trainer_addr, "live-device", spec, device_tls(pki, "live-device")),
+                     TeacherLabeler(teacher_addr, service_tls(pki, "operator")))
     try:
         link.open()
         source = VideoSource([SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
@@ -61,7 +65,7 @@ def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path):
     assert (tmp_path / "o.mp4").stat().st_size > 0
 
 
-def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(servers):
+def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(servers, pki):
     """Buffers trim while phases read them (6 s horizon, 16 s of video): no phase may fail."""
     teacher_addr, trainer_addr = servers
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
@@ -69,7 +73,7 @@ def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(se
     results: dict[str, tuple] = {}
 
     def device(name: str) -> None:
-        link = TrainerLink(trainer_addr, name, spec)
+        link = TrainerLink(trainer_addr, name, spec, device_tls(pki, name))
         try:
             link.open()
             source = VideoSource([LONG_SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
@@ -90,14 +94,14 @@ def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(se
     assert metrics.UPDATES_REFUSED._value.get() == refused
 
 
-def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatch):
+def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatch, pki):
     import edge_client.link as link_module
     from ams.update_codec import decode_update, flat_parameters
     from ams.video import encode_clip
 
     _, trainer_addr = servers
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
-    link = TrainerLink(trainer_addr, "flaky-radio", spec)
+    link = TrainerLink(trainer_addr, "flaky-radio", spec, device_tls(pki, "flaky-radio"))
     corrupted = []
     refused = metrics.UPDATES_REFUSED._value.get()
 

@@ -13,19 +13,24 @@ from ams.tensors import encode_frame, from_tensor
 from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 from services.teacher import metrics
 from services.teacher.backends import make_backend
+from ams.config import ConfigError, load_config
 from services.teacher.config import TeacherConfig
 from services.teacher.service import create_server
+from tests.conftest import device_tls, service_tls, tls_config
+from ams import tls
 
 SCENE = "synthetic:seed=3,w=64,h=36,fps=10,duration=10,shift=5"
 
 
 @pytest.fixture(params=["oracle", "litert"])
-def teacher(request, loop_thread):
+def teacher(request, loop_thread, pki):
+    """The teacher over mutual TLS, called with the operator's service certificate."""
     cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend=request.param, scene=SCENE,
-                        max_batch=8, max_wait_ms=20, max_message_mb=1, max_frames_per_request=16)
+                        max_batch=8, max_wait_ms=20, max_message_mb=1, max_frames_per_request=16,
+                        **tls_config(pki, "teacher"))
     backend = make_backend(cfg.backend, cfg.model_path, cfg.scene)
     server, port, batcher = loop_thread.run(create_server(cfg, backend))
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(8 * 1024 * 1024))
+    channel = tls.channel(f"127.0.0.1:{port}", service_tls(pki, "operator"), options=channel_options(8 * 1024 * 1024))
     yield request.param, channel, teacher_pb2_grpc.TeacherStub(channel)
     channel.close()
     loop_thread.run(server.stop(0))
@@ -83,11 +88,48 @@ def test_errors_get_precise_status_codes_and_server_keeps_serving(teacher):
     assert len(ok.labels) == 1 and not ok.labels[0].error
 
 
-def test_health_and_reflection(teacher):
+def test_health_and_no_reflection_by_default(teacher):
     _, channel, _ = teacher
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="ams.v1.Teacher"))
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    reply = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    names = {s.name for s in reply.list_services_response.service}
-    assert {"ams.v1.Teacher", "grpc.health.v1.Health"} <= names
+    with pytest.raises(grpc.RpcError) as err:
+        next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_when_enabled_and_plain_text_only_when_asked(loop_thread):
+    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE, insecure=True,
+                        reflection=True)
+    server, port, batcher = loop_thread.run(create_server(cfg, make_backend("oracle", scene_spec=SCENE)))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            reply = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"ams.v1.Teacher", "grpc.health.v1.Health"} <= names
+    finally:
+        loop_thread.run(server.stop(0))
+        loop_thread.run(batcher.stop())
+    with pytest.raises(ConfigError, match="INSECURE"):   # no certificates and no explicit plain text: refuses to start
+        load_config(TeacherConfig, "AMS_TEACHER_", [], env={"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": SCENE})
+
+
+def test_only_services_may_call_the_teacher(teacher, pki):
+    """A device certificate is refused (PERMISSION_DENIED); no certificate fails the handshake;
+    bytes that are no protobuf message are INVALID_ARGUMENT, not INTERNAL."""
+    _, channel, _ = teacher
+    address = channel._channel.target().decode()
+    request = teacher_pb2.LabelFramesRequest(frames=[encode_frame(np.zeros((36, 64, 3), np.uint8), 1.0)])
+    with tls.channel(address, device_tls(pki, "device-a")) as device_channel:
+        with pytest.raises(grpc.RpcError) as err:
+            teacher_pb2_grpc.TeacherStub(device_channel).LabelFrames(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with grpc.insecure_channel(address) as plain:
+        with pytest.raises(grpc.RpcError) as err:
+            teacher_pb2_grpc.TeacherStub(plain).LabelFrames(request, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    raw = channel.unary_unary("/ams.v1.Teacher/LabelFrames", request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\xff\xff\xff\xff", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -18,17 +18,17 @@ from scripts.procs import ROOT, free_port
 from services.teacher.backends import make_backend
 from services.teacher.config import TeacherConfig
 from services.teacher.service import create_server as create_teacher
-from tests.conftest import TINY_STUDENT
+from tests.conftest import TINY_STUDENT, device_tls, service_tls, tls_config
 
 SCENE = SyntheticScene(seed=5, w=64, h=36, fps=10, duration=30, shift=15)
 
 
-def _start_trainer(env: dict, log_path: str) -> subprocess.Popen:
+def _start_trainer(env: dict, log_path: str, probe) -> subprocess.Popen:
     with open(log_path, "a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "services.trainer"], cwd=ROOT, env={**os.environ, **env},
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while not check(f"127.0.0.1:{env['AMS_TRAINER_PORT']}", timeout_s=1):
+    while not check(f"127.0.0.1:{env['AMS_TRAINER_PORT']}", timeout_s=1, tls=probe):
         assert proc.poll() is None and time.monotonic() < deadline, open(log_path).read()[-3000:]
         time.sleep(0.2)
     return proc
@@ -44,24 +44,27 @@ def _upload(link: TrainerLink, seq: int) -> None:
 
 
 @pytest.fixture
-def teacher(loop_thread):
-    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec())
+def teacher(loop_thread, pki):
+    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec(),
+                        **tls_config(pki, "teacher"))
     server = loop_thread.run(create_teacher(cfg, make_backend("oracle", scene_spec=SCENE.spec())))
     yield f"127.0.0.1:{server[1]}"
     loop_thread.run(server[0].stop(0))
     loop_thread.run(server[2].stop())
 
 
-def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(teacher, redis_url, tmp_path):
+def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(teacher, redis_url, tmp_path, pki):
     port = free_port()
     env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
            "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
            "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_CHECKPOINT_EVERY": "3",
-           "AMS_UPDATES_KEPT": "6", "AMS_DEVICE": "cpu", "AMS_ALLOW_CUSTOM_STUDENTS": "true"}
+           "AMS_UPDATES_KEPT": "6", "AMS_DEVICE": "cpu", "AMS_ALLOW_CUSTOM_STUDENTS": "true",
+           **{f"AMS_{k.upper()}": v for k, v in tls_config(pki, "trainer").items()}}
+    probe = service_tls(pki, "operator")
     log_path = str(tmp_path / "trainer.log")
-    trainer = _start_trainer(env, log_path)
+    trainer = _start_trainer(env, log_path, probe)
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
-    link = TrainerLink(f"127.0.0.1:{port}", "crash-device", spec, timeout_s=10)
+    link = TrainerLink(f"127.0.0.1:{port}", "crash-device", spec, device_tls(pki, "crash-device"), timeout_s=10)
     try:
         link.open()
         snapshot_bytes = link.stats.snapshot_bytes
@@ -73,7 +76,7 @@ def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(te
         trainer.send_signal(signal.SIGKILL)                # mid-run: clip 5 buffered, its phase maybe under way
         trainer.wait(10)
         time.sleep(1.0)
-        trainer = _start_trainer(env, log_path)            # the same port, the same Redis
+        trainer = _start_trainer(env, log_path, probe)            # the same port, the same Redis
         for seq in (6, 7):
             _upload(link, seq)
             assert link.wait_processed(seq, timeout_s=60)

@@ -74,11 +74,15 @@ def _free_port() -> int:
 
 
 def _make_stack(loop_thread, redis_url, **cfg_overrides) -> Stack:
-    teacher_cfg = TeacherConfig(host="127.0.0.1", port=_free_port(), metrics_port=0, backend="oracle", scene=SCENE.spec())
+    """In-process teacher and trainer in explicit plain-text mode (the device id is a header);
+    tests/integration/test_tls.py covers the same services over mutual TLS."""
+    teacher_cfg = TeacherConfig(host="127.0.0.1", port=_free_port(), metrics_port=0, backend="oracle", scene=SCENE.spec(),
+                                insecure=True)
     cfg = TrainerConfig(**{**dict(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
                                   teacher_addr=f"127.0.0.1:{teacher_cfg.port}", t_update_s=2.0, t_horizon_s=20.0,
                                   k_iters=2, batch_size=2, gamma=0.05, max_message_mb=4, torch_threads=1,
-                                  session_ttl_s=120, allow_custom_students=True), **cfg_overrides})
+                                  session_ttl_s=120, allow_custom_students=True, insecure=True,
+                                  max_sessions_per_device=16, max_opens_per_minute=600), **cfg_overrides})
     stack = Stack(loop_thread, cfg, teacher_cfg, None, None, None, None)
     stack.start_teacher()
     stack.trainer = loop_thread.run(create_trainer(cfg))

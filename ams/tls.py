@@ -1,0 +1,70 @@
+"""TLS for every gRPC server and client: server ports with (mutual) TLS, client channels with a
+certificate, and the verified identity of the peer of a call.
+
+Plain text is only ever used when the caller passes `files=None` explicitly (the services'
+`AMS_INSECURE=true`), and the services warn at start-up when they do.
+"""
+from __future__ import annotations
+
+import grpc
+
+from ams import errors
+from ams.pki import CertFiles, Identity, identity_of
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(files: CertFiles, require_client_auth: bool = True) -> grpc.ServerCredentials:
+    """TLS with the server's certificate; with `require_client_auth`, only clients holding a
+    certificate signed by `files.ca` complete the handshake."""
+    return grpc.ssl_server_credentials([(_read(files.key), _read(files.cert))], root_certificates=_read(files.ca),
+                                       require_client_auth=require_client_auth)
+
+
+def channel_credentials(files: CertFiles) -> grpc.ChannelCredentials:
+    """Trust `files.ca`; present `files.cert` (when given) as the client certificate."""
+    if files.cert:
+        return grpc.ssl_channel_credentials(_read(files.ca), _read(files.key), _read(files.cert))
+    return grpc.ssl_channel_credentials(_read(files.ca))
+
+
+def bind(server, address: str, files: CertFiles | None) -> int:
+    """Add a port to a (sync or aio) server: mutual TLS when `files`, else plain text."""
+    if files is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, server_credentials(files))
+
+
+def channel(address: str, files: CertFiles | None, options: list | None = None) -> grpc.Channel:
+    if files is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, channel_credentials(files), options=options)
+
+
+def aio_channel(address: str, files: CertFiles | None, options: list | None = None) -> grpc.aio.Channel:
+    if files is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, channel_credentials(files), options=options)
+
+
+def peer_identity(context) -> Identity:
+    """Role and name of the caller's certificate (already verified against the CA by the handshake)."""
+    auth = context.auth_context() or {}
+    pem = (auth.get("x509_pem_cert") or [b""])[0]
+    if not pem:
+        raise errors.Unauthenticated("no client certificate on this call")
+    return identity_of(pem)
+
+
+def files_of(config) -> CertFiles | None:
+    """The service's own certificate files from its config, or None in explicit plain-text mode."""
+    return None if config.insecure else CertFiles(config.tls_ca, config.tls_cert, config.tls_key)
+
+
+def warn_if_insecure(config, log, name: str) -> None:
+    if config.insecure:
+        log.warning("%s serves PLAIN TEXT without client certificates (insecure mode): for a local demo only, "
+                    "never on a published port", name)

@@ -1,7 +1,13 @@
 """numpy <-> ams.v1.Tensor and ams.v1.Frame conversion (the serde of the wire)."""
 from __future__ import annotations
 
-import cv2
+import os
+
+# OpenCV refuses to decode images above this many pixels (read at its first decode): a small PNG
+# that claims 30000×30000 is refused from its header, never inflated to gigabytes.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(4096 * 4096))
+
+import cv2  # noqa: E402
 import numpy as np
 
 from ams.errors import InvalidArgument
@@ -54,9 +60,12 @@ def decode_frame(msg: common_pb2.Frame, max_pixels: int = 4096 * 4096) -> np.nda
             raise InvalidArgument(f"raw frame {msg.width}x{msg.height} needs {msg.width * msg.height * 3} bytes, got {len(msg.data)}")
         return np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.width, 3)
     if msg.encoding in (common_pb2.Frame.PNG, common_pb2.Frame.JPEG):
-        bgr = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            bgr = None
         if bgr is None:
-            raise InvalidArgument("frame bytes are not a decodable PNG/JPEG image")
+            raise InvalidArgument(f"frame bytes are not a decodable PNG/JPEG image of at most {max_pixels} pixels")
         if bgr.shape[0] * bgr.shape[1] > max_pixels:
             raise InvalidArgument(f"frame {bgr.shape[1]}x{bgr.shape[0]} exceeds {max_pixels} pixels")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -52,3 +52,25 @@ def test_garbage_and_mismatched_clips_are_invalid_arguments():
     data = encode_clip([np.zeros((16, 16, 3), dtype=np.uint8)] * 2)
     with pytest.raises(InvalidArgument, match="timestamps"):
         decode_clip(data, expected_frames=3)
+
+
+def test_a_png_bomb_is_refused_from_its_header():
+    """1.2 MB of PNG that would inflate to 20000×20000 RGB (1.2 GB): refused before decoding."""
+    import resource
+    import struct
+    import zlib
+
+    from ams.tensors import decode_frame
+    from ams.v1 import common_pb2
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    w = h = 20000
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(b"\x00" + bytes(w * 3)) for _ in range(h)) + z.flush()
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", idat)
+    png += chunk(b"IEND", b"")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InvalidArgument, match="at most"):
+        decode_frame(common_pb2.Frame(encoding=common_pb2.Frame.PNG, data=png))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024   # KiB: far below 1.2 GB

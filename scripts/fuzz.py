@@ -28,13 +28,14 @@ import numpy as np
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from ams import tls
 from ams.grpc_common import channel_options
 from ams.synthetic import SyntheticScene
 from ams.tensors import encode_frame
-from ams.v1 import common_pb2, streaming_pb2, teacher_pb2
+from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc, teacher_pb2
 from ams.video import encode_clip
 from scripts.procs import ROOT, ams_stack, device_files, service_files
 from scripts.readme import write_block_from_results
@@ -44,7 +45,7 @@ DEVICES = [f"fuzz-{i}" for i in range(4)]
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 TRAINER_ENV = {"AMS_ALLOW_CUSTOM_STUDENTS": "true", "AMS_MAX_STUDENT_PARAMS": "300000", "AMS_MAX_STUDENT_PIXELS": "16384",
                "AMS_MAX_OPENS_PER_MINUTE": "100000", "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "10", "AMS_K_ITERS": "1",
-               "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_MAX_MESSAGE_MB": "4", "AMS_CHECKPOINT_DIR": "assets/students"}
+               "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_MAX_MESSAGE_MB": "16", "AMS_CHECKPOINT_DIR": "assets/students"}
 TEACHER_ENV = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": SCENE.spec(), "AMS_TEACHER_MAX_MESSAGE_MB": "4"}
 TINY = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "input_height": 36, "input_width": 64}
 METHODS = {  # full method name -> (request class, server streaming)
@@ -77,8 +78,8 @@ CONFIGS = st.one_of(
 
 def _scalar(field: FieldDescriptor, pools: dict) -> st.SearchStrategy:
     name = field.name
-    if name in ("session_id", "resume_session_id"):
-        return st.one_of(st.sampled_from(pools["sids"] or [""]), TEXT)
+    if name in ("session_id", "resume_session_id"):   # a live session (of any device) or made-up text
+        return st.one_of(st.integers(0, 15).map(lambda i: (pools["sids"] or [""])[i % max(len(pools["sids"]), 1)]), TEXT)
     if name == "config_json":
         return CONFIGS
     if name == "timestamps_s":
@@ -174,17 +175,21 @@ def _rss_mb(pid: int) -> float:
 class Fuzzer:
     def __init__(self, stack: dict):
         self.stack = stack
-        self.channels = {name: tls.channel(stack["trainer"], device_files(stack, name), channel_options(8 * 1024 * 1024))
-                         for name in DEVICES}
-        self.channels["service"] = tls.channel(stack["trainer"], service_files(stack), channel_options(8 * 1024 * 1024))
-        self.teacher = tls.channel(stack["teacher"], service_files(stack), channel_options(8 * 1024 * 1024))
+        options = channel_options(32 * 1024 * 1024)
+        self.channels = {name: tls.channel(stack["trainer"], device_files(stack, name), options) for name in DEVICES}
+        self.channels["service"] = tls.channel(stack["trainer"], service_files(stack), options)
+        self.teacher = tls.channel(stack["teacher"], service_files(stack), options)
         self.teacher_as_device = tls.channel(stack["teacher"], device_files(stack, DEVICES[0]), channel_options())
         self.pools: dict = {"sids": []}
         self.codes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.modes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.failures: list[dict] = []
+        self.examples: dict[str, str] = {}     # "method CODE" -> the first status details seen
+        self.pids = {"trainer": stack["trainer_pid"], "teacher": stack["teacher_pid"]}
+        self.rss_trace: list[dict] = []        # servers' RSS (MB) every 1000 cases
         self.cases = 0
 
-    def call(self, method: str, data: bytes, who: str) -> None:
+    def call(self, method: str, data: bytes, who: str, mode: str = "valid") -> None:
         if method.startswith("/ams.v1.Teacher/"):
             channel = self.teacher_as_device if who == "device" else self.teacher
         else:
@@ -209,13 +214,17 @@ class Fuzzer:
             if streaming and code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
                 code = grpc.StatusCode.OK     # a live update stream runs until the client stops reading
         self.cases += 1
+        if self.cases % 1000 == 0:
+            self.rss_trace.append({"cases": self.cases, **{k: round(_rss_mb(p)) for k, p in self.pids.items()
+                                                          if os.path.exists(f"/proc/{p}")}})
         self.codes[method.rsplit("/", 1)[1]][code.name] += 1
+        self.modes[mode][code.name] += 1
+        self.examples.setdefault(f"{method.rsplit('/', 1)[1]} {code.name}", details[:160])
         if code in BAD_CODES or len(details) > 300:
             self.failures.append({"method": method, "who": who, "code": code.name, "details": details[:300],
                                   "request_hex": data[:200].hex(), "request_bytes": len(data)})
 
     def run(self, cases: int, seed: int) -> None:
-        rng = random.Random(seed)
         methods = sorted(METHODS)
         strategies = {m: message_strategy(mod.DESCRIPTOR.services_by_name[
             "Teacher" if "Teacher/" in m else "ModelStreaming"].methods_by_name[name].input_type, self.pools)
@@ -223,21 +232,63 @@ class Fuzzer:
 
         @settings(max_examples=cases, deadline=None, database=None, derandomize=False, print_blob=False,
                   suppress_health_check=list(HealthCheck))
+        @hypothesis_seed(seed)
         @given(data=st.data())
         def case(data):
             method = data.draw(st.sampled_from(methods))
             who = data.draw(st.sampled_from(DEVICES + ["service"]) if "ModelStreaming" in method else st.sampled_from(["service", "service", "device"]))
-            mode = data.draw(st.sampled_from(["message", "message", "mutated", "mutated", "valid", "raw"]))
+            # the kind of request comes from a Random seeded by Hypothesis (its own choices lean to the first
+            # option; a Random it controls would draw more or less as the live session pool changes)
+            r = random.Random(data.draw(st.integers(0, 2 ** 32 - 1)))
+            mode = r.choices(["message", "mutated", "valid", "raw"], weights=[40, 25, 20, 15])[0]
             if mode == "valid":
-                payload = valid_request(method, self.pools, rng)
+                payload = valid_request(method, self.pools, r)
             elif mode == "message":
                 payload = data.draw(strategies[method]).SerializeToString()
             elif mode == "mutated":
-                payload = mutate(valid_request(method, self.pools, rng), rng)
+                payload = mutate(valid_request(method, self.pools, r), r)
             else:
                 payload = data.draw(st.binary(max_size=256))
-            self.call(method, payload, who)
+            self.call(method, payload, who, mode)
         case()
+
+
+def known_attacks(stack: dict) -> dict:
+    """The hostile requests of issue 9, each with its status code and the trainer's RSS growth."""
+    stub_channel = tls.channel(stack["trainer"], device_files(stack, "attacker"), channel_options(32 * 1024 * 1024))
+    stub = streaming_pb2_grpc.ModelStreamingStub(stub_channel)
+    pid = stack["trainer_pid"]
+
+    def code(call) -> str:
+        try:
+            call()
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+    spec = lambda **cfg: streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(cfg))  # noqa: E731
+    results, before = {}, _rss_mb(pid)
+    results["student width_mult=4, aspp_channels=4096"] = code(lambda: stub.OpenSession(
+        streaming_pb2.OpenSessionRequest(student=spec(width_mult=4, aspp_channels=4096)), timeout=60))
+    results["student num_classes=-3"] = code(lambda: stub.OpenSession(
+        streaming_pb2.OpenSessionRequest(student=spec(num_classes=-3)), timeout=60))
+    sid = stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
+        checkpoint="deeplabv3_mnv2_selfie")), timeout=60).session_id
+    clip = encode_clip([np.zeros((1080, 1920, 3), np.uint8)] * 120, bit_rate=50_000)
+    for name, stamps in (("120 timestamps", [float(i) for i in range(120)]), ("1 timestamp", [0.0])):
+        request = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
+            codec="h264", data=clip, timestamps_s=stamps))
+        results[f"{len(clip) // 1024} KB clip of 120 black 1080p frames, {name}"] = code(lambda: stub.UploadClip(request, timeout=60))
+    results["UploadClip with a 1 MB session id"] = code(lambda: stub.UploadClip(streaming_pb2.UploadClipRequest(
+        session_id="x" * 1_000_000, clip_seq=1), timeout=30))
+    opens = collections.Counter(code(lambda: stub.OpenSession(streaming_pb2.OpenSessionRequest(
+        student=streaming_pb2.StudentSpec(checkpoint="deeplabv3_mnv2_selfie")), timeout=60)) for _ in range(40))
+    results["40 OpenSession calls by one device"] = dict(opens)
+    with tls.channel(stack["trainer"], device_files(stack, "bystander"), channel_options(32 * 1024 * 1024)) as channel:
+        results["then another device opens its session"] = code(lambda: streaming_pb2_grpc.ModelStreamingStub(
+            channel).OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(
+                checkpoint="deeplabv3_mnv2_selfie")), timeout=60))
+    stub_channel.close()
+    return {"codes": results, "trainer_rss_mb": {"before": round(before), "after": round(_rss_mb(pid))}}
 
 
 def good_device_round_trip(stack: dict) -> dict:
@@ -264,10 +315,19 @@ def fuzz(cases: int, out: str, seed: int = 0) -> dict:
     started = time.time()
     with ams_stack(os.path.join(out, "logs"), TEACHER_ENV, TRAINER_ENV, devices=DEVICES + ["well-behaved"]) as stack:
         fuzzer = Fuzzer(stack)
-        for method in sorted(METHODS):              # warm-up with valid calls, so RSS "before" includes the models
+        # warm-up: every fuzzing device holds a session on the installed checkpoint and has uploaded a clip,
+        # so RSS "before" is the steady state of the sessions the fuzzing keeps replacing
+        checkpoint = streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(checkpoint="deeplabv3_mnv2_selfie"))
+        for device in DEVICES:
+            fuzzer.call("/ams.v1.ModelStreaming/OpenSession", checkpoint.SerializeToString(), device)
+            fuzzer.call("/ams.v1.ModelStreaming/UploadClip", valid_request("UploadClip", {"sids": fuzzer.pools["sids"][-1:]},
+                                                                          random.Random(seed)), device)
+        for method in sorted(METHODS):
             fuzzer.call(method, valid_request(method, fuzzer.pools, random.Random(seed)),
-                        "service" if "Teacher/" in method else DEVICES[0])
-        pids = {"trainer": stack["trainer_pid"], "teacher": stack["teacher_pid"]}
+                        "service" if "Teacher/" in method else DEVICES[-1])
+        time.sleep(5)                               # the warm-up's training phases
+        pids = fuzzer.pids
+        attacks = known_attacks(stack)
         rss_before = {k: _rss_mb(p) for k, p in pids.items()}
         fuzz_started = time.time()
         fuzzer.run(cases, seed)
@@ -280,8 +340,11 @@ def fuzz(cases: int, out: str, seed: int = 0) -> dict:
         "internal_or_unknown": sum(f["code"] in ("INTERNAL", "UNKNOWN") for f in fuzzer.failures),
         "failures": fuzzer.failures[:50], "crashes": sum(not a for a in alive.values()),
         "codes": {m: dict(sorted(c.items())) for m, c in sorted(fuzzer.codes.items())},
+        "codes_by_kind": {m: dict(sorted(c.items())) for m, c in sorted(fuzzer.modes.items())},
+        "examples": dict(sorted(fuzzer.examples.items())),
         "rss_mb": {k: {"before": round(rss_before[k]), "after": rss_after[k] and round(rss_after[k])} for k in pids},
-        "good_device_after": good, "hypothesis_seed": seed,
+        "rss_trace_mb": fuzzer.rss_trace,
+        "good_device_after": good, "hypothesis_seed": seed, "known_attacks": attacks,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -299,6 +362,14 @@ def check(summary: dict, max_rss_growth_mb: float = 300) -> list[str]:
     for name, rss in summary["rss_mb"].items():
         if rss["after"] is not None and rss["after"] - rss["before"] > max_rss_growth_mb:
             problems.append(f"{name} RSS grew {rss['before']} -> {rss['after']} MB")
+    for name, got in summary["known_attacks"]["codes"].items():
+        if got in ("OK", "INTERNAL", "UNKNOWN", "UNAVAILABLE") and "open" not in name.lower():
+            problems.append(f"{name}: answered {got}")
+    attack_rss = summary["known_attacks"]["trainer_rss_mb"]
+    if attack_rss["after"] - attack_rss["before"] > max_rss_growth_mb:
+        problems.append(f"the known attacks grew the trainer {attack_rss}")
+    if summary["known_attacks"]["codes"]["then another device opens its session"] != "OK":
+        problems.append("a device could not open its session after another opened 40")
     good = summary["good_device_after"]
     if not (good.get("upload_accepted") and good.get("processed") and good.get("version", 0) >= 1):
         problems.append(f"a well-behaved device was not served afterwards: {good}")
@@ -310,6 +381,11 @@ def readme_table(summary: dict) -> str:
     for method, codes in summary["codes"].items():
         rows.append(f"| {method} | {sum(codes.values())} | {', '.join(f'{k} {v}' for k, v in codes.items())} |")
     rss = summary["rss_mb"]
+    rows += ["", "| the hostile requests of issue 9 | answer |", "|---|---|"]
+    rows += [f"| {name} | {got if isinstance(got, str) else ', '.join(f'{k} {v}' for k, v in got.items())} |"
+             for name, got in summary["known_attacks"]["codes"].items()]
+    attack_rss = summary["known_attacks"]["trainer_rss_mb"]
+    rows.append(f"\nTrainer RSS across those: {attack_rss['before']} → {attack_rss['after']} MB.")
     rows.append("")
     rows.append(f"{summary['cases']} cases in {summary['fuzz_seconds']:.0f} s: **{summary['internal_or_unknown']} INTERNAL/"
                 f"UNKNOWN, {summary['crashes']} crashes**; RSS trainer {rss['trainer']['before']} → {rss['trainer']['after']} MB, "

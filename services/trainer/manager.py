@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
 
 log = logging.getLogger(__name__)
+SESSION_ID = re.compile(r"[0-9a-f]{32}")    # uuid4().hex, as `open` makes them
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ class SessionManager:
             try:
                 return await self.get(resume_sid, device_id), True
             except errors.NotFound:
-                log.info("session %s expired; opening a new one for %s", resume_sid, device_id)
+                log.info("session %.40r expired; opening a new one for %s", resume_sid, device_id)
         self.open_limiter.acquire(device_id)
         own = sorted((s for s in self.sessions.values() if s.device_id == device_id), key=lambda s: s.opened_at)
         replaced = own[:max(0, len(own) - self.cfg.max_sessions_per_device + 1)]
@@ -195,6 +197,8 @@ class SessionManager:
 
     async def get(self, sid: str, device_id: str) -> Session:
         """The session, restored from Redis after a trainer restart; NotFound / PermissionDenied."""
+        if not SESSION_ID.fullmatch(sid):    # never a Redis lookup (nor a log line) for a made-up 1 MB id
+            raise errors.NotFound("unknown or expired session")
         session = self.sessions.get(sid)
         if session is None:
             session = await asyncio.to_thread(self._restore, sid)
@@ -206,7 +210,7 @@ class SessionManager:
     def _restore(self, sid: str) -> Session:
         ckpt = self.store.load_checkpoint(sid) if sid else None
         if ckpt is None:
-            raise errors.NotFound(f"unknown or expired session {sid!r}")
+            raise errors.NotFound(f"unknown or expired session {sid}")
         session = Session.from_checkpoint(sid, ckpt, self.store, self.cfg, self.device)
         if sid in self.sessions:
             return self.sessions[sid]

@@ -7,6 +7,7 @@ Runs the real validators (Debian `docker-compose` 1.29 and `promtool`, installed
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -80,9 +81,15 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run a command from the repo root and capture its output."""
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+# The secrets docker-compose.yml requires (an operator's .env provides them).
+COMPOSE_ENV = {"REDIS_PASSWORD": "test-redis-password", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command from the repo root and capture its output (compose gets COMPOSE_ENV unless `env`)."""
+    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+                          env={**base, **(COMPOSE_ENV if env is None else env)})
 
 
 def _assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
@@ -234,6 +241,37 @@ def test_only_expected_ports_are_published():
         if service.get("ports")
     }
     assert published == PUBLISHED_TARGET_PORTS
+
+
+def test_compose_refuses_to_start_without_its_secrets():
+    proc = _run(_tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "-q", env={})
+    assert proc.returncode != 0 and "REDIS_PASSWORD" in proc.stderr
+
+
+def test_compose_is_hardened():
+    """Redis needs a password and is unpublished; Grafana's admin password comes from the environment;
+    Prometheus listens on the host's loopback only, without its lifecycle API; the services serve
+    mutual TLS with their own certificate (no container sees the CA's key); reflection is off."""
+    services = _compose_config()["services"]
+    assert "ports" not in services["redis"] and "--requirepass" in " ".join(services["redis"]["command"])
+    assert services["redis"]["environment"]["REDIS_PASSWORD"] == COMPOSE_ENV["REDIS_PASSWORD"]
+    assert f":{COMPOSE_ENV['REDIS_PASSWORD']}@redis:" in services["trainer"]["environment"]["AMS_REDIS_URL"]
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_ENV["GRAFANA_ADMIN_PASSWORD"]
+    prometheus = services["prometheus"]
+    assert not any("enable-lifecycle" in arg or "enable-admin-api" in arg for arg in prometheus["command"])
+    assert all(str(p.get("host_ip") if isinstance(p, dict) else p).startswith("127.0.0.1") for p in prometheus["ports"])
+    for name, prefix in (("trainer", "AMS_"), ("teacher", "AMS_TEACHER_")):
+        env = services[name]["environment"]
+        assert {f"{prefix}TLS_CA", f"{prefix}TLS_CERT", f"{prefix}TLS_KEY"} <= set(env)
+        assert env.get(f"{prefix}INSECURE", "false") == "false"
+    assert services["trainer"]["environment"]["AMS_REFLECTION"] == "false"
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            target = volume["target"] if isinstance(volume, dict) else str(volume).split(":")[1]
+            source = volume.get("source", "") if isinstance(volume, dict) else str(volume)
+            assert not source.endswith("ca.key"), f"{name} mounts the CA's private key"
+            if target.startswith("/pki/"):
+                assert (volume.get("read_only") if isinstance(volume, dict) else str(volume).endswith(":ro")), target
 
 
 def test_healthy_dependencies_have_healthchecks():

@@ -1,6 +1,7 @@
 """numpy <-> ams.v1.Tensor and ams.v1.Frame conversion (the serde of the wire)."""
 from __future__ import annotations
 
+import io
 import os
 
 # OpenCV refuses to decode images above this many pixels (read at its first decode): a small PNG
@@ -8,6 +9,7 @@ import os
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(4096 * 4096))
 
 import cv2  # noqa: E402
+from PIL import Image  # noqa: E402
 import numpy as np
 
 from ams.errors import InvalidArgument
@@ -51,6 +53,17 @@ def encode_frame(rgb: np.ndarray, timestamp_s: float, encoding: int = common_pb2
     return common_pb2.Frame(encoding=encoding, data=data, width=w, height=h, timestamp_s=timestamp_s)
 
 
+def _header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG/JPEG header, read by Pillow without decoding the pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Image.DecompressionBombError as exc:
+        raise InvalidArgument(f"frame header exceeds Pillow's pixel limit ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, DecompressionBombError, truncated headers
+        raise InvalidArgument(f"frame bytes are not a PNG/JPEG image ({type(exc).__name__})") from exc
+
+
 def decode_frame(msg: common_pb2.Frame, max_pixels: int = 4096 * 4096) -> np.ndarray:
     """Decode a Frame to (H, W, 3) uint8 RGB; raise InvalidArgument on anything malformed."""
     if msg.encoding == common_pb2.Frame.RAW_RGB8:
@@ -60,6 +73,9 @@ def decode_frame(msg: common_pb2.Frame, max_pixels: int = 4096 * 4096) -> np.nda
             raise InvalidArgument(f"raw frame {msg.width}x{msg.height} needs {msg.width * msg.height * 3} bytes, got {len(msg.data)}")
         return np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.width, 3)
     if msg.encoding in (common_pb2.Frame.PNG, common_pb2.Frame.JPEG):
+        w, h = _header_size(msg.data)
+        if w * h > max_pixels:   # checked from the header: a small PNG of 20000² is never inflated
+            raise InvalidArgument(f"frame {w}x{h} exceeds {max_pixels} pixels")
         try:
             bgr = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
         except cv2.error:

@@ -58,9 +58,11 @@ TRAINER_ENV = {"AMS_T_UPDATE_S": "10", "AMS_K_ITERS": "20", "AMS_GAMMA": "0.05",
 
 
 class Playlist:
-    """The sample videos back to back, looped, decoded once at native size (kept at <= 10 fps)."""
+    """The sample videos back to back, looped, decoded once and brought to the student's input size
+    as ams-edge's VideoSource does (kept at <= 10 fps)."""
 
-    def __init__(self, paths: list[str], max_fps: float = 10.0):
+    def __init__(self, paths: list[str], size_hw: tuple[int, int], max_fps: float = 10.0):
+        h, w = size_hw
         self.times: list[float] = []
         self.frames: list[np.ndarray] = []
         offset = 0.0
@@ -72,7 +74,7 @@ class Playlist:
                     last = float(frame.time) if frame.time is not None else i * period
                     if last >= next_kept:
                         self.times.append(offset + last)
-                        self.frames.append(frame.to_ndarray(format="rgb24"))
+                        self.frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), (w, h), interpolation=cv2.INTER_AREA))
                         next_kept = last + 1.0 / max_fps
             offset += last + period
         self.duration = offset
@@ -190,7 +192,6 @@ class Device:
     def _encode(self, stamps: tuple[float, ...]) -> common_pb2.EncodedClip:
         frames = [self.playlist.frame_at(t) for t in stamps]
         h, w = frames[0].shape[:2]
-        frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
         return common_pb2.EncodedClip(codec="h264", data=encode_clip(frames), timestamps_s=stamps,
                                       width=w - w % 2, height=h - h % 2)
 
@@ -357,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(s) for s in args.sessions.split(",")]
     trainer_env = {**TRAINER_ENV, "AMS_MAX_SESSIONS": str(max(8, *counts)),
                    **dict(kv.split("=", 1) for kv in args.trainer_env)}
-    playlist = Playlist(VIDEOS)
+    config = torch.load(os.path.join(ROOT, "assets", "students", CHECKPOINT + ".pt"), weights_only=True)["config"]
+    playlist = Playlist(VIDEOS, (config["input_height"], config["input_width"]))
     result = {"settings": {"trainer_env": trainer_env, "teacher_env": TEACHER_ENV, "seconds_per_n": args.seconds,
                            "sessions": counts, "checkpoint": CHECKPOINT, "videos": VIDEOS}, "rows": []}
     out_dir = os.path.dirname(args.out) or "."

@@ -46,6 +46,7 @@ class EvalSeries:
     t: list[float] = field(default_factory=list)
     ams: list[float] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
+    repeat: list[bool] = field(default_factory=list)   # the frame belongs to a repeated pass of its clip
 
 
 class EdgeRuntime:
@@ -90,7 +91,10 @@ class EdgeRuntime:
         # the baseline runs the same way (for StreamDEQ: streaming on every frame), so it sees every frame
         base_segmenter = make_segmenter(baseline, self.opt.segmenter, **self.opt.segmenter_options) if baseline else None
         num_classes = len(self.labeler.classes) if self.labeler else 0
-        conf_ams, conf_base = Confusion(max(num_classes, 2)), Confusion(max(num_classes, 2))
+        # per pass kind: "first" (a clip's first pass: the headline) and "seen" (repeated passes of a looped clip,
+        # whose frames the model may have been trained on)
+        conf_ams = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
+        conf_base = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
         sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s)
         uploader = threading.Thread(target=self._upload_worker, daemon=True) if self.opt.mode == "live" else None
         if uploader:
@@ -117,11 +121,13 @@ class EdgeRuntime:
             base_pred = base_segmenter.segment(frame.rgb) if base_segmenter and (evaluate or base_segmenter.stateful) else None
             if evaluate:
                 label = self.labeler.label(frame.rgb, video_t)
-                conf_ams.add(pred, label)
+                kind = "seen" if frame.repeat else "first"
+                conf_ams[kind].add(pred, label)
+                self.series.repeat.append(frame.repeat)
                 self.series.t.append(video_t)
                 self.series.ams.append(frame_miou(pred, label, num_classes))
                 if base_pred is not None:
-                    conf_base.add(base_pred, label)
+                    conf_base[kind].add(base_pred, label)
                     self.series.baseline.append(frame_miou(base_pred, label, num_classes))
             if self.opt.overlay_path:
                 if overlay is None:
@@ -159,7 +165,16 @@ class EdgeRuntime:
                          f"  dropped {self.dropped}")
         sys.stderr.flush()
 
-    def _summary(self, frames: int, video_s: float, conf_ams: Confusion, conf_base: Confusion | None, wall_s: float) -> dict:
+    def _scores(self, conf: dict[str, Confusion]) -> dict:
+        """mIoU over the first pass of each clip (the headline: each frame scored once, as it arrives,
+        by a model trained only on earlier frames) and, separately, over repeated passes of looped clips."""
+        first, seen = conf["first"], conf["seen"]
+        return {"miou": first.miou() if first.matrix.sum() else None,
+                "miou_seen": seen.miou() if seen.matrix.sum() else None,
+                "iou_per_class": dict(zip(self.labeler.classes, first.iou().tolist()))}
+
+    def _summary(self, frames: int, video_s: float, conf_ams: dict[str, Confusion], conf_base: dict[str, Confusion] | None,
+                 wall_s: float) -> dict:
         s, lat = self.link.stats, np.array(self.latencies_ms or [0.0])
         dur = max(video_s, 1e-6)
         out = {
@@ -178,10 +193,9 @@ class EdgeRuntime:
             "sampling_rate_fps": self.link.sampling_rate_fps, "update_interval_s": self.link.update_interval_s,
         }
         if self.labeler:
-            out["ams"] = {"miou": conf_ams.miou(), "iou_per_class": dict(zip(self.labeler.classes, conf_ams.iou().tolist()))}
-            out["series"] = {"t": self.series.t, "ams": self.series.ams}
+            out["ams"] = self._scores(conf_ams)
+            out["series"] = {"t": self.series.t, "ams": self.series.ams, "repeat": self.series.repeat}
             if conf_base is not None:
-                out["no_customization"] = {"miou": conf_base.miou(),
-                                           "iou_per_class": dict(zip(self.labeler.classes, conf_base.iou().tolist()))}
+                out["no_customization"] = self._scores(conf_base)
                 out["series"]["no_customization"] = self.series.baseline
         return out

@@ -21,6 +21,7 @@ class Frame:
     timestamp_s: float
     rgb: np.ndarray      # (H, W, 3) uint8 at the model's input size
     source: str
+    repeat: bool = False  # a repeated pass over a clip already played: never part of a headline figure
 
 
 def _file_frames(path: str) -> Iterator[tuple[float, np.ndarray]]:
@@ -59,8 +60,11 @@ class VideoSource:
 
     def __iter__(self) -> Iterator[Frame]:
         index, offset, loop = 0, 0.0, 0
+        played: set[str] = set()
         while self.loops == 0 or loop < self.loops:
             for path in self.paths:
+                repeat = path in played
+                played.add(path)
                 if path.startswith("synthetic:"):
                     scene = SyntheticScene.from_spec(path)
                     items = ((i / scene.fps, scene.render(i / scene.fps)[0]) for i in range(scene.num_frames))
@@ -70,7 +74,7 @@ class VideoSource:
                 for t, rgb in items:
                     if self.max_seconds is not None and offset + t >= self.max_seconds:
                         return
-                    yield Frame(index, offset + t, self._resize(rgb), path)
+                    yield Frame(index, offset + t, self._resize(rgb), path, repeat)
                     index += 1
                     if t > last_t:
                         period = t - last_t

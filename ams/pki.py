@@ -22,7 +22,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 DEVICE_ROLE, SERVICE_ROLE = "ams-device", "ams-service"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REVOKED_KEY = "ams:revoked"       # Redis hash: device id -> when it was revoked (the trainer refuses these)
-SERVICES = ("trainer", "teacher")
 
 
 @dataclass(frozen=True)
@@ -129,9 +128,6 @@ class CertificateAuthority:
 
     def issue_device(self, device_id: str) -> CertFiles:
         return self.issue(check_device_id(device_id), DEVICE_ROLE, [], self.path("devices", device_id))
-
-    def service_files(self, name: str) -> CertFiles:
-        return CertFiles(self.path("ca.pem"), self.path(name + ".pem"), self.path(name + ".key"))
 
 
 def init_pki(directory: str, trainer_hosts: list[str], teacher_hosts: list[str]) -> CertificateAuthority:

@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 import io
-import os
 
-# OpenCV refuses to decode images above this many pixels (read at its first decode): a small PNG
-# that claims 30000×30000 is refused from its header, never inflated to gigabytes.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(4096 * 4096))
-
-import cv2  # noqa: E402
-from PIL import Image  # noqa: E402
+import cv2
+from PIL import Image
 import numpy as np
 
 from ams.errors import InvalidArgument
@@ -60,7 +55,7 @@ def _header_size(data: bytes) -> tuple[int, int]:
             return image.size
     except Image.DecompressionBombError as exc:
         raise InvalidArgument(f"frame header exceeds Pillow's pixel limit ({exc})") from exc
-    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, DecompressionBombError, truncated headers
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated headers, ...
         raise InvalidArgument(f"frame bytes are not a PNG/JPEG image ({type(exc).__name__})") from exc
 
 

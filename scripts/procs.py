@@ -90,6 +90,7 @@ def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = ()) -> dict:
             issue()
         return {"cert": stem + ".pem", "key": stem + ".key"}
     return {"ca": ca.path("ca.pem"), "dir": pki_dir,
+            "servers": {name: files(name, None) for name in ("trainer", "teacher")},   # made by init_pki
             "service": files("operator", lambda: ca.issue_service("operator", [])),
             "devices": {d: files(os.path.join("devices", d), lambda d=d: ca.issue_device(d)) for d in devices}}
 
@@ -126,10 +127,12 @@ def ams_stack(log_dir: str, teacher_env: dict, trainer_env: dict, redis_url: str
         url = redis_url or stack.enter_context(redis_server(log_dir))
         tls = None if insecure else make_pki(pki_dir or os.path.join(log_dir, "pki"), devices)
         probe = CertFiles(tls["ca"], **tls["service"]) if tls else None
-        teacher_tls = {"AMS_TEACHER_TLS_CA": tls["ca"], "AMS_TEACHER_TLS_CERT": os.path.join(tls["dir"], "teacher.pem"),
-                       "AMS_TEACHER_TLS_KEY": os.path.join(tls["dir"], "teacher.key")} if tls else {"AMS_TEACHER_INSECURE": "true"}
-        trainer_tls = {"AMS_TLS_CA": tls["ca"], "AMS_TLS_CERT": os.path.join(tls["dir"], "trainer.pem"),
-                       "AMS_TLS_KEY": os.path.join(tls["dir"], "trainer.key")} if tls else {"AMS_INSECURE": "true"}
+        def tls_env(prefix: str, name: str) -> dict:
+            if tls is None:
+                return {f"{prefix}INSECURE": "true"}
+            files = tls["servers"][name]
+            return {f"{prefix}TLS_CA": tls["ca"], f"{prefix}TLS_CERT": files["cert"], f"{prefix}TLS_KEY": files["key"]}
+        teacher_tls, trainer_tls = tls_env("AMS_TEACHER_", "teacher"), tls_env("AMS_", "trainer")
         tport, tmetrics, sport, smetrics = free_port(), free_port(), free_port(), free_port()
         teacher, teacher_proc = stack.enter_context(service("services.teacher", tport, os.path.join(log_dir, "teacher.log"), {
             "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(tport), "AMS_TEACHER_METRICS_PORT": str(tmetrics),

@@ -59,8 +59,7 @@ def device_tls(pki: dict, device_id: str):
 def service_tls(pki: dict, name: str = "trainer"):
     """CertFiles of the trainer or the teacher (their server certificates) or of the operator."""
     from ams.pki import CertFiles
-    import os
-    return CertFiles(pki["ca"], os.path.join(pki["dir"], name + ".pem"), os.path.join(pki["dir"], name + ".key"))
+    return CertFiles(pki["ca"], **(pki["service"] if name == "operator" else pki["servers"][name]))
 
 
 def tls_config(pki: dict, name: str) -> dict:

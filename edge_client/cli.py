@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="video file, or a synthetic scene spec 'synthetic:seed=1,...'; repeat to play back to back")
     p.add_argument("--loops", type=int, default=1, help="play the playlist this many times (0 = forever)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video time")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="play video files this many times slower on the algorithm's clock (the evaluation's slow "
+                        "motion: the paper's time constants over short clips); synthetic scenes keep their own time")
     p.add_argument("--mode", choices=["replay", "live"], default="replay")
     p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq", "lowlatency"], default="auto",
                    help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         holder = link.open()
         size = (holder.config["input_height"], holder.config["input_width"])
-        source = VideoSource(args.video, size, loops=args.loops, max_seconds=args.max_seconds)
+        source = VideoSource(args.video, size, loops=args.loops, max_seconds=args.max_seconds, time_scale=args.time_scale)
         options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
                               progress=not args.quiet, baseline=not args.no_baseline,
                               overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),

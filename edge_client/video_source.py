@@ -1,7 +1,10 @@
 """Video sources: files read with PyAV (a playlist, optionally looped) or a synthetic scene.
 
 Frames come out resized to the model's input size with capture timestamps in video seconds that
-keep increasing across files and loops (the algorithm's clock, DESIGN §8).
+keep increasing across files and loops (the algorithm's clock, DESIGN §8). `time_scale` plays files
+in slow motion on that clock (× time_scale): the evaluation runs the paper's time constants over
+our short sample clips this way; synthetic scenes always run at their own time (their oracle renders
+by it).
 """
 from __future__ import annotations
 
@@ -47,10 +50,14 @@ def file_duration(path: str) -> float:
 class VideoSource:
     """Plays `paths` back to back (`loops` times; 0 = forever), or a synthetic scene spec."""
 
-    def __init__(self, paths: list[str], size_hw: tuple[int, int], loops: int = 1, max_seconds: float | None = None):
+    def __init__(self, paths: list[str], size_hw: tuple[int, int], loops: int = 1, max_seconds: float | None = None,
+                 time_scale: float = 1.0):
         if not paths:
             raise ValueError("no video given")
+        if not time_scale > 0:
+            raise ValueError("time_scale must be > 0")
         self.paths, self.size_hw, self.loops, self.max_seconds = paths, size_hw, loops, max_seconds
+        self.time_scale = time_scale
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         h, w = self.size_hw
@@ -69,7 +76,7 @@ class VideoSource:
                     scene = SyntheticScene.from_spec(path)
                     items = ((i / scene.fps, scene.render(i / scene.fps)[0]) for i in range(scene.num_frames))
                 else:
-                    items = _file_frames(path)
+                    items = ((t * self.time_scale, rgb) for t, rgb in _file_frames(path))
                 last_t, period = 0.0, 0.04
                 for t, rgb in items:
                     if self.max_seconds is not None and offset + t >= self.max_seconds:

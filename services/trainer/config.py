@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from ams.config import ConfigError, check_tls
 from ams.device import resolve_device
+from services.trainer.coordinate_descent import SELECTIONS
 
 
 def _f(default, help_: str, env: str | None = None):
@@ -34,6 +35,8 @@ class TrainerConfig:
     beta2: float = _f(0.999, "Adam β2")
     gamma: float = _f(0.05, "γ: fraction of parameters sent per update")
     batch_size: int = _f(4, "frames per mini-batch S_k")
+    selection: str = _f("gradient", "coordinate selection: gradient (AMS), or the evaluation's ablations random, "
+                                    "first, last, first_last")
     # ASR (§3.2) and ATR (App. D)
     r_init: float = _f(1.0, "initial sampling rate (fps)")
     r_min: float = _f(0.1, "minimum sampling rate (fps)")
@@ -72,6 +75,8 @@ class TrainerConfig:
             raise ConfigError(f"AMS_GAMMA={self.gamma} must be in (0, 1]")
         if self.max_sessions_per_device < 1 or self.max_opens_per_minute <= 0 or self.max_clip_scale < 1:
             raise ConfigError("need AMS_MAX_SESSIONS_PER_DEVICE ≥ 1, AMS_MAX_OPENS_PER_MINUTE > 0, AMS_MAX_CLIP_SCALE ≥ 1")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"AMS_SELECTION={self.selection!r} must be one of {', '.join(SELECTIONS)}")
         if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1:
             raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE and AMS_TRAIN_WORKERS must be ≥ 1")
         if not 0 < self.r_min <= self.r_init <= self.r_max:

@@ -3,7 +3,8 @@
 All state lives on the flattened parameter vector (torch `parameters_to_vector` order).
 Moments m, v and the update u are computed for EVERY parameter; only those in I_n move.
 I_n is the γ fraction with the largest |u_{n-1}| (the last Adam update of the previous phase);
-in the first phase it is drawn uniformly at random.
+in the first phase it is drawn uniformly at random. The other selections of the paper's Table 3
+(random every phase, first layers, last layers, first & last) exist for the evaluation's ablation.
 """
 from __future__ import annotations
 
@@ -43,13 +44,29 @@ class AdamCDConfig:
     eps: float = 1e-8
     gamma: float = 0.05                 # fraction of parameters updated per phase
     iterations: int = 20                # K
+    selection: str = "gradient"         # one of SELECTIONS
 
 
-def select_indices(state: AdamCDState, num_params: int, gamma: float, rng: np.random.Generator) -> np.ndarray:
-    """Line 1: I_n = top-γ by |u_{n-1}|, or uniformly random in the first phase. Sorted int64."""
+SELECTIONS = ("gradient", "random", "first", "last", "first_last")
+
+
+def select_indices(state: AdamCDState, num_params: int, gamma: float, rng: np.random.Generator,
+                   selection: str = "gradient") -> np.ndarray:
+    """Line 1: I_n = top-γ by |u_{n-1}|, or uniformly random in the first phase. Sorted int64.
+    Ablations (Table 3): "random" draws uniformly every phase; "first" / "last" take the first / last
+    γ·P coordinates in parameter order (the input / output layers); "first_last" half from each end."""
     k = max(1, int(round(gamma * num_params)))
-    if state.u is None:
-        chosen = rng.choice(num_params, size=k, replace=False)
+    if selection == "first":
+        return np.arange(k, dtype=np.int64)
+    if selection == "last":
+        return np.arange(num_params - k, num_params, dtype=np.int64)
+    if selection == "first_last":
+        head = k // 2
+        return np.concatenate([np.arange(head), np.arange(num_params - (k - head), num_params)]).astype(np.int64)
+    if selection not in ("gradient", "random"):
+        raise ValueError(f"unknown coordinate selection {selection!r} (one of {', '.join(SELECTIONS)})")
+    if state.u is None or selection == "random" or k == num_params:
+        chosen = np.arange(num_params) if k == num_params else rng.choice(num_params, size=k, replace=False)
     else:
         chosen = torch.topk(state.u.abs(), k, sorted=False).indices.cpu().numpy()
     return np.sort(chosen.astype(np.int64))
@@ -83,7 +100,7 @@ def train_phase(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tor
     """
     params = [p for p in model.parameters()]
     num_params = sum(p.numel() for p in params)
-    indices = select_indices(state, num_params, cfg.gamma, rng)
+    indices = select_indices(state, num_params, cfg.gamma, rng, cfg.selection)
     chosen = torch.from_numpy(indices).to(state.m.device)
     losses = []
     for _ in range(cfg.iterations):

@@ -72,7 +72,7 @@ class Session:
         self.version, self.phase, self.checkpoint_version = version, 0, version
         self.num_params = sum(p.numel() for p in model.parameters())
         self.adam = (adam or AdamCDState.zeros(self.num_params)).to(self.device)
-        self.adam_cfg = AdamCDConfig(cfg.lr, cfg.beta1, cfg.beta2, 1e-8, cfg.gamma, cfg.k_iters)
+        self.adam_cfg = AdamCDConfig(cfg.lr, cfg.beta1, cfg.beta2, 1e-8, cfg.gamma, cfg.k_iters, cfg.selection)
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(device_id.encode())])  # replay is reproducible
         self.asr = ASRController(cfg.r_init, cfg.asr_eta, cfg.phi_target, cfg.r_min, cfg.r_max, cfg.asr_delta_t_s)
         self.atr = ATRController(cfg.t_update_s, cfg.atr_delta_s, tau_max_s=cfg.atr_max_s)

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, select_indices, train_phase
@@ -97,3 +98,21 @@ def test_later_phase_picks_largest_update_magnitudes():
     state = AdamCDState.zeros(10)
     state.u = torch.tensor([0.1, -5.0, 0.2, 3.0, -0.01, 0.0, 4.0, -0.3, 0.05, 0.0])
     assert select_indices(state, 10, 0.3, np.random.default_rng(0)).tolist() == [1, 3, 6]
+
+
+def test_ablation_selections_pick_the_layers_they_name():
+    """Table 3's strategies: first / last γ·P coordinates in parameter order, half of each, or uniform
+    every phase (unlike gradient-guided, random ignores u); an unknown name is refused."""
+    state = AdamCDState.zeros(100)
+    state.u = torch.arange(100, dtype=torch.float32)   # gradient-guided would take 90..99
+    rng = np.random.default_rng(0)
+    assert select_indices(state, 100, 0.1, rng, "first").tolist() == list(range(10))
+    assert select_indices(state, 100, 0.1, rng, "last").tolist() == list(range(90, 100))
+    assert select_indices(state, 100, 0.1, rng, "first_last").tolist() == [0, 1, 2, 3, 4, 95, 96, 97, 98, 99]
+    assert select_indices(state, 100, 0.1, rng, "gradient").tolist() == list(range(90, 100))
+    random_picks = [select_indices(state, 100, 0.1, rng, "random") for _ in range(20)]
+    assert all(len(p) == 10 and len(set(p.tolist())) == 10 for p in random_picks)
+    assert np.mean([np.sum(p >= 90) for p in random_picks]) < 3        # ≈ 1 of the top-|u| ten, not all ten
+    assert select_indices(state, 100, 1.0, rng, "gradient").tolist() == list(range(100))
+    with pytest.raises(ValueError, match="unknown coordinate selection"):
+        select_indices(state, 100, 0.1, rng, "middle")

@@ -1,0 +1,185 @@
+"""What `make eval` and `make eval-quick` run, and how the runs become `results.json`.
+
+Sections (issue 10): the five schemes on every playlist for DeeplabV3-MobileNetV2, the two other
+students under AMS and No Customization, the Table 3 ablation, the Fig. 4 sweeps, the rate-control
+run, and the real-services check. Every figure is over first-pass frames only; `miou_seen` reports
+repeated passes of a looped playlist apart.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from scripts.eval.playlists import PLAYLISTS
+from scripts.eval.runs import ONE_TIME_ITERATIONS, ONE_TIME_SHARE, PAPER, RT_DELAY_S, RunSpec, spec
+
+SCHEMES = ("no_customization", "one_time", "remote_tracking", "just_in_time", "ams")
+SELECTIONS = ("gradient", "random", "first", "last", "first_last")
+GAMMAS = (0.2, 0.1, 0.05, 0.01)
+JIT_THRESHOLDS = (0.55, 0.65, 0.75, 0.85)
+JIT_DEFAULT = 0.75
+T_UPDATES = (10.0, 20.0, 40.0)
+STUDENTS = ("deeplabv3_mnv2", "streamdeq", "lowlatency")
+ABLATION_PLAYLIST = "real_people"   # also the sweeps', the three students' and the services check's
+
+Runner = Callable[[RunSpec], dict]   # spec -> the run's "result" record
+
+
+def playlist_seconds(name: str) -> float:
+    """The playlist's length on the algorithm's clock (one pass), from its runs' own record when played."""
+    from edge_client.video_source import file_duration
+    from ams.synthetic import SyntheticScene
+
+    playlist = PLAYLISTS[name]
+    if playlist.teacher == "oracle":
+        return SyntheticScene.from_spec(playlist.sources[0]).duration
+    return sum(file_duration(p) for p in playlist.sources) * playlist.time_scale
+
+
+def scheme_spec(scheme: str, playlist: str, student: str = "deeplabv3_mnv2") -> RunSpec:
+    if scheme == "one_time":
+        return spec(scheme, playlist, student, seconds=round(ONE_TIME_SHARE * playlist_seconds(playlist), 1),
+                    iterations=ONE_TIME_ITERATIONS)
+    if scheme == "remote_tracking":
+        return spec(scheme, playlist, student, rate_fps=PAPER["r_max"], delay_s=RT_DELAY_S)
+    if scheme == "just_in_time":
+        return spec(scheme, playlist, student, threshold=JIT_DEFAULT)
+    return spec(scheme, playlist, student)
+
+
+def kbps(nbytes: int, seconds: float) -> float:
+    return round(nbytes * 8 / 1000 / max(seconds, 1e-9), 1)
+
+
+def row(run: RunSpec, res: dict, base: dict | None) -> dict:
+    """One `schemes` row: headline mIoU (first passes), gain over No Customization, traffic."""
+    t = res["traffic"]
+    out = {"scheme": run.scheme, "student": run.student, "playlist": run.playlist, "miou": res["miou"],
+           "miou_seen": res["miou_seen"], "better_frames": None, "uplink_kbps": kbps(t["uplink"], res["video_seconds"]),
+           "downlink_kbps": kbps(t["downlink"], res["video_seconds"]), "updates": t["updates"],
+           "delta_vs_nc": None, "frames": res["frames_scored"]}
+    if base is not None and run.scheme != "no_customization":
+        out["delta_vs_nc"] = res["miou"] - base["miou"]
+        gain = np.array(res["series_miou"]) - np.array(base["series_miou"])
+        out["better_frames"] = float(np.mean(gain > 1e-9))
+    return out
+
+
+def per_frame_gain(res: dict, base: dict) -> list[float]:
+    return (np.nan_to_num(np.array(res["series_miou"]), nan=1.0)
+            - np.nan_to_num(np.array(base["series_miou"]), nan=1.0)).round(4).tolist()
+
+
+def schemes_section(run: Runner, playlists: list[str], students: list[str], looped: bool) -> tuple[list, dict]:
+    """(rows, per-frame gains by playlist and scheme) for every scheme on every playlist (DLv3), and
+    AMS + No Customization for each of `students` on the ablation's playlist of people."""
+    rows, gains = [], {}
+    for playlist in playlists:
+        base = run(scheme_spec("no_customization", playlist))
+        for scheme in SCHEMES:
+            s = scheme_spec(scheme, playlist)
+            res = run(s)
+            rows.append(row(s, res, base))
+            if scheme != "no_customization":
+                gains.setdefault(playlist, {})[scheme] = per_frame_gain(res, base)
+    for student in students:
+        base = run(scheme_spec("no_customization", ABLATION_PLAYLIST, student))
+        rows += [row(scheme_spec(s, ABLATION_PLAYLIST, student), run(scheme_spec(s, ABLATION_PLAYLIST, student)), base)
+                 for s in ("no_customization", "ams")]
+    if looped:
+        base = run(scheme_spec("no_customization", "real_looped"))
+        rows += [row(scheme_spec(s, "real_looped"), run(scheme_spec(s, "real_looped")), base)
+                 for s in ("no_customization", "ams")]
+    return rows, gains
+
+
+def ams_spec(playlist: str, **trainer) -> RunSpec:
+    """AMS with the given departures from the paper's settings (none given = the main AMS run)."""
+    return spec("ams", playlist, trainer={k: v for k, v in trainer.items() if PAPER.get(k, "gradient") != v} or None)
+
+
+def ablation_section(run: Runner, selections, gammas) -> list[dict]:
+    """Table 3: each selection × γ as mIoU difference from training every parameter (γ = 1)."""
+    def ablation_spec(selection: str, gamma: float) -> RunSpec:
+        return ams_spec(ABLATION_PLAYLIST, gamma=gamma, selection=selection)
+
+    full = run(ablation_spec("gradient", 1.0))
+    out = [{"selection": "full", "gamma": 1.0, "miou": full["miou"], "miou_delta_vs_full": 0.0,
+            "downlink_kbps": kbps(full["traffic"]["downlink"], full["video_seconds"])}]
+    for selection in selections:
+        for gamma in gammas:
+            res = run(ablation_spec(selection, gamma))
+            out.append({"selection": selection, "gamma": gamma, "miou": res["miou"],
+                        "miou_delta_vs_full": res["miou"] - full["miou"],
+                        "downlink_kbps": kbps(res["traffic"]["downlink"], res["video_seconds"])})
+    return out
+
+
+def sweeps_section(run: Runner, playlists: list[str]) -> list[dict]:
+    """Fig. 4: AMS over T_update (γ 5 %) and γ (T_update 10 s), JIT over its threshold: mIoU vs downlink."""
+    out = []
+
+    def point(s: RunSpec, scheme: str, param: str, value: float) -> None:
+        res = run(s)
+        out.append({"scheme": scheme, "playlist": s.playlist, "param": param, "value": value, "miou": res["miou"],
+                    "downlink_kbps": kbps(res["traffic"]["downlink"], res["video_seconds"]),
+                    "uplink_kbps": kbps(res["traffic"]["uplink"], res["video_seconds"])})
+
+    for playlist in playlists:
+        for t_update in T_UPDATES:
+            point(ams_spec(playlist, t_update_s=t_update), "ams", "t_update_s", t_update)
+        for gamma in (0.01, 0.2):
+            point(ams_spec(playlist, gamma=gamma), "ams", "gamma", gamma)
+        for threshold in JIT_THRESHOLDS:
+            point(spec("just_in_time", playlist, threshold=threshold), "just_in_time", "threshold", threshold)
+    return out
+
+
+def rate_control_section(run: Runner, playlist: str) -> dict:
+    """ASR + ATR against a fixed 1 fps / T_update 10 s on a playlist with a long still part."""
+    adaptive_spec = ams_spec(playlist)
+    fixed_spec = ams_spec(playlist, r_min=PAPER["r_max"], atr=False)
+    adaptive, fixed = run(adaptive_spec), run(fixed_spec)
+
+    def summary(res: dict) -> dict:
+        t = res["traffic"]
+        return {"miou": res["miou"], "uplink_kbps": kbps(t["uplink"], res["video_seconds"]),
+                "downlink_kbps": kbps(t["downlink"], res["video_seconds"]), "updates": t["updates"],
+                "control": t["control"]}
+
+    a, f = summary(adaptive), summary(fixed)
+    return {"playlist": playlist, "note": PLAYLISTS[playlist].note, "adaptive": a, "fixed": f,
+            "uplink_saved": 1 - a["uplink_kbps"] / f["uplink_kbps"] if f["uplink_kbps"] else None,
+            "downlink_saved": 1 - a["downlink_kbps"] / f["downlink_kbps"] if f["downlink_kbps"] else None,
+            "miou_delta": a["miou"] - f["miou"]}
+
+
+def sections(run: Runner, quick: bool) -> dict:
+    """Every section of results.json but the services check, running what it needs through `run`."""
+    if quick:
+        rows, gains = schemes_section(run, ["real_people"], [], looped=False)
+        return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation_section(run, ("gradient", "random"), (0.05,)),
+                "sweeps": [], "rate_control": rate_control_section(run, "synthetic_still_quick")}
+    rows, gains = schemes_section(run, ["real", "synthetic_shifts"], list(STUDENTS), looped=True)
+    return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation_section(run, SELECTIONS, GAMMAS),
+            "sweeps": sweeps_section(run, [ABLATION_PLAYLIST]),
+            "rate_control": rate_control_section(run, "synthetic_still")}
+
+
+def protocol() -> dict:
+    return {
+        "scoring": "every frame of a playlist's first pass scored once, when it arrives, against the teacher's label, "
+                   "by the model the device holds at that moment (trained only on earlier frames); repeated passes of "
+                   "a looped playlist are reported apart as miou_seen and never in the headline",
+        "miou": "per-class IoU from the confusion matrix over all scored frames, mean over classes; a fraction in [0, 1]",
+        "clock": "algorithm seconds: video files play in slow motion (time_scale) so the paper's time constants fit "
+                 "our short clips; all schemes see the same clock; Kbps are per algorithm second",
+        "settings": PAPER, "ablation_playlist": ABLATION_PLAYLIST, "one_time": {"share": ONE_TIME_SHARE, "iterations": ONE_TIME_ITERATIONS},
+        "remote_tracking": {"rate_fps": PAPER["r_max"], "delay_s": RT_DELAY_S, "uplink": "JPEG quality 95"},
+        "just_in_time": {"threshold": JIT_DEFAULT, "max_updates": 8, "stride_s": [8 / 30, 64 / 30], "optimizer":
+                         "momentum SGD 0.9, lr 0.01", "gamma": 0.05, "uplink": "JPEG quality 95"},
+        "playlists": {name: {"note": p.note, "seconds": round(playlist_seconds(name), 1), "teacher": p.teacher,
+                             "time_scale": p.time_scale, "eval_every": p.eval_every}
+                      for name, p in PLAYLISTS.items()},
+    }

@@ -1,0 +1,213 @@
+"""report.md, its plots and README's results table, all from results.json; and the paper's findings
+checked against our figures."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+NAMES = {"no_customization": "No Customization", "one_time": "One-Time", "remote_tracking": "Remote+Tracking",
+         "just_in_time": "Just-In-Time", "ams": "AMS"}
+
+
+def _f(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _pts(x) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def schemes_table(rows: list[dict]) -> str:
+    return _table(["playlist", "student", "scheme", "mIoU", "Δ vs NC (points)", "frames better than NC", "uplink Kbps",
+                   "downlink Kbps", "updates"],
+                  [[r["playlist"], r["student"], NAMES[r["scheme"]], _f(r["miou"]), _pts(r["delta_vs_nc"]),
+                    _pct(r["better_frames"]), r["uplink_kbps"], r["downlink_kbps"], r["updates"]] for r in rows])
+
+
+def ablation_table(rows: list[dict]) -> str:
+    gammas = sorted({r["gamma"] for r in rows if r["selection"] != "full"}, reverse=True)
+    cell = {(r["selection"], r["gamma"]): r for r in rows}
+    order = [s for s in ("last", "first", "first_last", "random", "gradient") if any(k[0] == s for k in cell)]
+    body = [[s] + [_pts(cell[(s, g)]["miou_delta_vs_full"]) if (s, g) in cell else "–" for g in gammas] for s in order]
+    body.append(["downlink Kbps (gradient)"] + [cell[("gradient", g)]["downlink_kbps"] if ("gradient", g) in cell else "–"
+                                                for g in gammas])
+    full = cell[("full", 1.0)]
+    body.append([f"full model (γ = 100 %): mIoU {_f(full['miou'])}, {full['downlink_kbps']} Kbps"] + [""] * len(gammas))
+    return _table(["selection \\ γ"] + [f"{100 * g:g} %" for g in gammas], body)
+
+
+def findings(results: dict) -> list[dict]:
+    """The paper's claims (AMS §4.2), each with whether it holds on our figures and why."""
+    out = []
+    rows = [r for r in results["schemes"] if r["student"] == "deeplabv3_mnv2"]
+
+    def get(playlist: str, scheme: str) -> dict | None:
+        return next((r for r in rows if r["playlist"] == playlist and r["scheme"] == scheme), None)
+
+    for playlist in dict.fromkeys(r["playlist"] for r in rows if r["scheme"] == "one_time"):
+        ams, once, rt, nc = (get(playlist, s) for s in ("ams", "one_time", "remote_tracking", "no_customization"))
+        out.append({"claim": f"AMS > One-Time ({playlist})", "holds": ams["miou"] > once["miou"],
+                    "evidence": f"{_f(ams['miou'])} vs {_f(once['miou'])}"})
+        out.append({"claim": f"AMS > Remote+Tracking ({playlist})", "holds": ams["miou"] > rt["miou"],
+                    "evidence": f"{_f(ams['miou'])} vs {_f(rt['miou'])}"})
+        out.append({"claim": f"AMS > No Customization ({playlist})", "holds": ams["miou"] > nc["miou"],
+                    "evidence": f"{_f(ams['miou'])} vs {_f(nc['miou'])}, better on {_pct(ams['better_frames'])} of frames"})
+    for playlist in dict.fromkeys(s["playlist"] for s in results.get("sweeps", [])):
+        pts = [s for s in results["sweeps"] if s["playlist"] == playlist]
+        ams = [s for s in pts if s["scheme"] == "ams" and s["param"] == "t_update_s" and s["value"] == 10.0]
+        jit = sorted((s for s in pts if s["scheme"] == "just_in_time"), key=lambda s: s["miou"])
+        if not ams or not jit:
+            continue
+        target = ams[0]["miou"]
+        reach = [s for s in jit if s["miou"] >= target]
+        if reach:
+            ratio = reach[0]["downlink_kbps"] / max(ams[0]["downlink_kbps"], 1e-9)
+            out.append({"claim": f"JIT needs ≈ 10× AMS's downlink for equal mIoU ({playlist})", "holds": ratio >= 5,
+                        "evidence": f"the cheapest JIT at ≥ AMS's {_f(target)} mIoU ({_f(reach[0]['miou'])}, threshold "
+                                    f"{reach[0]['value']}) uses {reach[0]['downlink_kbps']} Kbps = {ratio:.1f}× AMS's "
+                                    f"{ams[0]['downlink_kbps']} Kbps"})
+        else:
+            out.append({"claim": f"JIT needs ≈ 10× AMS's downlink for equal mIoU ({playlist})", "holds": False,
+                        "evidence": f"no JIT threshold reached AMS's {_f(target)} (best {_f(jit[-1]['miou'])} at "
+                                    f"{jit[-1]['downlink_kbps']} Kbps)"})
+    ablation = [r for r in results.get("ablation", []) if r["selection"] != "full"]
+    mean = {s: float(np.mean([r["miou_delta_vs_full"] for r in ablation if r["selection"] == s]))
+            for s in dict.fromkeys(r["selection"] for r in ablation)}
+    if {"gradient", "random", "first", "last"} <= set(mean):
+        order = sorted(mean, key=mean.get, reverse=True)
+        holds = mean["gradient"] > mean["random"] > max(mean["first"], mean["last"], mean.get("first_last", -1))
+        out.append({"claim": "gradient-guided > random > first/last layers (Table 3)", "holds": holds,
+                    "evidence": "mean Δ vs full model over γ: " + ", ".join(f"{s} {_pts(mean[s])}" for s in order)})
+    rc = results.get("rate_control")
+    if rc:
+        out.append({"claim": "ASR/ATR save uplink on a still scene at no mIoU cost",
+                    "holds": rc["uplink_saved"] > 0 and rc["miou_delta"] > -0.005,
+                    "evidence": f"uplink {_pct(rc['uplink_saved'])} lower, downlink {_pct(rc['downlink_saved'])} lower, "
+                                f"mIoU {_pts(rc['miou_delta'])} points vs a fixed 1 fps / 10 s"})
+    return out
+
+
+def plot_cdf(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = results["per_frame_gain"]
+    fig, axes = plt.subplots(1, len(gains), figsize=(5 * len(gains), 3.6), squeeze=False)
+    for ax, (playlist, by_scheme) in zip(axes[0], gains.items()):
+        for scheme, g in by_scheme.items():
+            x = np.sort(np.array(g)) * 100
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=NAMES[scheme])
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("per-frame mIoU gain over No Customization (points)")
+        ax.set_ylabel("fraction of frames")
+        ax.set_title(playlist)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sweeps(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = dict(zip(dict.fromkeys(s["playlist"] for s in results["sweeps"]), ("tab:blue", "tab:green", "tab:red")))
+    for s in results["sweeps"]:
+        marker = {"ams": "o", "just_in_time": "^"}[s["scheme"]]
+        ax.scatter(s["downlink_kbps"], s["miou"], color=colours[s["playlist"]], marker=marker,
+                   facecolors="none" if s["param"] == "gamma" else None)
+        ax.annotate(f"{s['param'][0]}={s['value']:g}", (s["downlink_kbps"], s["miou"]), fontsize=6)
+    for playlist, colour in colours.items():
+        ax.scatter([], [], color=colour, marker="s", label=playlist)
+    ax.scatter([], [], color="k", marker="o", label="AMS (T_update; hollow: γ)")
+    ax.scatter([], [], color="k", marker="^", label="Just-In-Time (threshold)")
+    ax.set_xscale("log")
+    ax.set_xlabel("downlink (Kbps)")
+    ax.set_ylabel("mIoU")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_rate_control(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rc = results["rate_control"]
+    control = np.array(rc["adaptive"]["control"]) if rc["adaptive"]["control"] else np.zeros((0, 3))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    ax.step(control[:, 0], control[:, 1], where="post", color="tab:blue", label="sampling rate (fps)")
+    ax.set_xlabel("video time (s)")
+    ax.set_ylabel("fps", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.step(control[:, 0], control[:, 2], where="post", color="tab:orange", label="T_update (s)")
+    ax2.set_ylabel("T_update (s)", color="tab:orange")
+    ax.set_title(f"ASR + ATR on {rc['playlist']}: {rc['note']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(results: dict, out_dir: str) -> None:
+    plot_cdf(results, os.path.join(out_dir, "cdf_gain.png"))
+    plot_rate_control(results, os.path.join(out_dir, "rate_control.png"))
+    parts = ["# AMS evaluation" + (" (quick)" if results["quick"] else ""), "",
+             "Protocol: " + results["protocol"]["scoring"] + ". " + results["protocol"]["clock"] + ".", "",
+             "## Playlists", ""]
+    parts += [f"- **{name}**: {p['note']}" for name, p in results["protocol"]["playlists"].items()]
+    parts += ["", "## Schemes (paper §4.1, Table 1)", "", schemes_table(results["schemes"]), "",
+              "miou_seen (repeated passes, never a headline): " + ", ".join(
+                  f"{r['scheme']} on {r['playlist']}: {_f(r['miou_seen'])}" for r in results["schemes"]
+                  if r["miou_seen"] is not None) or "none", "",
+              "![CDF of per-frame gain](cdf_gain.png)", "", "## Coordinate selection (Table 3)", "",
+              f"mIoU difference from training every parameter, in points, on {results['protocol'].get('ablation_playlist', 'real_people')}.",
+              "", ablation_table(results["ablation"]), ""]
+    if results["sweeps"]:
+        plot_sweeps(results, os.path.join(out_dir, "miou_vs_downlink.png"))
+        parts += ["## Sweeps (Fig. 4)", "", _table(["playlist", "scheme", "parameter", "value", "mIoU", "downlink Kbps",
+                                                    "uplink Kbps"],
+                                                   [[s["playlist"], NAMES[s["scheme"]], s["param"], s["value"], _f(s["miou"]),
+                                                     s["downlink_kbps"], s["uplink_kbps"]] for s in results["sweeps"]]),
+                  "", "![mIoU vs downlink](miou_vs_downlink.png)", ""]
+    rc = results["rate_control"]
+    parts += ["## Rate control (ASR + ATR)", "", rc["note"], "",
+              _table(["run", "mIoU", "uplink Kbps", "downlink Kbps", "updates"],
+                     [[k, _f(rc[k]["miou"]), rc[k]["uplink_kbps"], rc[k]["downlink_kbps"], rc[k]["updates"]]
+                      for k in ("adaptive", "fixed")]), "",
+              f"Uplink saved: {_pct(rc['uplink_saved'])}; downlink saved: {_pct(rc['downlink_saved'])}; mIoU "
+              f"{_pts(rc['miou_delta'])} points.", "", "![rate control](rate_control.png)", ""]
+    if results["services_check"]:
+        parts += ["## In-process harness vs the real services (AMS, the people playlist)", "",
+                  _table(["student", "in-process mIoU", "services mIoU", "difference (points)", "updates (in-process / services)"],
+                         [[r["student"], _f(r["in_process_miou"]), _f(r["services_miou"]), f"{r['difference_points']:+.2f}",
+                           f"{r['in_process_updates']} / {r['services_updates']}"] for r in results["services_check"]]), ""]
+    parts += ["## The paper's findings on our data", "",
+              _table(["claim", "holds", "evidence"], [[f["claim"], "yes" if f["holds"] else "**no**", f["evidence"]]
+                                                     for f in results["findings"]]), "",
+              f"Wall time: {results['wall_seconds']:.0f} s (runs cached under runs/ are not re-run)."]
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def readme_table(results: dict) -> str:
+    main = [r for r in results["schemes"] if r["student"] == "deeplabv3_mnv2" and r["playlist"] != "real_looped"]
+    others = [r for r in results["schemes"] if r not in main]
+    text = [schemes_table(main), "", "Other students and the looped playlist:", "", schemes_table(others), "",
+            "Findings:", ""]
+    text += [f"- {f['claim']}: {'holds' if f['holds'] else '**does not hold**'} ({f['evidence']})" for f in results["findings"]]
+    return "\n".join(text)

@@ -1,0 +1,107 @@
+"""The model-streaming schemes (AMS paper §4.1): No Customization, One-Time and AMS.
+
+Each keeps the device's student in the edge's own `ModelHolder`, runs it with the edge's segmenter,
+and changes it only by applying update messages made by the trainer's code (`InProcessTrainer`).
+AMS mirrors `ams-edge --mode replay` exactly: frames sampled by `IntervalSampler` at the trainer's
+rate, one clip per update interval, the update trained on it applied before the next frame.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from edge_client.model_holder import ModelHolder
+from edge_client.sampler import IntervalSampler
+from edge_client.segmenters import make_segmenter
+from edge_client.video_source import Frame
+from scripts.eval.harness import STUDENTS, InProcessTrainer, Traffic, apply
+from services.trainer.config import TrainerConfig
+
+
+class Scheme:
+    """predict(frame) -> class map with the model held now; observe(frame) after it was scored."""
+
+    def __init__(self, trainer: InProcessTrainer, student: str):
+        self.trainer = trainer
+        self.holder = ModelHolder(trainer.snapshot())
+        self.segmenter = make_segmenter(self.holder, "auto", **STUDENTS[student][1])
+        self.stateful = self.segmenter.stateful
+        self.traffic = Traffic()
+
+    def predict(self, frame: Frame):
+        return self.segmenter.segment(frame.rgb)
+
+    def observe(self, frame: Frame) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.segmenter.close()
+
+    def extra(self) -> dict:
+        return self.segmenter.summary()
+
+    def _deliver(self, message, t: float) -> None:
+        if message is not None:
+            apply(self.holder, message)
+            self.traffic.downlink += message.ByteSize()
+            self.traffic.updates += 1
+            self.traffic.update_times.append(t)
+            self.traffic.update_values.append(len(message.update.values_f16) // 2)
+
+
+class NoCustomization(Scheme):
+    """The pretrained student w0, never updated."""
+
+
+class AMS(Scheme):
+    """Algorithm 1: sample at the ASR rate, upload one clip per T_update, apply the phase's update."""
+
+    def __init__(self, trainer: InProcessTrainer, student: str):
+        super().__init__(trainer, student)
+        control = trainer.session.control()
+        self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
+        self.sampler = IntervalSampler(self.rate, self.interval)   # as EdgeRuntime: the clock starts at 0
+
+    def observe(self, frame: Frame) -> None:
+        t = frame.timestamp_s
+        self.sampler.offer(t, frame.rgb)
+        if not self.sampler.interval_done(t):
+            return
+        frames, stamps = self.sampler.take(self.rate, self.interval)
+        if not frames:
+            return
+        self.traffic.uplink += self.trainer.upload(frames, stamps)
+        self._deliver(self.trainer.train(), t)
+        control = self.trainer.session.control()
+        self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
+        self.traffic.control.append((t, self.rate, self.interval))
+
+
+class OneTime(Scheme):
+    """The whole model fine-tuned once on the frames of the first `seconds` (sampled at r_max), sent
+    once as a full update (γ = 1, `iterations` Adam steps), never updated again."""
+
+    def __init__(self, trainer: InProcessTrainer, student: str, seconds: float):
+        super().__init__(trainer, student)
+        self.seconds, self.start, self.done = seconds, None, False
+        cfg = trainer.session.cfg
+        self.sampler_rate = cfg.r_max
+        self.frames, self.stamps, self.next_t = [], [], None
+
+    def observe(self, frame: Frame) -> None:
+        if self.done:
+            return
+        t = frame.timestamp_s
+        self.start = t if self.start is None else self.start
+        if self.next_t is None or t + 1e-9 >= self.next_t:
+            self.frames.append(frame.rgb.copy())
+            self.stamps.append(t)
+            self.next_t = t + 1.0 / self.sampler_rate
+        if t - self.start >= self.seconds:
+            self.traffic.uplink += self.trainer.upload(self.frames, self.stamps)
+            self._deliver(self.trainer.train(), t)
+            self.done, self.frames = True, []
+
+
+def one_time_config(cfg: TrainerConfig, iterations: int) -> TrainerConfig:
+    """The trainer's settings for One-Time: every parameter, `iterations` steps in one phase."""
+    return dataclasses.replace(cfg, gamma=1.0, k_iters=iterations, atr=False)

@@ -62,7 +62,7 @@ def row(run: RunSpec, res: dict, base: dict | None) -> dict:
     if base is not None and run.scheme != "no_customization":
         out["delta_vs_nc"] = res["miou"] - base["miou"]
         gain = np.array(res["series_miou"]) - np.array(base["series_miou"])
-        out["better_frames"] = float(np.mean(gain > 1e-9))
+        out["better_frames"] = float(np.mean(gain > 1e-9)) if gain.size else None
     return out
 
 

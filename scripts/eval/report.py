@@ -207,7 +207,9 @@ def write_report(results: dict, out_dir: str) -> None:
 def readme_table(results: dict) -> str:
     main = [r for r in results["schemes"] if r["student"] == "deeplabv3_mnv2" and r["playlist"] != "real_looped"]
     others = [r for r in results["schemes"] if r not in main]
-    text = [schemes_table(main), "", "Other students and the looped playlist:", "", schemes_table(others), "",
-            "Findings:", ""]
+    text = [schemes_table(main), ""]
+    if others:
+        text += ["Other students and the looped playlist:", "", schemes_table(others), ""]
+    text += ["Findings:", ""]
     text += [f"- {f['claim']}: {'holds' if f['holds'] else '**does not hold**'} ({f['evidence']})" for f in results["findings"]]
     return "\n".join(text)

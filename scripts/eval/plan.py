@@ -99,21 +99,22 @@ def ams_spec(playlist: str, **trainer) -> RunSpec:
     return spec("ams", playlist, trainer={k: v for k, v in trainer.items() if PAPER.get(k, "gradient") != v} or None)
 
 
-def ablation_section(run: Runner, selections, gammas) -> list[dict]:
-    """Table 3: each selection × γ as mIoU difference from training every parameter (γ = 1)."""
+def ablation_section(run: Runner, selections, gammas) -> tuple[list[dict], dict]:
+    """Table 3: (each selection × γ as mIoU difference from training every parameter, that full-model run)."""
     def ablation_spec(selection: str, gamma: float) -> RunSpec:
         return ams_spec(ABLATION_PLAYLIST, gamma=gamma, selection=selection)
 
-    full = run(ablation_spec("gradient", 1.0))
-    out = [{"selection": "full", "gamma": 1.0, "miou": full["miou"], "miou_delta_vs_full": 0.0,
-            "downlink_kbps": kbps(full["traffic"]["downlink"], full["video_seconds"])}]
+    res = run(ablation_spec("gradient", 1.0))
+    full = {"playlist": ABLATION_PLAYLIST, "gamma": 1.0, "miou": res["miou"],
+            "downlink_kbps": kbps(res["traffic"]["downlink"], res["video_seconds"])}
+    rows = []
     for selection in selections:
         for gamma in gammas:
             res = run(ablation_spec(selection, gamma))
-            out.append({"selection": selection, "gamma": gamma, "miou": res["miou"],
-                        "miou_delta_vs_full": res["miou"] - full["miou"],
-                        "downlink_kbps": kbps(res["traffic"]["downlink"], res["video_seconds"])})
-    return out
+            rows.append({"selection": selection, "gamma": gamma, "miou": res["miou"],
+                         "miou_delta_vs_full": res["miou"] - full["miou"],
+                         "downlink_kbps": kbps(res["traffic"]["downlink"], res["video_seconds"])})
+    return rows, full
 
 
 def sweeps_section(run: Runner, playlists: list[str]) -> list[dict]:
@@ -159,10 +160,12 @@ def sections(run: Runner, quick: bool) -> dict:
     """Every section of results.json but the services check, running what it needs through `run`."""
     if quick:
         rows, gains = schemes_section(run, ["real_people"], [], looped=False)
-        return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation_section(run, ("gradient", "random"), (0.05,)),
+        ablation, full = ablation_section(run, ("gradient", "random"), (0.05,))
+        return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation, "ablation_full": full,
                 "sweeps": [], "rate_control": rate_control_section(run, "synthetic_still_quick")}
     rows, gains = schemes_section(run, ["real", "synthetic_shifts"], list(STUDENTS), looped=True)
-    return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation_section(run, SELECTIONS, GAMMAS),
+    ablation, full = ablation_section(run, SELECTIONS, GAMMAS)
+    return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation, "ablation_full": full,
             "sweeps": sweeps_section(run, [ABLATION_PLAYLIST]),
             "rate_control": rate_control_section(run, "synthetic_still")}
 

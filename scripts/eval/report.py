@@ -34,14 +34,13 @@ def schemes_table(rows: list[dict]) -> str:
                     _pct(r["better_frames"]), r["uplink_kbps"], r["downlink_kbps"], r["updates"]] for r in rows])
 
 
-def ablation_table(rows: list[dict]) -> str:
-    gammas = sorted({r["gamma"] for r in rows if r["selection"] != "full"}, reverse=True)
+def ablation_table(rows: list[dict], full: dict) -> str:
+    gammas = sorted({r["gamma"] for r in rows}, reverse=True)
     cell = {(r["selection"], r["gamma"]): r for r in rows}
     order = [s for s in ("last", "first", "first_last", "random", "gradient") if any(k[0] == s for k in cell)]
     body = [[s] + [_pts(cell[(s, g)]["miou_delta_vs_full"]) if (s, g) in cell else "–" for g in gammas] for s in order]
     body.append(["downlink Kbps (gradient)"] + [cell[("gradient", g)]["downlink_kbps"] if ("gradient", g) in cell else "–"
                                                 for g in gammas])
-    full = cell[("full", 1.0)]
     body.append([f"full model (γ = 100 %): mIoU {_f(full['miou'])}, {full['downlink_kbps']} Kbps"] + [""] * len(gammas))
     return _table(["selection \\ γ"] + [f"{100 * g:g} %" for g in gammas], body)
 
@@ -80,7 +79,7 @@ def findings(results: dict) -> list[dict]:
             out.append({"claim": f"JIT needs ≈ 10× AMS's downlink for equal mIoU ({playlist})", "holds": False,
                         "evidence": f"no JIT threshold reached AMS's {_f(target)} (best {_f(jit[-1]['miou'])} at "
                                     f"{jit[-1]['downlink_kbps']} Kbps)"})
-    ablation = [r for r in results.get("ablation", []) if r["selection"] != "full"]
+    ablation = results.get("ablation", [])
     mean = {s: float(np.mean([r["miou_delta_vs_full"] for r in ablation if r["selection"] == s]))
             for s in dict.fromkeys(r["selection"] for r in ablation)}
     if {"gradient", "random", "first", "last"} <= set(mean):
@@ -176,7 +175,7 @@ def write_report(results: dict, out_dir: str) -> None:
                   if r["miou_seen"] is not None) or "none", "",
               "![CDF of per-frame gain](cdf_gain.png)", "", "## Coordinate selection (Table 3)", "",
               f"mIoU difference from training every parameter, in points, on {results['protocol'].get('ablation_playlist', 'real_people')}.",
-              "", ablation_table(results["ablation"]), ""]
+              "", ablation_table(results["ablation"], results["ablation_full"]), ""]
     if results["sweeps"]:
         plot_sweeps(results, os.path.join(out_dir, "miou_vs_downlink.png"))
         parts += ["## Sweeps (Fig. 4)", "", _table(["playlist", "scheme", "parameter", "value", "mIoU", "downlink Kbps",

@@ -7,6 +7,7 @@ repeated passes of a looped playlist apart.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -134,6 +135,26 @@ def sweeps_section(run: Runner, playlists: list[str]) -> list[dict]:
             point(ams_spec(playlist, gamma=gamma), "ams", "gamma", gamma)
         for threshold in JIT_THRESHOLDS:
             point(spec("just_in_time", playlist, threshold=threshold), "just_in_time", "threshold", threshold)
+        scale = PLAYLISTS[playlist].time_scale   # Remote+Tracking at one label per second of the video itself
+        for rate in (PAPER["r_max"], PAPER["r_max"] / scale):
+            point(spec("remote_tracking", playlist, rate_fps=rate, delay_s=RT_DELAY_S), "remote_tracking", "rate_fps", rate)
+    return out
+
+
+SEEDS = (0, 1, 2)
+
+
+def variance_section(run: Runner) -> list[dict]:
+    """Run-to-run spread: AMS and JIT with other trainer seeds (I_1, mini-batches), the figure below
+    which a difference between two schemes is noise."""
+    out = []
+    for scheme, playlist in (("ams", ABLATION_PLAYLIST), ("just_in_time", ABLATION_PLAYLIST), ("ams", "synthetic_shifts")):
+        base = scheme_spec(scheme, playlist)
+        mious = [run(base if seed == 0 else dataclasses.replace(base, trainer=tuple(sorted({**dict(base.trainer),
+                                                                                            "seed": seed}.items()))))["miou"]
+                 for seed in SEEDS]
+        out.append({"scheme": scheme, "playlist": playlist, "seeds": list(SEEDS), "miou": mious,
+                    "mean": float(np.mean(mious)), "std": float(np.std(mious, ddof=1))})
     return out
 
 
@@ -162,11 +183,11 @@ def sections(run: Runner, quick: bool) -> dict:
         rows, gains = schemes_section(run, ["real_people"], [], looped=False)
         ablation, full = ablation_section(run, ("gradient", "random"), (0.05,))
         return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation, "ablation_full": full,
-                "sweeps": [], "rate_control": rate_control_section(run, "synthetic_still_quick")}
+                "sweeps": [], "variance": [], "rate_control": rate_control_section(run, "synthetic_still_quick")}
     rows, gains = schemes_section(run, ["real", "synthetic_shifts"], list(STUDENTS), looped=True)
     ablation, full = ablation_section(run, SELECTIONS, GAMMAS)
     return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation, "ablation_full": full,
-            "sweeps": sweeps_section(run, [ABLATION_PLAYLIST]),
+            "sweeps": sweeps_section(run, [ABLATION_PLAYLIST]), "variance": variance_section(run),
             "rate_control": rate_control_section(run, "synthetic_still")}
 
 

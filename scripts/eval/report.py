@@ -125,7 +125,7 @@ def plot_sweeps(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colours = dict(zip(dict.fromkeys(s["playlist"] for s in results["sweeps"]), ("tab:blue", "tab:green", "tab:red")))
     for s in results["sweeps"]:
-        marker = {"ams": "o", "just_in_time": "^"}[s["scheme"]]
+        marker = {"ams": "o", "just_in_time": "^", "remote_tracking": "s"}[s["scheme"]]
         ax.scatter(s["downlink_kbps"], s["miou"], color=colours[s["playlist"]], marker=marker,
                    facecolors="none" if s["param"] == "gamma" else None)
         ax.annotate(f"{s['param'][0]}={s['value']:g}", (s["downlink_kbps"], s["miou"]), fontsize=6)
@@ -133,6 +133,7 @@ def plot_sweeps(results: dict, path: str) -> None:
         ax.scatter([], [], color=colour, marker="s", label=playlist)
     ax.scatter([], [], color="k", marker="o", label="AMS (T_update; hollow: γ)")
     ax.scatter([], [], color="k", marker="^", label="Just-In-Time (threshold)")
+    ax.scatter([], [], color="k", marker="s", label="Remote+Tracking (labels per second)")
     ax.set_xscale("log")
     ax.set_xlabel("downlink (Kbps)")
     ax.set_ylabel("mIoU")
@@ -183,6 +184,12 @@ def write_report(results: dict, out_dir: str) -> None:
                                                    [[s["playlist"], NAMES[s["scheme"]], s["param"], s["value"], _f(s["miou"]),
                                                      s["downlink_kbps"], s["uplink_kbps"]] for s in results["sweeps"]]),
                   "", "![mIoU vs downlink](miou_vs_downlink.png)", ""]
+    if results.get("variance"):
+        parts += ["## Run-to-run spread", "", "The same run with other trainer seeds (I_1 and the mini-batches); "
+                  "a difference between schemes smaller than about two of these standard deviations is noise.", "",
+                  _table(["scheme", "playlist", "mIoU per seed", "mean", "std (points)"],
+                         [[NAMES[v["scheme"]], v["playlist"], ", ".join(_f(m) for m in v["miou"]), _f(v["mean"]),
+                           f"{100 * v['std']:.1f}"] for v in results["variance"]]), ""]
     rc = results["rate_control"]
     parts += ["## Rate control (ASR + ATR)", "", rc["note"], "",
               _table(["run", "mIoU", "uplink Kbps", "downlink Kbps", "updates"],

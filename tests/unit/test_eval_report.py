@@ -96,6 +96,7 @@ def test_results_follow_the_issue_schema(monkeypatch):
     assert {(r["selection"], r["gamma"]) for r in results["ablation"]} == {
         (s, g) for s in ("gradient", "random", "first", "last", "first_last") for g in (0.2, 0.1, 0.05, 0.01)}
     assert all({"miou_delta_vs_full", "downlink_kbps"} <= set(r) for r in results["ablation"])
-    assert {s["scheme"] for s in results["sweeps"]} == {"ams", "just_in_time"}
+    assert {s["scheme"] for s in results["sweeps"]} == {"ams", "just_in_time", "remote_tracking"}
+    assert [len(v["miou"]) for v in results["variance"]] == [3, 3, 3]
     assert {"adaptive", "fixed", "uplink_saved"} <= set(results["rate_control"])
-    assert len(set(planned)) == 46   # the services check adds no run: its in-process runs are among these
+    assert len(set(planned)) == 46 + 2 + 6   # + Remote+Tracking's rates, + 2 seeds × 3 (the services check adds none)

@@ -17,6 +17,7 @@ import time
 
 from scripts.eval import plan
 from scripts.eval.report import findings, readme_table, write_report
+from scripts.eval.harness import STUDENTS
 from scripts.eval.runs import EVAL_VERSION, PAPER, PLACEHOLDER, RunSpec, cached, run_all
 from scripts.procs import ROOT, redis_server
 from scripts.readme import write_block
@@ -30,7 +31,7 @@ def services_check(run, students: list[str], out_dir: str) -> list[dict]:
 
     rows = []
     for student in students:
-        key = hashlib.sha1(json.dumps([EVAL_VERSION, student, PAPER, plan.ABLATION_PLAYLIST],
+        key = hashlib.sha1(json.dumps([EVAL_VERSION, student, PAPER, plan.ABLATION_PLAYLIST, STUDENTS[student]],
                                       sort_keys=True).encode()).hexdigest()[:10]
         path = os.path.join(out_dir, "runs", f"services-{student}-{key}.json")
         if not os.path.exists(path):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from scripts.eval.baselines import JustInTime, RemoteTracking
-from scripts.eval.harness import InProcessTrainer, play, student_size
+from scripts.eval.harness import STUDENTS, InProcessTrainer, play, student_size
 from scripts.eval.playlists import PLAYLISTS, teacher_labels
 from scripts.eval.schemes import AMS, NoCustomization, OneTime, one_time_config
 from services.trainer.config import TrainerConfig
@@ -44,7 +44,8 @@ class RunSpec:
     params: tuple = ()              # scheme parameters, as sorted (name, value) pairs
 
     def key(self) -> str:
-        raw = json.dumps([EVAL_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        """Names the run's cache file: the spec, the student's segmenter options and EVAL_VERSION."""
+        raw = json.dumps([EVAL_VERSION, dataclasses.asdict(self), STUDENTS[self.student][1]], sort_keys=True)
         return f"{self.scheme}-{self.playlist}-{self.student}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
     def config(self) -> dict:

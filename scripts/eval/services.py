@@ -35,7 +35,7 @@ def run_services(student: str, out_dir: str, playlist: Playlist | str = "real", 
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
                "--mode", "replay", "--out", out, "--threads", "1", "--no-overlay", "--quiet",
                "--time-scale", str(pl.time_scale), "--eval-every", str(pl.eval_every), "--loops", str(pl.loops),
-               "--segmenter", SEGMENTER[student], "--checkpoint", STUDENTS[student][0],
+               "--segmenter", SEGMENTER[student], "--checkpoint", STUDENTS[student][0], *STUDENTS[student][2],
                *edge_tls_args(stack, DEVICE_ID)]
         cmd += [a for v in pl.sources for a in ("--video", v)]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)

@@ -70,7 +70,9 @@ def evaluate(quick: bool, out_dir: str, with_services: bool, jobs: int) -> dict:
 
         results = plan.sections(run, quick)
         services = services_check(run, students, out_dir)
+        compute = sum(run(spec)["wall_seconds"] for spec in set(wanted))
     return {"protocol": plan.protocol(), "quick": quick, **results, "services_check": services,
+            "runs": len(set(wanted)), "runs_wall_seconds": round(compute, 1),
             "wall_seconds": round(time.time() - started, 1)}
 
 

@@ -49,6 +49,9 @@ def findings(results: dict) -> list[dict]:
     """The paper's claims (AMS §4.2), each with whether it holds on our figures and why."""
     out = []
     rows = [r for r in results["schemes"] if r["student"] == "deeplabv3_mnv2"]
+    spread = results.get("variance") or []
+    stds = ", ".join(f"{100 * v['std']:.1f}" for v in spread)
+    noise = f"; run-to-run std over seeds {stds} points" if spread else ""
 
     def get(playlist: str, scheme: str) -> dict | None:
         return next((r for r in rows if r["playlist"] == playlist and r["scheme"] == scheme), None)
@@ -86,7 +89,8 @@ def findings(results: dict) -> list[dict]:
         order = sorted(mean, key=mean.get, reverse=True)
         holds = mean["gradient"] > mean["random"] > max(mean["first"], mean["last"], mean.get("first_last", -1))
         out.append({"claim": "gradient-guided > random > first/last layers (Table 3)", "holds": holds,
-                    "evidence": "mean Δ vs full model over γ: " + ", ".join(f"{s} {_pts(mean[s])}" for s in order)})
+                    "evidence": "mean Δ vs full model over γ: " + ", ".join(f"{s} {_pts(mean[s])}" for s in order)
+                                + noise})
     rc = results.get("rate_control")
     if rc:
         out.append({"claim": "ASR/ATR save uplink on a still scene at no mIoU cost",
@@ -126,9 +130,10 @@ def plot_sweeps(results: dict, path: str) -> None:
     colours = dict(zip(dict.fromkeys(s["playlist"] for s in results["sweeps"]), ("tab:blue", "tab:green", "tab:red")))
     for s in results["sweeps"]:
         marker = {"ams": "o", "just_in_time": "^", "remote_tracking": "s"}[s["scheme"]]
-        ax.scatter(s["downlink_kbps"], s["miou"], color=colours[s["playlist"]], marker=marker,
-                   facecolors="none" if s["param"] == "gamma" else None)
-        ax.annotate(f"{s['param'][0]}={s['value']:g}", (s["downlink_kbps"], s["miou"]), fontsize=6)
+        colour = colours[s["playlist"]]
+        ax.scatter(s["downlink_kbps"], s["miou"], marker=marker, edgecolors=colour,
+                   facecolors="none" if s["param"] == "gamma" else colour)
+        ax.annotate(f"{s['param'][0]}={s['value']:.3g}", (s["downlink_kbps"], s["miou"]), fontsize=6)
     for playlist, colour in colours.items():
         ax.scatter([], [], color=colour, marker="s", label=playlist)
     ax.scatter([], [], color="k", marker="o", label="AMS (T_update; hollow: γ)")
@@ -205,7 +210,9 @@ def write_report(results: dict, out_dir: str) -> None:
     parts += ["## The paper's findings on our data", "",
               _table(["claim", "holds", "evidence"], [[f["claim"], "yes" if f["holds"] else "**no**", f["evidence"]]
                                                      for f in results["findings"]]), "",
-              f"Wall time: {results['wall_seconds']:.0f} s (runs cached under runs/ are not re-run)."]
+              f"{results.get('runs', '?')} in-process runs, {results.get('runs_wall_seconds', 0):.0f} s of run time "
+              f"(two at a time, one thread each); this invocation {results['wall_seconds']:.0f} s (runs cached under "
+              "runs/ are not re-run)."]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(parts) + "\n")
 
@@ -216,6 +223,13 @@ def readme_table(results: dict) -> str:
     text = [schemes_table(main), ""]
     if others:
         text += ["Other students and the looped playlist:", "", schemes_table(others), ""]
+    if results.get("ablation"):
+        text += [f"Coordinate selection (Table 3) on {results['protocol'].get('ablation_playlist', '')}, mIoU points "
+                 "against training every parameter:", "", ablation_table(results["ablation"], results["ablation_full"]), ""]
+    if results.get("services_check"):
+        text += ["In-process vs the real services (AMS, per student): " + ", ".join(
+            f"{r['student']} {_f(r['in_process_miou'])} / {_f(r['services_miou'])} ({r['difference_points']:+.2f} points)"
+            for r in results["services_check"]), ""]
     text += ["Findings:", ""]
     text += [f"- {f['claim']}: {'holds' if f['holds'] else '**does not hold**'} ({f['evidence']})" for f in results["findings"]]
     return "\n".join(text)

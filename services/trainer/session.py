@@ -175,7 +175,9 @@ class Session:
             x, y, picks = data
             loaded_s = time.perf_counter() - started
             torch.set_num_threads(self.cfg.torch_threads)
-            torch.set_flush_denormal(True)   # denormal gradients are slow on x86 (≈ 10 % of a phase here)
+            # denormal gradients are slow on x86 (≈ 10 % of a phase here); the flag is per-thread processor
+            # state, so it is cleared again after the phase for whatever else runs on this thread
+            torch.set_flush_denormal(True)
             adam = self.adam.clone()
             batches = iter(picks)
             student_loss = getattr(self.model, "training_loss", None)   # a student may define its own
@@ -195,6 +197,8 @@ class Session:
         except BaseException:
             self.discard()
             raise
+        finally:
+            torch.set_flush_denormal(False)
         return PhaseResult(update, flat, adam, rng, seq_seen, {
             "frames": len(x), "loss_first": losses[0], "loss_last": losses[-1], "load_seconds": loaded_s,
             "seconds": time.perf_counter() - started})

@@ -93,3 +93,12 @@ def test_in_process_run_agrees_with_the_services(tmp_path, store):
     assert summary["uplink_kbps"] == pytest.approx(local.traffic.uplink * 8 / 1000 / 20, rel=0.1)
     assert np.isclose(summary["no_customization"]["miou"], _run(SHIFTS, lambda tr: NoCustomization(tr, STUDENT),
                                                                 tmp_path, store)[0].miou, atol=1e-6)
+
+
+def test_a_phase_leaves_no_flush_to_zero_behind(tmp_path, store):
+    """A phase flushes denormals for speed, then clears the flag: code on the same thread (the
+    harness's edge, Hypothesis in the next test module) gets IEEE-754 floats again."""
+    import torch
+
+    _run(SHIFTS, lambda tr: AMS(tr, STUDENT), tmp_path, store)
+    assert torch.tensor([1e-40], dtype=torch.float32).item() != 0.0

@@ -25,7 +25,7 @@ from services.trainer.config import TrainerConfig
 from services.trainer.store import RedisSessionStore
 
 log = logging.getLogger("ams-eval")
-EVAL_VERSION = 1     # bump when a change to the harness or the trainer invalidates cached runs
+EVAL_VERSION = 2     # bump when a change to the harness or the trainer invalidates cached runs
 
 # The paper's settings (§4.1) with our trainer's ASR constants (φ is a cross-entropy here, DESIGN §5)
 PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "gamma": 0.05, "batch_size": 4,

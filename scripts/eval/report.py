@@ -2,6 +2,7 @@
 checked against our figures."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -100,14 +101,28 @@ def findings(results: dict) -> list[dict]:
     return out
 
 
-def plot_cdf(results: dict, path: str) -> None:
+@contextlib.contextmanager
+def _figure(path: str, **subplots):
+    """(figure, axes) from matplotlib's headless backend, laid out, saved to `path` and closed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(**subplots)
+    yield fig, axes
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_cdf(results: dict, path: str) -> None:
     gains = results["per_frame_gain"]
-    fig, axes = plt.subplots(1, len(gains), figsize=(5 * len(gains), 3.6), squeeze=False)
-    for ax, (playlist, by_scheme) in zip(axes[0], gains.items()):
+    with _figure(path, ncols=len(gains), figsize=(5 * len(gains), 3.6), squeeze=False) as (fig, axes):
+        _cdf_axes(axes[0], gains)
+
+
+def _cdf_axes(axes, gains: dict) -> None:
+    for ax, (playlist, by_scheme) in zip(axes, gains.items()):
         for scheme, g in by_scheme.items():
             x = np.sort(np.array(g)) * 100
             ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=NAMES[scheme])
@@ -116,19 +131,16 @@ def plot_cdf(results: dict, path: str) -> None:
         ax.set_ylabel("fraction of frames")
         ax.set_title(playlist)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_sweeps(results: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with _figure(path, figsize=(6.5, 4)) as (fig, ax):
+        _sweep_axes(ax, results["sweeps"])
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    colours = dict(zip(dict.fromkeys(s["playlist"] for s in results["sweeps"]), ("tab:blue", "tab:green", "tab:red")))
-    for s in results["sweeps"]:
+
+def _sweep_axes(ax, sweeps: list[dict]) -> None:
+    colours = dict(zip(dict.fromkeys(s["playlist"] for s in sweeps), ("tab:blue", "tab:green", "tab:red")))
+    for s in sweeps:
         marker = {"ams": "o", "just_in_time": "^", "remote_tracking": "s"}[s["scheme"]]
         colour = colours[s["playlist"]]
         ax.scatter(s["downlink_kbps"], s["miou"], marker=marker, edgecolors=colour,
@@ -143,19 +155,16 @@ def plot_sweeps(results: dict, path: str) -> None:
     ax.set_xlabel("downlink (Kbps)")
     ax.set_ylabel("mIoU")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_rate_control(results: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rc = results["rate_control"]
+    with _figure(path, figsize=(8, 3.4)) as (fig, ax):
+        _rate_axes(ax, rc)
+
+
+def _rate_axes(ax, rc: dict) -> None:
     control = np.array(rc["adaptive"]["control"]) if rc["adaptive"]["control"] else np.zeros((0, 3))
-    fig, ax = plt.subplots(figsize=(8, 3.4))
     ax.step(control[:, 0], control[:, 1], where="post", color="tab:blue", label="sampling rate (fps)")
     ax.set_xlabel("video time (s)")
     ax.set_ylabel("fps", color="tab:blue")
@@ -163,9 +172,6 @@ def plot_rate_control(results: dict, path: str) -> None:
     ax2.step(control[:, 0], control[:, 2], where="post", color="tab:orange", label="T_update (s)")
     ax2.set_ylabel("T_update (s)", color="tab:orange")
     ax.set_title(f"ASR + ATR on {rc['playlist']}: {rc['note']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(results: dict, out_dir: str) -> None:

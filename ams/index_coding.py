@@ -44,12 +44,7 @@ def encode_indices(indices: np.ndarray, num_params: int) -> bytes:
     if idx.size and (idx[0] < 0 or idx[-1] >= num_params or np.any(np.diff(idx) <= 0)):
         raise ValueError("indices must be sorted, unique and within [0, num_params)")
     gaps = np.diff(idx, prepend=-1) - 1                                   # ≥ 0
-    buckets = np.zeros(idx.size, dtype=np.int32)
-    nonzero = gaps > 0
-    buckets[nonzero] = np.floor(np.log2(gaps[nonzero])).astype(np.int32) + 1
-    # float log2 can be off by one at exact powers of two: fix against integer arithmetic
-    buckets[nonzero] += (gaps[nonzero] >= (1 << buckets[nonzero].astype(np.int64))).astype(np.int32)
-    buckets[nonzero] -= (gaps[nonzero] < (1 << (buckets[nonzero] - 1).astype(np.int64))).astype(np.int32)
+    buckets = np.frexp(gaps)[1].astype(np.int32)                          # bit_length, exact below 2**53
     counts = np.bincount(buckets, minlength=1).astype(np.int64)
     coder = constriction.stream.stack.AnsCoder()
     has_low = buckets > 1

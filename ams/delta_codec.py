@@ -9,8 +9,8 @@ float32 multiply and add are exactly rounded, so the bits agree on every machine
 adopts those values as its own, the quantisation error stays in the weights both sides hold and
 the next phase's gradients see it, and the update's SHA-256 check keeps working.
 
-Measured on the 17 updates of an in-process AMS run on `synthetic_shifts` (P = 2.11 M, γ = 5 %),
-with the indices entropy-coded (`ams.index_coding`), bytes per update and Kbps at T_update 10 s:
+Measured (`python -m scripts.codec_sizes`) on the 17 updates of an in-process AMS run on
+`synthetic_shifts` (P = 2.11 M, γ = 5 %), with the indices entropy-coded (`ams.index_coding`), bytes per update and Kbps at T_update 10 s:
 float16 values + gzip'd mask (today) 283.7 KB = 227 Kbps; int8, block 256: 173.0 KB = 138 Kbps
 (relative error of the changes 0.7 %); int4, block 64: 122.8 KB = 98 Kbps (error 10 %). The
 quantised values are close to uniform over their range (7.5 bits of entropy per int8 value, 3.6 per

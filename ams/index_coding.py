@@ -5,11 +5,12 @@ bucket b = bit_length(gap) and the b − 1 bits below its leading one. The bucke
 (`constriction`) with a categorical model fit to this update, whose counts travel in the header;
 the low bits are coded as uniform. A uniformly random set of k = γ·P indices costs close to the
 floor log₂ C(P, k) / k bits per index; a clustered one (gradient-guided choices crowd into some
-tensors) costs less. This is a building block of issue 11's codecs; the wire does not use it yet.
+tensors) costs less; a structured one (whole blocks, `AMS_SELECTION_BLOCK`) far less, its gaps
+inside a block being all zero. The int8 / int4 update codecs send positions this way.
 
 Measured (`python -m scripts.codec_sizes`) on the 17 gradient-guided updates of an in-process AMS
 run on `synthetic_shifts` (DeeplabV3-MobileNetV2, P = 2.11 M, γ = 5 %: k = 105 408): 4.8–5.8 bits per index, 5.06 on average
-(the first, random phase 5.79), against 5.53 for today's gzip'd bitmask and a floor of 5.73 for an
+(the first, random phase 5.79), against 5.53 for the float16 codec's gzip'd bitmask and a floor of 5.73 for an
 unstructured choice: 8 % fewer index bytes than the bitmask. Consecutive sets share only 4–23 % of
 their indices, so coding I_n against I_{n-1} would gain little.
 """

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from ams.pki import CertFiles, identity_of
+from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
 from ams.v1 import streaming_pb2
 from edge_client.evaluation import TeacherLabeler
 from edge_client.link import TrainerLink
@@ -62,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-key", default=env("AMS_EVAL_TLS_KEY", ""), help="its private key")
     p.add_argument("--eval-every", type=int, default=1, help="score every n-th frame")
     p.add_argument("--no-baseline", action="store_true", help="do not run the never-updated model for comparison")
+    p.add_argument("--update-codecs", default=env("AMS_EDGE_UPDATE_CODECS", ",".join(CODECS)),
+                   help="update codecs this edge offers the trainer, comma-separated (AMS_EDGE_UPDATE_CODECS; "
+                        f"known: {', '.join(CODECS)}); the trainer picks one per session")
     p.add_argument("--clip-bitrate", type=int, default=200_000, help="H.264 target bitrate of uploaded clips (bit/s)")
     p.add_argument("--out", default="out/edge", help="directory for summary.json and overlay.mp4")
     p.add_argument("--no-overlay", action="store_true")
@@ -77,6 +81,13 @@ def _segmenter_options(args: argparse.Namespace, architecture: str) -> dict:
     if architecture == "lowlatency":
         return {"scheme": args.ll_scheme, "threshold": args.ll_threshold, "interval": args.ll_interval}
     return {}
+
+
+def _codecs(names: str) -> tuple[str, ...]:
+    try:
+        return tuple(CODEC_NAMES[c] for c in parse_codecs(names))
+    except ValueError as exc:
+        raise SystemExit(f"ams-edge: --update-codecs: {exc}") from exc
 
 
 def _tls(args: argparse.Namespace) -> tuple[CertFiles | None, CertFiles | None]:
@@ -107,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
                                      config_json="" if args.checkpoint else args.config)
-    link = TrainerLink(args.trainer, args.device_id, spec, device_tls)
+    link = TrainerLink(args.trainer, args.device_id, spec, device_tls, update_codecs=_codecs(args.update_codecs))
     labeler = TeacherLabeler(args.eval_teacher, eval_tls) if args.eval_teacher else None
     try:
         holder = link.open()

@@ -19,7 +19,7 @@ import grpc
 from ams import tls as ams_tls
 from ams.grpc_common import channel_options, device_metadata
 from ams.pki import CertFiles
-from ams.update_codec import UpdateRejected, decode_update
+from ams.update_codec import CODEC_NAMES, CODECS, UpdateRejected, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from edge_client.model_holder import ModelHolder
 
@@ -33,8 +33,8 @@ class LinkStats:
     snapshot_bytes: int = 0          # full models (first contact, catch-up)
     updates: int = 0
     update_bytes: list[int] = field(default_factory=list)       # whole ServerMessage per applied update
-    update_mask_bytes: list[int] = field(default_factory=list)  # its gzip'd index bitmask
-    update_values: list[int] = field(default_factory=list)      # its number of float16 values
+    update_index_bytes: list[int] = field(default_factory=list)  # its index set (gzip'd bitmask or ANS gaps)
+    update_values: list[int] = field(default_factory=list)      # its number of chosen coordinates
     update_times: list[float] = field(default_factory=list)   # video time of the frame each update arrived at
     clips: int = 0
     upload_failures: int = 0
@@ -42,11 +42,14 @@ class LinkStats:
 
 class TrainerLink:
     def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec, tls: CertFiles | None,
-                 max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0):
+                 max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0,
+                 update_codecs: tuple[str, ...] = tuple(CODECS)):
         """`tls`: the operator's CA and this device's certificate and key (the trainer takes the
         device id from the certificate); None only against a trainer in insecure mode, which
-        takes `device_id` from a header."""
+        takes `device_id` from a header. `update_codecs`: the update codecs offered to the trainer."""
         self.address, self.device_id, self.student, self.timeout_s = address, device_id, student, timeout_s
+        self.update_codecs = [CODECS[name] for name in update_codecs]
+        self.update_codec = ""             # the codec the trainer picked for this session
         self._channel = ams_tls.channel(address, tls, options=channel_options(max_message_bytes))
         self._stub = streaming_pb2_grpc.ModelStreamingStub(self._channel)
         self._metadata = () if tls else device_metadata(device_id)
@@ -68,10 +71,12 @@ class TrainerLink:
     def open(self) -> ModelHolder:
         """Open a session (or resume the current one) and start the update stream."""
         request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
-                                                   held_version=self.holder.version if self.holder else 0)
+                                                   held_version=self.holder.version if self.holder else 0,
+                                                   update_codecs=self.update_codecs)
         reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=self.timeout_s, wait_for_ready=True)
         self.stats.snapshot_bytes += reply.ByteSize()
         self.session_id = reply.session_id
+        self.update_codec = CODEC_NAMES.get(reply.update_codec or CODECS["float16"], str(reply.update_codec))
         self._set_control(reply.control)
         if reply.HasField("snapshot"):
             if self.holder is None:
@@ -79,7 +84,8 @@ class TrainerLink:
             else:
                 self.holder.load_snapshot(reply.snapshot)
             self.initial_snapshot = reply.snapshot
-        log.info("session %s (%s) at version %d", self.session_id, "resumed" if reply.resumed else "new", self.holder.version)
+        log.info("session %s (%s) at version %d, %s updates", self.session_id, "resumed" if reply.resumed else "new",
+                 self.holder.version, self.update_codec)
         if self._thread is None:
             self._thread = threading.Thread(target=self._stream_loop, name="ams-updates", daemon=True)
             self._thread.start()
@@ -133,7 +139,7 @@ class TrainerLink:
         if kind == "update":
             self.stats.downlink_bytes += message.ByteSize()
             try:
-                ok = self.holder.apply(decode_update(message.update))
+                ok = self.holder.apply(decode_update(message.update, self.holder.flat.size))
             except UpdateRejected as exc:
                 log.warning("corrupt update refused: %s", exc)
                 self.holder.updates_rejected += 1
@@ -145,8 +151,8 @@ class TrainerLink:
                 return
             self.stats.updates += 1
             self.stats.update_bytes.append(message.ByteSize())
-            self.stats.update_mask_bytes.append(len(message.update.index_mask_gz))
-            self.stats.update_values.append(len(message.update.values_f16) // 2)
+            self.stats.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
+            self.stats.update_values.append(self.holder.last_update_size)
             self.stats.update_times.append(self.video_time_s)
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()

@@ -31,6 +31,7 @@ class ModelHolder:
         self._lock = threading.Lock()
         self.updates_applied = 0
         self.updates_rejected = 0
+        self.last_update_size = 0          # coordinates the last applied update changed
         self.load_snapshot(snapshot)
 
     def load_snapshot(self, snapshot: streaming_pb2.ModelSnapshot) -> None:
@@ -66,6 +67,7 @@ class ModelHolder:
             self.active = inference_copy(self.canonical)   # the swap
             self.flat, self.version = new_flat, update.new_version
             self.updates_applied += 1
+            self.last_update_size = int(update.indices.size)
             return True
 
     @torch.inference_mode()

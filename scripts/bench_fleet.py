@@ -40,7 +40,7 @@ from ams import tls
 from ams.grpc_common import channel_options, device_metadata
 from ams.pki import CertFiles
 from ams.models import build_student
-from ams.update_codec import (UpdateRejected, apply_update, decode_snapshot, decode_update, flat_parameters,
+from ams.update_codec import (CODECS, UpdateRejected, apply_update, decode_snapshot, decode_update, flat_parameters,
                               parameter_checksum)
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from ams.video import encode_clip
@@ -105,7 +105,8 @@ class Device:
         self.reader = threading.Thread(target=self._read, daemon=True)
 
     def open(self) -> None:
-        reply = self.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(checkpoint=CHECKPOINT)),
+        reply = self.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(checkpoint=CHECKPOINT),
+                                                                       update_codecs=list(CODECS.values())),   # as ams-edge
                                       metadata=self.metadata, timeout=120, wait_for_ready=True)
         self.sid = reply.session_id
         self._control(reply.control)
@@ -141,7 +142,7 @@ class Device:
         kind, arrived = message.WhichOneof("body"), time.monotonic()
         try:
             if kind == "update":
-                update = decode_update(message.update)
+                update = decode_update(message.update, self.flat.size)
                 self.flat, self.version = apply_update(self.flat, self.version, update), update.new_version
                 self.updates += 1
             elif kind == "snapshot":

@@ -131,7 +131,8 @@ def valid_request(method: str, pools: dict, rng: random.Random) -> bytes:
     if method.endswith("OpenSession"):
         spec = rng.choice([streaming_pb2.StudentSpec(checkpoint="deeplabv3_mnv2_selfie"),
                            streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY))])
-        return streaming_pb2.OpenSessionRequest(student=spec).SerializeToString()
+        codecs = rng.sample(range(6), rng.randint(0, 3))   # known and unknown UpdateCodec values, or none
+        return streaming_pb2.OpenSessionRequest(student=spec, update_codecs=codecs).SerializeToString()
     if method.endswith("UploadClip"):
         i = rng.randrange(len(CLIPS))
         stamps = [[0.0, 0.5], [1.0], [2.0, 2.5, 3.0]][i]

@@ -1,11 +1,23 @@
 from ams.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpdateCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_CODEC_UNSPECIFIED: _ClassVar[UpdateCodec]
+    UPDATE_CODEC_FLOAT16: _ClassVar[UpdateCodec]
+    UPDATE_CODEC_INT8_DELTA: _ClassVar[UpdateCodec]
+    UPDATE_CODEC_INT4_DELTA: _ClassVar[UpdateCodec]
+UPDATE_CODEC_UNSPECIFIED: UpdateCodec
+UPDATE_CODEC_FLOAT16: UpdateCodec
+UPDATE_CODEC_INT8_DELTA: UpdateCodec
+UPDATE_CODEC_INT4_DELTA: UpdateCodec
 
 class StudentSpec(_message.Message):
     __slots__ = ("architecture", "config_json", "checkpoint")
@@ -33,8 +45,20 @@ class ModelSnapshot(_message.Message):
     params_sha256: bytes
     def __init__(self, session_id: _Optional[str] = ..., version: _Optional[int] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., tensors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., params_sha256: _Optional[bytes] = ...) -> None: ...
 
+class QuantisedDelta(_message.Message):
+    __slots__ = ("bits", "block", "scales_f16", "q_ans")
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    SCALES_F16_FIELD_NUMBER: _ClassVar[int]
+    Q_ANS_FIELD_NUMBER: _ClassVar[int]
+    bits: int
+    block: int
+    scales_f16: bytes
+    q_ans: bytes
+    def __init__(self, bits: _Optional[int] = ..., block: _Optional[int] = ..., scales_f16: _Optional[bytes] = ..., q_ans: _Optional[bytes] = ...) -> None: ...
+
 class ModelUpdate(_message.Message):
-    __slots__ = ("session_id", "base_version", "new_version", "num_params", "index_mask_gz", "values_f16", "params_sha256", "phase", "video_time_s")
+    __slots__ = ("session_id", "base_version", "new_version", "num_params", "index_mask_gz", "values_f16", "params_sha256", "phase", "video_time_s", "codec", "index_ans", "delta")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +68,9 @@ class ModelUpdate(_message.Message):
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     VIDEO_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_ANS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     base_version: int
     new_version: int
@@ -53,7 +80,10 @@ class ModelUpdate(_message.Message):
     params_sha256: bytes
     phase: int
     video_time_s: float
-    def __init__(self, session_id: _Optional[str] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., num_params: _Optional[int] = ..., index_mask_gz: _Optional[bytes] = ..., values_f16: _Optional[bytes] = ..., params_sha256: _Optional[bytes] = ..., phase: _Optional[int] = ..., video_time_s: _Optional[float] = ...) -> None: ...
+    codec: UpdateCodec
+    index_ans: bytes
+    delta: QuantisedDelta
+    def __init__(self, session_id: _Optional[str] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., num_params: _Optional[int] = ..., index_mask_gz: _Optional[bytes] = ..., values_f16: _Optional[bytes] = ..., params_sha256: _Optional[bytes] = ..., phase: _Optional[int] = ..., video_time_s: _Optional[float] = ..., codec: _Optional[_Union[UpdateCodec, str]] = ..., index_ans: _Optional[bytes] = ..., delta: _Optional[_Union[QuantisedDelta, _Mapping]] = ...) -> None: ...
 
 class Control(_message.Message):
     __slots__ = ("sampling_rate_fps", "update_interval_s")
@@ -76,26 +106,30 @@ class ServerMessage(_message.Message):
     def __init__(self, update: _Optional[_Union[ModelUpdate, _Mapping]] = ..., snapshot: _Optional[_Union[ModelSnapshot, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ..., processed_clip_seq: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("student", "resume_session_id", "held_version")
+    __slots__ = ("student", "resume_session_id", "held_version", "update_codecs")
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_CODECS_FIELD_NUMBER: _ClassVar[int]
     student: StudentSpec
     resume_session_id: str
     held_version: int
-    def __init__(self, student: _Optional[_Union[StudentSpec, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., held_version: _Optional[int] = ...) -> None: ...
+    update_codecs: _containers.RepeatedScalarFieldContainer[UpdateCodec]
+    def __init__(self, student: _Optional[_Union[StudentSpec, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., held_version: _Optional[int] = ..., update_codecs: _Optional[_Iterable[_Union[UpdateCodec, str]]] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "snapshot", "control", "resumed")
+    __slots__ = ("session_id", "snapshot", "control", "resumed", "update_codec")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_CODEC_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     snapshot: ModelSnapshot
     control: Control
     resumed: bool
-    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[ModelSnapshot, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ..., resumed: _Optional[bool] = ...) -> None: ...
+    update_codec: UpdateCodec
+    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[ModelSnapshot, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ..., resumed: _Optional[bool] = ..., update_codec: _Optional[_Union[UpdateCodec, str]] = ...) -> None: ...
 
 class UploadClipRequest(_message.Message):
     __slots__ = ("session_id", "clip_seq", "clip")

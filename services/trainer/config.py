@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from ams.config import ConfigError, check_tls
 from ams.device import resolve_device
+from ams.update_codec import parse_codecs
 from services.trainer.coordinate_descent import SELECTIONS
 
 
@@ -34,6 +35,11 @@ class TrainerConfig:
     beta1: float = _f(0.9, "Adam β1")
     beta2: float = _f(0.999, "Adam β2")
     gamma: float = _f(0.05, "γ: fraction of parameters sent per update")
+    selection_block: int = _f(1, "structured selection: > 1 chooses I_n as whole aligned blocks of this many "
+                                 "consecutive coordinates (ranked by mean |u|); 1 = per coordinate, as the paper")
+    update_codecs: str = _f("int4,int8,float16", "update codecs in order of preference: each session gets the first "
+                                                 "its edge decodes (int4/int8: quantised changes + entropy-coded "
+                                                 "positions; float16: new values + gzip'd bitmask, for old edges)")
     batch_size: int = _f(4, "frames per mini-batch S_k")
     selection: str = _f("gradient", "coordinate selection: gradient (AMS), or the evaluation's ablations random, "
                                     "first, last, first_last")
@@ -75,10 +81,14 @@ class TrainerConfig:
             raise ConfigError(f"AMS_GAMMA={self.gamma} must be in (0, 1]")
         if self.max_sessions_per_device < 1 or self.max_opens_per_minute <= 0 or self.max_clip_scale < 1:
             raise ConfigError("need AMS_MAX_SESSIONS_PER_DEVICE ≥ 1, AMS_MAX_OPENS_PER_MINUTE > 0, AMS_MAX_CLIP_SCALE ≥ 1")
+        try:
+            parse_codecs(self.update_codecs)
+        except ValueError as exc:
+            raise ConfigError(f"AMS_UPDATE_CODECS={self.update_codecs!r}: {exc}") from exc
         if self.selection not in SELECTIONS:
             raise ConfigError(f"AMS_SELECTION={self.selection!r} must be one of {', '.join(SELECTIONS)}")
-        if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1:
-            raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE and AMS_TRAIN_WORKERS must be ≥ 1")
+        if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1 or self.selection_block < 1:
+            raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE, AMS_TRAIN_WORKERS and AMS_SELECTION_BLOCK must be ≥ 1")
         if not 0 < self.r_min <= self.r_init <= self.r_max:
             raise ConfigError("need 0 < AMS_R_MIN ≤ AMS_R_INIT ≤ AMS_R_MAX")
         resolve_device(self.device)
@@ -86,3 +96,7 @@ class TrainerConfig:
             raise ConfigError("need 1 ≤ AMS_CHECKPOINT_EVERY ≤ AMS_UPDATES_KEPT (restore replays the kept chain)")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")
+
+    def codec_preference(self) -> list[int]:
+        """AMS_UPDATE_CODECS as wire values, most preferred first."""
+        return parse_codecs(self.update_codecs)

@@ -25,6 +25,7 @@ import torch
 from ams import errors
 from ams.device import resolve_device
 from ams.models import build_student, student_config_dict
+from ams.update_codec import CODEC_NAMES, FLOAT16, pick_codec
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
@@ -168,11 +169,20 @@ class SessionManager:
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and h * w <= self.cfg.max_student_pixels):
             raise errors.InvalidArgument(f"student input {h}×{w} is not within 1..{self.cfg.max_student_pixels} pixels")
 
-    async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str) -> tuple[Session, bool]:
-        """Resume `resume_sid` if it still exists for this device, else open a new session."""
+    async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str,
+                   codecs: list[int] = ()) -> tuple[Session, bool]:
+        """Resume `resume_sid` if it still exists for this device (and its update codec is one the edge
+        decodes), else open a new session whose codec is the first of AMS_UPDATE_CODECS the edge offers."""
+        codec = pick_codec(self.cfg.codec_preference(), list(codecs))
+        if codec is None:
+            raise errors.InvalidArgument(f"this trainer sends updates as {self.cfg.update_codecs}; the edge "
+                                         f"decodes none of them")
         if resume_sid:
             try:
-                return await self.get(resume_sid, device_id), True
+                session = await self.get(resume_sid, device_id)
+                if session.codec in (set(codecs) or {FLOAT16}):
+                    return session, True
+                log.info("session %s uses a codec the edge no longer decodes; opening a new one", session.sid)
             except errors.NotFound:
                 log.info("session %.40r expired; opening a new one for %s", resume_sid, device_id)
         self.open_limiter.acquire(device_id)
@@ -185,14 +195,17 @@ class SessionManager:
             log.info("device %s opens a new session: closing its session %s", device_id, old.sid)
             await self.close(old.sid, device_id)
         sid = uuid.uuid4().hex
-        session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device)
+        session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
+                          codec=codec)
         written = await asyncio.to_thread(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
                                           model.state_dict(), session.adam)
         metrics.STATE_BYTES.inc(written)
         self.sessions[sid] = session
         metrics.SESSIONS_OPENED.inc()
+        metrics.SESSIONS_BY_CODEC.labels(CODEC_NAMES[codec]).inc()
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
-        log.info("opened session %s for device %s (%s, %d params)", sid, device_id, architecture, session.num_params)
+        log.info("opened session %s for device %s (%s, %d params, %s updates)", sid, device_id, architecture,
+                 session.num_params, CODEC_NAMES[codec])
         return session, False
 
     async def get(self, sid: str, device_id: str) -> Session:

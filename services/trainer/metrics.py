@@ -6,6 +6,8 @@ _LAG_SECONDS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 
 SESSIONS_ACTIVE = Gauge("ams_trainer_sessions_active", "Sessions held in memory")
 SESSIONS_OPENED = Counter("ams_trainer_sessions_opened_total", "Sessions opened (new or resumed)")
+SESSIONS_BY_CODEC = Counter("ams_trainer_sessions_by_codec_total",
+                            "New sessions by the update codec negotiated with the device", ["codec"])
 SESSIONS_WAITING = Gauge("ams_trainer_sessions_waiting", "Sessions with uploaded frames waiting for a training phase")
 PHASE_FAILURES = Counter("ams_trainer_phase_failures_total", "Training phases that failed (rolled back, nothing sent)")
 PHASE_SECONDS = Histogram("ams_trainer_phase_seconds", "Seconds per training phase (K iterations)", buckets=_SECONDS)

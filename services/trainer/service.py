@@ -55,9 +55,10 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
     @grpc_errors(_count)
     async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> streaming_pb2.OpenSessionResponse:
         device_id = await self.device(context)
-        session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id)
+        session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id,
+                                                   list(request.update_codecs))
         reply = streaming_pb2.OpenSessionResponse(session_id=session.sid, control=control_pb(session.control()),
-                                                  resumed=resumed)
+                                                  resumed=resumed, update_codec=session.codec)
         if not resumed:
             reply.snapshot.CopyFrom(snapshot_pb(session))
         metrics.UPDATE_BYTES.inc(reply.ByteSize())

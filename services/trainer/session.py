@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from ams.errors import Unavailable
 from ams.models import batch_tensor, build_student
-from ams.update_codec import (SparseUpdate, apply_update, decode_update, encode_update, flat_parameters,
-                              load_flat_parameters, make_update, round_to_float16)
+from ams.update_codec import (FLOAT16, SparseUpdate, apply_update, decode_update, encode_update, flat_parameters,
+                              load_flat_parameters, sparse_update)
 from ams.v1 import streaming_pb2
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, adam_direction, train_phase
@@ -65,14 +65,16 @@ class PhaseOutcome:
 class Session:
     def __init__(self, sid: str, device_id: str, architecture: str, student_config: dict, model: torch.nn.Module,
                  store: SessionStore, cfg: TrainerConfig, version: int = 0, adam: AdamCDState | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", codec: int = FLOAT16):
+        self.codec = codec                 # the update codec negotiated with the device (fixed per session)
         self.sid, self.device_id, self.architecture, self.student_config = sid, device_id, architecture, student_config
         self.device = torch.device(device)
         self.model, self.store, self.cfg = model.to(self.device).eval(), store, cfg  # BN in eval mode, as on the edge
         self.version, self.phase, self.checkpoint_version = version, 0, version
         self.num_params = sum(p.numel() for p in model.parameters())
         self.adam = (adam or AdamCDState.zeros(self.num_params)).to(self.device)
-        self.adam_cfg = AdamCDConfig(cfg.lr, cfg.beta1, cfg.beta2, 1e-8, cfg.gamma, cfg.k_iters, cfg.selection)
+        self.adam_cfg = AdamCDConfig(cfg.lr, cfg.beta1, cfg.beta2, 1e-8, cfg.gamma, cfg.k_iters, cfg.selection,
+                                     cfg.selection_block)
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(device_id.encode())])  # replay is reproducible
         self.asr = ASRController(cfg.r_init, cfg.asr_eta, cfg.phi_target, cfg.r_min, cfg.r_max, cfg.asr_delta_t_s)
         self.atr = ATRController(cfg.t_update_s, cfg.atr_delta_s, tau_max_s=cfg.atr_max_s)
@@ -189,11 +191,12 @@ class Session:
                 return student_loss(xb, yb) if student_loss else F.cross_entropy(model(xb), yb)
 
             indices, losses = train_phase(self.model, loss_fn, adam, self.adam_cfg, rng)
-            flat = flat_parameters(self.model)
-            round_to_float16(flat, indices)           # the edge receives float16: keep the very same bits here
+            # adopt what the edge will hold (float16 rounding or quantisation error included): the two
+            # copies stay bit-identical and the next phase's gradients see the error (error feedback)
+            update, flat = sparse_update(self.sid, self.version, self.version + 1, self.flat,
+                                         flat_parameters(self.model), indices, self.codec, self.phase + 1,
+                                         self.latest_ts)
             load_flat_parameters(self.model, flat)
-            update = make_update(self.sid, self.version, self.version + 1, flat, indices, self.phase + 1,
-                                 self.latest_ts)
         except BaseException:
             self.discard()
             raise
@@ -257,7 +260,7 @@ class Session:
         return {
             "device_id": self.device_id, "architecture": self.architecture, "last_clip_seq": self.last_clip_seq,
             "rate_fps": self.asr.rate_fps, "update_interval_s": self.atr.update_interval_s,
-            "slowdown": int(self.atr.slowdown), "latest_ts": self.latest_ts,
+            "slowdown": int(self.atr.slowdown), "latest_ts": self.latest_ts, "codec": self.codec,
         }
 
     def training_meta(self, result: PhaseResult) -> dict:
@@ -283,7 +286,8 @@ class Session:
             raise Unavailable(f"session {sid}: stored chain reaches v{version}, not the stored v{target}")
         load_flat_parameters(model, flat)
         adam = AdamCDState(ckpt.adam["m"], ckpt.adam["v"], None, int(ckpt.adam["step"]))
-        session = cls(sid, meta["device_id"], meta["architecture"], config, model, store, cfg, version, adam, device)
+        session = cls(sid, meta["device_id"], meta["architecture"], config, model, store, cfg, version, adam, device,
+                      int(meta.get("codec", FLOAT16)))
         if ckpt.adam.get("has_u"):
             session.adam.u = adam_direction(session.adam, session.adam_cfg)
         session.checkpoint_version = int(meta["checkpoint_version"])

@@ -1,6 +1,7 @@
 """End to end: redis-server, teacher and trainer processes, and the edge CLI on a synthetic video with a
 mid-clip domain shift and the oracle teacher. AMS must beat No Customization by a clear margin, and
-each update must cost γ·P·2 bytes of values plus the compressed mask (plus a small, bounded overhead)."""
+each update (the negotiated default, int4) must cost at most 4 bits per change plus its scales, and
+close to the floor log₂C(P, k) for its positions (plus a small, bounded overhead)."""
 import json
 import math
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from ams.index_coding import floor_bits_per_index
 from ams.synthetic import SyntheticScene
 from scripts.pretrain import pretrain, save_checkpoint
 from scripts.train_lowlatency import train_lowlatency
@@ -64,11 +66,14 @@ def test_ams_beats_no_customization_after_a_domain_shift(tmp_path, architecture)
     assert summary["frames"] == SCENE.num_frames and summary["updates"] >= 8
     assert ams > base + 0.10, (ams, base)
 
-    # downlink per update: γ·P float16 values + the gzip'd bitmask + bounded framing
+    # downlink per update: ≤ 4 bits per change (ANS-coded int4) + a float16 scale per 64 changes, the
+    # positions within 10 % of the floor (+ the coder's header), and bounded framing
+    assert summary["update_codec"] == "int4"
     p = summary["num_params"]
     k = round(GAMMA * p)
-    mask_bound = 2 * p * (-(GAMMA * math.log2(GAMMA) + (1 - GAMMA) * math.log2(1 - GAMMA))) / 8
-    for total, mask, values in zip(summary["update_bytes"], summary["update_mask_bytes"], summary["update_values"]):
+    index_bound = 1.1 * floor_bits_per_index(p, k) * k / 8 + 4 * 34 + 9
+    values_bound = math.ceil(k / 2) + 2 * math.ceil(k / 64) + 4 * 15 + 8
+    for total, index, values in zip(summary["update_bytes"], summary["update_index_bytes"], summary["update_values"]):
         assert values == k
-        assert mask < mask_bound
-        assert 0 <= total - (2 * k + mask) <= MESSAGE_OVERHEAD_BYTES
+        assert index < index_bound, (index, index_bound)
+        assert 0 <= total - index <= values_bound + MESSAGE_OVERHEAD_BYTES, (total - index, values_bound)

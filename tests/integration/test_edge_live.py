@@ -1,5 +1,6 @@
 """The edge runtime in live mode against real servers: paced at capture time, uploads on a background
 thread, updates hot-swapped while frames keep flowing."""
+import dataclasses
 import json
 import threading
 import time
@@ -105,13 +106,13 @@ def test_a_corrupted_update_is_refused_then_the_link_resyncs(servers, monkeypatc
     corrupted = []
     refused = metrics.UPDATES_REFUSED._value.get()
 
-    def flaky_decode(message):
-        update = decode_update(message)
-        if update.new_version == 2 and not corrupted:   # flip bits in the first delivery of v2
+    def flaky_decode(message, num_params=None):
+        update = decode_update(message, num_params)
+        if update.new_version == 2 and not corrupted:   # change ten of the first delivery of v2's int4 changes
             corrupted.append(True)
-            values = update.values.copy()
-            values[:10] = np.float16(3.0)
-            return type(update)(**{**update.__dict__, "values": values})
+            q = update.deltas.q.copy()
+            q[:10] = np.where(q[:10] == 7, -7, 7)
+            return dataclasses.replace(update, deltas=dataclasses.replace(update.deltas, q=q))
         return update
     monkeypatch.setattr(link_module, "decode_update", flaky_decode)
     try:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ams.grpc_common import channel_options, device_metadata
 from ams.synthetic import SyntheticScene
-from ams.update_codec import decode_update
+from ams.update_codec import FLOAT16, INT4, INT8, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from ams.video import encode_clip
 from edge_client.model_holder import ModelHolder
@@ -144,9 +144,15 @@ def _next(q: queue.Queue, kind: str, timeout_s: float = 60):
             return message
 
 
-def test_open_upload_receive_and_apply_update(stack):
-    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+@pytest.mark.parametrize("offered,expected", [
+    ((), FLOAT16),                       # an edge from before negotiation: float16, as it always got
+    ((FLOAT16, INT8, INT4), INT4),       # the trainer's first choice (AMS_UPDATE_CODECS)
+    ((INT8, 77), INT8),                  # codecs the trainer does not know are ignored
+])
+def test_open_upload_receive_and_apply_update(stack, offered, expected):
+    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec(), update_codecs=offered), metadata=ME)
     assert reply.snapshot.version == 0 and reply.control.sampling_rate_fps == 1.0 and not reply.resumed
+    assert reply.update_codec == expected
     holder = ModelHolder(reply.snapshot)
     updates, call = _stream(stack.stub, reply.session_id, 0)
     assert _next(updates, "control").control.update_interval_s == 2.0
@@ -154,14 +160,32 @@ def test_open_upload_receive_and_apply_update(stack):
     assert up.frames_accepted == 4 and up.frames_buffered == 4
     message = _next(updates, "update")
     assert message.processed_clip_seq == 1
+    assert message.update.codec == expected
     update = decode_update(message.update)
-    assert (update.base_version, update.new_version) == (0, 1)
+    assert (update.base_version, update.new_version) == (0, 1) and update.codec == expected
     assert update.indices.size == round(0.05 * holder.flat.size)
     assert holder.apply(update) and holder.version == 1      # checksum of the result matches the trainer's
     # re-sending the same clip is idempotent
     again = stack.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 0.5, 1.0, 1.5]), metadata=ME)
     assert again.frames_accepted == 0 and again.frames_buffered == 4
     call.cancel()
+
+
+def test_an_edge_sharing_no_codec_with_the_trainer_is_refused_clearly(loop_thread, redis_url):
+    s = _make_stack(loop_thread, redis_url, update_codecs="int4")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec(), update_codecs=[INT8]), metadata=ME)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "decodes none" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:       # an old edge (float16 only) too
+            s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reply = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec(), update_codecs=[INT4]), metadata=ME)
+        assert reply.update_codec == INT4                # and the trainer still serves everyone else
+    finally:
+        s.channel.close()
+        s.stop_trainer()
+        s.stop_teacher()
 
 
 def test_malformed_requests_get_precise_codes_and_the_server_keeps_serving(stack):

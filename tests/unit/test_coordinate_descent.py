@@ -116,3 +116,18 @@ def test_ablation_selections_pick_the_layers_they_name():
     assert select_indices(state, 100, 1.0, rng, "gradient").tolist() == list(range(100))
     with pytest.raises(ValueError, match="unknown coordinate selection"):
         select_indices(state, 100, 0.1, rng, "middle")
+
+
+def test_structured_selection_takes_whole_aligned_blocks_ranked_by_mean_update():
+    u = torch.zeros(103)
+    u[16:32] = 1.0                      # block 1: large everywhere
+    u[40] = 5.0                         # block 2: one large coordinate, small mean (5/16 < 1)
+    u[96:103] = 0.9                     # the last, partial block (7 coordinates)
+    state = AdamCDState(torch.zeros(103), torch.zeros(103), u, 1)
+    rng = np.random.default_rng(0)
+    assert select_indices(state, 103, 16 / 103, rng, "gradient", block=16).tolist() == list(range(16, 32))
+    two = select_indices(state, 103, 32 / 103, rng, "gradient", block=16).tolist()
+    assert two == list(range(16, 32)) + list(range(96, 103))   # the partial block's mean 0.9·7/16 beats 5/16
+    first = select_indices(AdamCDState(torch.zeros(1600), torch.zeros(1600)), 1600, 0.05, rng, "gradient", block=16)
+    blocks = np.unique(first // 16)                            # the first phase: random whole blocks
+    assert first.size == 80 and blocks.size == 5 and np.array_equal(first, (blocks[:, None] * 16 + np.arange(16)).ravel())

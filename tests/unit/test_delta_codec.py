@@ -1,5 +1,5 @@
 """Quantised changes: the values both sides compute from the wire bytes are bit-identical to the
-trainer's, int4 packing round-trips, the error is bounded by half a step, and bad bytes are refused."""
+trainer's, the ANS-coded values round-trip, the error is bounded by half a step, and bad bytes are refused."""
 import numpy as np
 import pytest
 

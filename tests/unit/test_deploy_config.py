@@ -35,6 +35,7 @@ EXPORTED_METRICS = {
     "ams_teacher_ready",
     "ams_trainer_sessions_active",
     "ams_trainer_sessions_opened_total",
+    "ams_trainer_sessions_by_codec_total",
     "ams_trainer_phase_failures_total",
     "ams_trainer_phase_seconds",
     "ams_trainer_sessions_waiting",

@@ -8,7 +8,7 @@ import torch
 
 from ams.errors import FailedPrecondition
 from ams.models import build_student
-from ams.update_codec import apply_update, decode_update
+from ams.update_codec import FLOAT16, INT4, INT8, apply_update, decode_update, flat_parameters
 from services.trainer.config import TrainerConfig
 from services.trainer.session import Session
 from services.trainer.store import RedisSessionStore
@@ -17,13 +17,13 @@ from tests.conftest import TINY_STUDENT
 H, W = TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]
 
 
-def _session(redis_url, **cfg) -> Session:
+def _session(redis_url, codec=FLOAT16, **cfg) -> Session:
     config = TrainerConfig(**{**dict(redis_url=redis_url, k_iters=4, batch_size=2, torch_threads=1, t_horizon_s=10.0,
                                      device="cpu", checkpoint_every=2, updates_kept=4), **cfg})
     store = RedisSessionStore(redis_url, updates_kept=config.updates_kept)
     torch.manual_seed(0)
     model = build_student("deeplabv3_mnv2", TINY_STUDENT)
-    session = Session("s1", "device-a", "deeplabv3_mnv2", TINY_STUDENT, model, store, config)
+    session = Session("s1", "device-a", "deeplabv3_mnv2", TINY_STUDENT, model, store, config, codec=codec)
     store.create("s1", {**session.ingest_meta(), "config_json": json.dumps(TINY_STUDENT)}, model.state_dict(), session.adam)
     return session
 
@@ -129,3 +129,19 @@ def test_restore_is_exact_from_checkpoint_plus_chain(redis_url):
     with pytest.raises(FailedPrecondition):
         restored.run_phase()
     assert restored.version == 3 and store.load_meta("s1")["version"] == "4"
+
+
+@pytest.mark.parametrize("codec", [INT8, INT4])
+def test_quantised_sessions_keep_trainer_and_edge_bit_identical_across_phases_and_a_restore(redis_url, codec):
+    session = _session(redis_url, codec, checkpoint_every=2)
+    edge_flat = session.flat.copy()
+    for seq in range(1, 4):
+        _ingest(session, seq, [2.0 * seq, 2.0 * seq + 1])
+        update = decode_update(session.run_phase().message)
+        assert update.codec == codec and update.deltas is not None
+        edge_flat = apply_update(edge_flat, update.base_version, update)   # the SHA-256 check passes
+        assert edge_flat.tobytes() == session.flat.tobytes()
+        # error feedback: the trainer's model is what the edge holds, quantisation error included
+        assert flat_parameters(session.model).tobytes() == session.flat.tobytes()
+    restored = Session.from_checkpoint("s1", session.store.load_checkpoint("s1"), session.store, session.cfg)
+    assert restored.codec == codec and restored.flat.tobytes() == session.flat.tobytes()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ams.update_codec import (UpdateRejected, apply_update, decode_snapshot, decode_update, encode_snapshot,
+from ams.update_codec import (FLOAT16, INT4, INT8, UpdateRejected, apply_update, decode_snapshot, decode_update,
+                              encode_snapshot, parse_codecs, pick_codec, sparse_update,
                               encode_update, flat_parameters, make_update, parameter_checksum, round_to_float16)
 from edge_client.model_holder import ModelHolder
 from ams.models import build_student, student_config_dict
@@ -124,3 +125,97 @@ def test_snapshot_round_trip():
     assert parameter_checksum(flat_parameters(rebuilt)) == msg.params_sha256
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+# --- negotiated codecs (issue 11) ---------------------------------------------------------------
+
+def _trained(seed=0, n=20_000, frac=0.05):
+    rng = np.random.default_rng(seed)
+    held = rng.normal(0, 0.1, n).astype(np.float32)
+    idx = np.sort(rng.choice(n, int(frac * n), replace=False))
+    trained = held.copy()
+    trained[idx] += rng.normal(0, 1e-3, idx.size).astype(np.float32)
+    return held, trained, idx
+
+
+@pytest.mark.parametrize("codec", [FLOAT16, INT8, INT4])
+def test_every_codec_leaves_sender_and_receiver_bit_identical(codec):
+    held, trained, idx = _trained()
+    update, after = sparse_update("s", 3, 4, held, trained, idx, codec, phase=2, video_time_s=1.5)
+    msg = encode_update(update)
+    assert msg.codec == codec
+    back = decode_update(type(msg).FromString(msg.SerializeToString()), held.size)
+    assert back.codec == codec and np.array_equal(back.indices, idx)
+    received = apply_update(held, 3, back)
+    assert received.tobytes() == after.tobytes()                       # the very bits the trainer adopts
+    untouched = np.setdiff1d(np.arange(held.size), idx)
+    assert np.array_equal(after[untouched], held[untouched])           # nothing moves outside I_n
+    error = np.linalg.norm(after[idx] - trained[idx]) / np.linalg.norm(trained[idx] - held[idx])
+    assert error < {FLOAT16: 0.05, INT8: 0.02, INT4: 0.2}[codec]
+
+
+def test_quantised_codecs_are_smaller_than_float16():
+    held, trained, idx = _trained(n=200_000)
+    size = {c: encode_update(sparse_update("s", 0, 1, held, trained, idx, c)[0]).ByteSize() for c in (FLOAT16, INT8, INT4)}
+    assert size[INT4] < size[INT8] < size[FLOAT16]
+    assert size[INT4] < 0.5 * size[FLOAT16]
+
+
+def test_a_quantised_update_applied_to_another_base_fails_the_checksum():
+    held, trained, idx = _trained()
+    update, _ = sparse_update("s", 0, 1, held, trained, idx, INT4)
+    other = held.copy()
+    other[idx[0]] += 1e-3                      # a device whose copy drifted: the change lands elsewhere
+    with pytest.raises(UpdateRejected, match="checksum"):
+        apply_update(other, 0, update)
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda m: setattr(m.delta, "q_ans", m.delta.q_ans[:-4] + bytes(4)), "corrupt quantised deltas"),
+    (lambda m: setattr(m.delta, "q_ans", m.delta.q_ans[:200] + bytes([m.delta.q_ans[200] ^ 0x5A]) + m.delta.q_ans[201:]),
+     "checksum"),                               # ANS has no redundancy: the SHA-256 catches it
+    (lambda m: setattr(m.delta, "q_ans", m.delta.q_ans[:7]), "quantised deltas"),
+    (lambda m: setattr(m.delta, "scales_f16", m.delta.scales_f16[:-2]), "quantised deltas"),
+    (lambda m: setattr(m.delta, "bits", 8), "4-bit|8-bit"),
+    (lambda m: setattr(m.delta, "block", 0), "block"),
+    (lambda m: setattr(m, "index_ans", m.index_ans[:5]), "index set"),
+    (lambda m: setattr(m, "num_params", m.num_params + 1), "parameters"),
+    (lambda m: setattr(m, "codec", 42), "codec 42 is not one this edge decodes"),
+])
+def test_corrupt_quantised_updates_are_refused_with_a_clear_reason(corrupt, match):
+    held, trained, idx = _trained()
+    msg = encode_update(sparse_update("s", 0, 1, held, trained, idx, INT4)[0])
+    corrupt(msg)
+    with pytest.raises(UpdateRejected, match=match):
+        apply_update(held, 0, decode_update(msg))
+
+
+def test_the_receiver_checks_the_model_size_before_decoding():
+    held, trained, idx = _trained()
+    msg = encode_update(sparse_update("s", 0, 1, held, trained, idx, INT4)[0])
+    with pytest.raises(UpdateRejected, match="model has 10"):
+        decode_update(msg, num_params=10)
+
+
+def test_a_gzip_bomb_mask_inflates_no_further_than_the_mask():
+    msg = encode_update(_update(np.ones(1000, dtype=np.float32))[1])
+    msg.index_mask_gz = gzip.compress(bytes(50_000_000))     # 50 MB of zeros in ~50 KB
+    with pytest.raises(UpdateRejected, match="mask has 126 bytes"):
+        decode_update(msg)
+
+
+def test_an_update_from_before_codecs_decodes_as_float16():
+    _, upd = _update(np.ones(1000, dtype=np.float32))
+    msg = encode_update(upd)
+    msg.ClearField("codec")                    # what a trainer before negotiation sent
+    assert decode_update(msg).codec == FLOAT16
+
+
+def test_negotiation_picks_the_trainers_first_codec_the_edge_decodes():
+    assert pick_codec([INT4, INT8, FLOAT16], [FLOAT16, INT8, INT4]) == INT4
+    assert pick_codec([INT4, INT8, FLOAT16], [INT8, 99]) == INT8            # unknown offers are ignored
+    assert pick_codec([INT4, INT8, FLOAT16], []) == FLOAT16                 # an old edge
+    assert pick_codec([INT4], []) is None and pick_codec([INT4], [INT8]) is None
+    assert parse_codecs(" int4, float16 ") == [INT4, FLOAT16]
+    with pytest.raises(ValueError, match="unknown update codec 'zip'"):
+        parse_codecs("int4,zip")

@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
 	@echo "make test      # unit + integration + end-to-end tests"
 	@echo "make up        # redis + teacher + trainer as local processes with mutual TLS (out/stack/stack.json)"
 	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
+	@echo "make bench-codec # update codecs: bytes, bits per index and mIoU vs float16 (out/bench/codec.json)"
 	@echo "make eval      # the paper's schemes, ablation, sweeps, rate control (out/eval/; resumable, ≤ 60 min)"
 	@echo "make eval-quick # a few minutes of the same (out/eval-quick/)"
 	@echo "make proto     # regenerate ams/v1 stubs from proto/"
@@ -80,6 +81,12 @@ bench-lowlatency: install assets
 
 demo-lowlatency: install assets redis
 	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency
+
+# The update codecs (float16, int8, int4, structured selection) on the evaluation's protocol, paper
+# settings, 2 playlists × 3 trainer seeds -> out/bench/codec.json (runs cached in out/bench/codec/runs)
+bench-codec: install assets redis eval-videos
+	$(BIN)/python -m scripts.bench_codec --jobs $(EVAL_JOBS)
+	$(BIN)/python -m scripts.bench_codec --readme
 
 bench-fleet: install assets redis
 	$(BIN)/python -m scripts.bench_fleet

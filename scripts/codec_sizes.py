@@ -5,7 +5,7 @@ messages, replays them from w0, and for each one measures: today's message (floa
 mask), the entropy-coded index set (`ams.index_coding`) against the floor log₂C(P,k)/k, and the
 quantised changes (`ams.delta_codec`) at int8 / int4 and several block sizes (bytes, Kbps at
 T_update 10 s, relative error of the changes, entropy of the quantised values), and how much
-consecutive index sets overlap. Sizes only: no accuracy (issue 11's bench-codec will score mIoU).
+consecutive index sets overlap. Sizes only: `make bench-codec` scores the codecs' mIoU.
 Writes out/bench/codec_sizes.json.
 """
 from __future__ import annotations

@@ -70,6 +70,8 @@ class Traffic:
     updates: int = 0
     update_times: list[float] = field(default_factory=list)
     update_values: list[int] = field(default_factory=list)     # coordinates each update carried
+    update_bytes: list[int] = field(default_factory=list)      # each update's ServerMessage
+    update_index_bytes: list[int] = field(default_factory=list)   # its index set (gzip'd bitmask or ANS gaps)
     control: list[tuple[float, float, float]] = field(default_factory=list)   # (t, fps, T_update) after each clip
 
 
@@ -80,7 +82,8 @@ class InProcessTrainer:
                  clip_bitrate: int = 200_000):
         architecture, config, model = load_student(student)
         self.sid, self.teacher, self.clip_bitrate = uuid.uuid4().hex, teacher, clip_bitrate
-        self.session = Session(self.sid, DEVICE_ID, architecture, config, model, store, cfg)
+        self.session = Session(self.sid, DEVICE_ID, architecture, config, model, store, cfg,
+                               codec=cfg.codec_preference()[0])   # an edge that decodes every codec
         store.create(self.sid, {**self.session.ingest_meta(), "config_json": json.dumps(config)}, model.state_dict(),
                      self.session.adam)
         self.store, self.clip_seq = store, 0
@@ -114,7 +117,7 @@ class InProcessTrainer:
 
 
 def apply(holder: ModelHolder, message: streaming_pb2.ServerMessage) -> None:
-    if not holder.apply(decode_update(message.update)):
+    if not holder.apply(decode_update(message.update, holder.flat.size)):
         raise RuntimeError("the device refused an update of the in-process trainer")
 
 

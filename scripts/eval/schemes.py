@@ -45,7 +45,9 @@ class Scheme:
             self.traffic.downlink += message.ByteSize()
             self.traffic.updates += 1
             self.traffic.update_times.append(t)
-            self.traffic.update_values.append(len(message.update.values_f16) // 2)
+            self.traffic.update_values.append(self.holder.last_update_size)
+            self.traffic.update_bytes.append(message.ByteSize())
+            self.traffic.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
 
 
 class NoCustomization(Scheme):

@@ -83,7 +83,7 @@ demo-lowlatency: install assets redis
 	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency
 
 # The update codecs (float16, int8, int4, structured selection) on the evaluation's protocol, paper
-# settings, 2 playlists × 3 trainer seeds -> out/bench/codec.json (runs cached in out/bench/codec/runs)
+# settings, 2 playlists × 6 trainer seeds -> out/bench/codec.json (runs cached in out/bench/codec/runs)
 bench-codec: install assets redis eval-videos
 	$(BIN)/python -m scripts.bench_codec --jobs $(EVAL_JOBS)
 	$(BIN)/python -m scripts.bench_codec --readme

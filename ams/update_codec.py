@@ -34,7 +34,8 @@ FLOAT16, INT8, INT4 = (streaming_pb2.UPDATE_CODEC_FLOAT16, streaming_pb2.UPDATE_
                        streaming_pb2.UPDATE_CODEC_INT4_DELTA)
 CODECS = {"float16": FLOAT16, "int8": INT8, "int4": INT4}          # name -> wire value
 CODEC_NAMES = {v: k for k, v in CODECS.items()}
-# quantised codecs: (bits, chosen coordinates per float16 scale), chosen by `make bench-codec`
+# quantised codecs: (bits, chosen coordinates per float16 scale); the block sizes trade scale bytes
+# against error (`python -m scripts.codec_sizes`), the codecs' mIoU is `make bench-codec`'s
 QUANTISED = {INT8: (8, 256), INT4: (4, 64)}
 
 

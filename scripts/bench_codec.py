@@ -21,7 +21,7 @@ from scripts.eval.harness import load_student
 from scripts.eval.plan import kbps
 from scripts.eval.runs import PAPER, RunSpec, cached, run_all, spec
 from scripts.procs import ROOT, redis_server
-from scripts.readme import write_block
+from scripts.readme import parse_bench_args
 from services.trainer.config import TrainerConfig
 
 log = logging.getLogger("ams-bench-codec")
@@ -35,7 +35,7 @@ VARIANTS = {
     "int4+block64": {"update_codecs": "int4", "selection_block": 64},
 }
 PLAYLISTS = ("real_people", "synthetic_shifts")
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4, 5)
 QUICK = {"playlists": ("real_people",), "seeds": (0,)}
 T_UPDATE_S = PAPER["t_update_s"]
 
@@ -88,20 +88,16 @@ def readme_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="out/bench")
+    p.add_argument("--out", default="out/bench/codec.json", help="results; its runs are cached beside it in codec/")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="one playlist, one seed")
-    p.add_argument("--readme", action="store_true", help="rewrite README's codec table from codec.json")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out_dir = os.path.join(ROOT, args.out)
-    path = os.path.join(out_dir, "codec.json")
-    if args.readme:
-        with open(path) as f:
-            write_block("codec", readme_table(json.load(f)), os.path.join(ROOT, "README.md"))
+    args = parse_bench_args(p, argv, "codec", readme_table)
+    if args is None:
         return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    path = os.path.join(ROOT, args.out)
     playlists, seeds = (QUICK["playlists"], QUICK["seeds"]) if args.quick else (PLAYLISTS, SEEDS)
-    run_dir = os.path.join(out_dir, "codec")
+    run_dir = os.path.join(os.path.dirname(path), "codec")
     planned = {v: runs(v, playlists, seeds) for v in VARIANTS}
     with redis_server(os.path.join(run_dir, "logs")) as url:
         run_all([r for rs in planned.values() for r in rs], url, run_dir, args.jobs)
@@ -109,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     result = {"default": TrainerConfig().update_codecs.split(",")[0], "protocol": "first-pass frames, scored on arrival",
               "settings": PAPER, "playlists": list(playlists), "seeds": list(seeds),
               "rows": [summarise(v, records[v], records["float16"]) for v in VARIANTS]}
-    os.makedirs(out_dir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(readme_table(result))

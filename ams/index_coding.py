@@ -9,9 +9,9 @@ tensors) costs less; a structured one (whole blocks, `AMS_SELECTION_BLOCK`) far 
 inside a block being all zero. The int8 / int4 update codecs send positions this way.
 
 Measured (`python -m scripts.codec_sizes`) on the 17 gradient-guided updates of an in-process AMS
-run on `synthetic_shifts` (DeeplabV3-MobileNetV2, P = 2.11 M, γ = 5 %: k = 105 408): 4.8–5.8 bits per index, 5.06 on average
-(the first, random phase 5.79), against 5.53 for the float16 codec's gzip'd bitmask and a floor of 5.73 for an
-unstructured choice: 8 % fewer index bytes than the bitmask. Consecutive sets share only 4–23 % of
+run on `synthetic_shifts` (DeeplabV3-MobileNetV2, P = 2.11 M, γ = 5 %: k = 105 408): 5.11 bits per
+index on average, against 5.65 for the float16 codec's gzip'd bitmask and a floor of 5.73 for an
+unstructured choice: 10 % fewer index bytes than the bitmask. Consecutive sets share only 4–21 % of
 their indices, so coding I_n against I_{n-1} would gain little.
 """
 from __future__ import annotations

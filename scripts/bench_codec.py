@@ -15,8 +15,13 @@ import json
 import logging
 import os
 import statistics
+import time
+
+import numpy as np
 
 from ams.index_coding import floor_bits_per_index
+from ams.update_codec import CODECS, apply_update, decode_update, encode_update, sparse_update
+from ams.v1 import streaming_pb2
 from scripts.eval.harness import load_student
 from scripts.eval.plan import kbps
 from scripts.eval.runs import PAPER, RunSpec, cached, run_all, spec
@@ -64,6 +69,9 @@ def summarise(variant: str, records: list[dict], f16: list[dict]) -> dict:
         "miou_delta_vs_f16": round(statistics.mean(deltas), 2),
         "miou_delta_per_run": [round(d, 2) for d in deltas],
         "miou_delta_std": round(statistics.stdev(deltas), 2) if len(deltas) > 1 else 0.0,
+        "miou_delta_by_playlist": {pl: round(statistics.mean(d for r, d in zip(records, deltas)
+                                                             if r["spec"]["playlist"] == pl), 2)
+                                   for pl in dict.fromkeys(r["spec"]["playlist"] for r in records)},
         "uplink_kbps": round(statistics.mean(up), 1), "downlink_kbps_over_video": round(statistics.mean(down), 1),
         "updates": len(sizes), "coords_per_update": round(k), "num_params": num_params,
         "runs": [{"playlist": r["spec"]["playlist"], "seed": dict(map(tuple, r["spec"]["trainer"]))["seed"],
@@ -71,15 +79,46 @@ def summarise(variant: str, records: list[dict], f16: list[dict]) -> dict:
     }
 
 
+def codec_timing(num_params: int, gamma: float = PAPER["gamma"], repeats: int = 5) -> dict[str, dict]:
+    """Milliseconds to encode one update (trainer) and to decode and apply it (edge), per codec, at
+    P = `num_params`, γ·P random coordinates, changes of Adam's size (median of `repeats`)."""
+    rng = np.random.default_rng(0)
+    held = rng.normal(0, 0.1, num_params).astype(np.float32)
+    indices = np.sort(rng.choice(num_params, int(round(gamma * num_params)), replace=False))
+    trained = held.copy()
+    trained[indices] += rng.normal(0, 1e-3, indices.size).astype(np.float32)
+    out = {}
+    for name, codec in CODECS.items():
+        enc, dec = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            raw = encode_update(sparse_update("bench", 0, 1, held, trained, indices, codec)[0]).SerializeToString()
+            t1 = time.perf_counter()
+            apply_update(held, 0, decode_update(streaming_pb2.ModelUpdate.FromString(raw), num_params))
+            enc.append(t1 - t0)
+            dec.append(time.perf_counter() - t1)
+        out[name] = {"encode_ms": round(1000 * statistics.median(enc), 1),
+                     "decode_apply_ms": round(1000 * statistics.median(dec), 1)}
+    return out
+
+
 def readme_table(result: dict) -> str:
-    lines = ["| codec | bytes/update | Kbps at T_update 10 s | index bits/coord (floor) | mIoU | Δ vs float16 (points, ± std) | uplink Kbps |",
-             "|---|---|---|---|---|---|---|"]
+    playlists = result["playlists"]
+    lines = ["| codec | bytes/update | Kbps at T_update 10 s | index bits/coord (floor) | mIoU | Δ vs float16 (points, ± std) | "
+             + " | ".join(f"Δ {p}" for p in playlists) + " | uplink Kbps |",
+             "|---|---|---|---|---|---|" + "---|" * len(playlists) + "---|"]
     for r in result["rows"]:
         mark = " (default)" if r["codec"] == result["default"] else ""
         lines.append(f"| {r['codec']}{mark} | {r['bytes_per_update']:,} | {r['kbps_at_10s']} | "
                      f"{r['index_bits_per_coord']} ({r['floor_bits_per_coord']}) | {r['miou']:.3f} | "
-                     f"{r['miou_delta_vs_f16']:+.2f} ± {r['miou_delta_std']:.2f} | {r['uplink_kbps']} |")
+                     f"{r['miou_delta_vs_f16']:+.2f} ± {r['miou_delta_std']:.2f} | "
+                     + "".join(f"{r['miou_delta_by_playlist'][p]:+.2f} | " for p in playlists) + f"{r['uplink_kbps']} |")
     lines.append("")
+    if "timing_1_thread" in result:
+        lines.append("Per update at this P, one thread: " + "; ".join(
+            f"{name} encode {t['encode_ms']} ms, decode + apply {t['decode_apply_ms']} ms"
+            for name, t in result["timing_1_thread"].items()) + ".")
+        lines.append("")
     lines.append(f"{len(result['playlists'])} playlist(s) × {len(result['seeds'])} trainer seed(s), "
                  f"P = {result['rows'][0]['num_params']:,}, k = {result['rows'][0]['coords_per_update']:,} "
                  f"per update; `make bench-codec` → `out/bench/codec.json`.")
@@ -102,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     with redis_server(os.path.join(run_dir, "logs")) as url:
         run_all([r for rs in planned.values() for r in rs], url, run_dir, args.jobs)
         records = {v: [cached(r, url, run_dir) for r in rs] for v, rs in planned.items()}
+    rows = [summarise(v, records[v], records["float16"]) for v in VARIANTS]
     result = {"default": TrainerConfig().update_codecs.split(",")[0], "protocol": "first-pass frames, scored on arrival",
-              "settings": PAPER, "playlists": list(playlists), "seeds": list(seeds),
-              "rows": [summarise(v, records[v], records["float16"]) for v in VARIANTS]}
+              "settings": PAPER, "playlists": list(playlists), "seeds": list(seeds), "rows": rows,
+              "timing_1_thread": codec_timing(rows[0]["num_params"])}
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(readme_table(result))

@@ -1,7 +1,7 @@
 """`python -m scripts.codec_sizes`: what the update codecs under study (issue 11) would cost on real updates.
 
 Plays AMS in-process on a playlist (the evaluation harness; paper settings), keeps the update
-messages, replays them from w0, and for each one measures: today's message (float16 values + gzip'd
+messages, replays them from w0, and for each one measures: the float16 codec's message (values + gzip'd
 mask), the entropy-coded index set (`ams.index_coding`) against the floor log₂C(P,k)/k, and the
 quantised changes (`ams.delta_codec`) at int8 / int4 and several block sizes (bytes, Kbps at
 T_update 10 s, relative error of the changes, entropy of the quantised values), and how much
@@ -51,7 +51,7 @@ def capture_updates(playlist: str, student: str, out_dir: str) -> list:
 
 def measure(updates: list, student: str) -> dict:
     flat = flat_parameters(load_student(student)[2])
-    rows: dict[str, list] = {"float16+gzip_mask (today)": []}
+    rows: dict[str, list] = {"float16+gzip_mask": []}
     index_bits, mask_bits, overlap, entropy = [], [], [], {}
     previous = None
     for message in updates:
@@ -65,7 +65,7 @@ def measure(updates: list, student: str) -> dict:
         if previous is not None:
             overlap.append(len(np.intersect1d(chosen, previous)) / k)
         previous = chosen
-        rows["float16+gzip_mask (today)"].append((message.ByteSize(), 0.0))
+        rows["float16+gzip_mask"].append((message.ByteSize(), 0.0))
         for bits, block in VARIANTS:
             sent = quantise(delta, bits, block)
             packed, scales = sent.to_bytes()

@@ -19,11 +19,13 @@ def test_rows_pair_each_run_with_its_float16_twin():
     assert ROW_KEYS <= set(row)
     assert row["bytes_per_update"] == 119_000 and row["kbps_at_10s"] == 95.2      # 119 000 B · 8 / 10 s
     assert row["miou_delta_vs_f16"] == -0.5 and row["miou_delta_per_run"] == [1.0, -2.0]   # points, paired
+    assert row["miou_delta_by_playlist"] == {"a": 1.0, "b": -2.0}
     assert row["index_bits_per_coord"] == round(8 * (66_000 + 65_000 + 65_500) / (3 * 105_408), 3)
     assert 5.7 < row["floor_bits_per_coord"] < 5.8                               # γ = 5 % of 2.11 M
     assert row["uplink_kbps"] == 10.0
     result = {"default": "int4", "playlists": ["a", "b"], "seeds": [0], "rows": [summarise("float16", f16, f16), row]}
-    assert "| int4 (default) | 119,000 | 95.2 |" in readme_table(result)
+    table = readme_table(result)
+    assert "| int4 (default) | 119,000 | 95.2 |" in table and "| -0.50 ± 2.12 | +1.00 | -2.00 | 10.0 |" in table
 
 
 def test_every_variant_runs_ams_at_the_papers_settings_with_its_own_codec():

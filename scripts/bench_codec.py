@@ -81,7 +81,8 @@ def summarise(variant: str, records: list[dict], f16: list[dict]) -> dict:
 
 def codec_timing(num_params: int, gamma: float = PAPER["gamma"], repeats: int = 5) -> dict[str, dict]:
     """Milliseconds to encode one update (trainer) and to decode and apply it (edge), per codec, at
-    P = `num_params`, γ·P random coordinates, changes of Adam's size (median of `repeats`)."""
+    P = `num_params`, γ·P random coordinates of weights ~ N(0, 0.1²) changed by ~ N(0, 0.001²) (about
+    one phase of Adam), median of `repeats`; and the codec's error relative to those changes."""
     rng = np.random.default_rng(0)
     held = rng.normal(0, 0.1, num_params).astype(np.float32)
     indices = np.sort(rng.choice(num_params, int(round(gamma * num_params)), replace=False))
@@ -92,13 +93,15 @@ def codec_timing(num_params: int, gamma: float = PAPER["gamma"], repeats: int = 
         enc, dec = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            raw = encode_update(sparse_update("bench", 0, 1, held, trained, indices, codec)[0]).SerializeToString()
+            update, after = sparse_update("bench", 0, 1, held, trained, indices, codec)
+            raw = encode_update(update).SerializeToString()
             t1 = time.perf_counter()
             apply_update(held, 0, decode_update(streaming_pb2.ModelUpdate.FromString(raw), num_params))
             enc.append(t1 - t0)
             dec.append(time.perf_counter() - t1)
+        error = np.linalg.norm(after[indices] - trained[indices]) / np.linalg.norm(trained[indices] - held[indices])
         out[name] = {"encode_ms": round(1000 * statistics.median(enc), 1),
-                     "decode_apply_ms": round(1000 * statistics.median(dec), 1)}
+                     "decode_apply_ms": round(1000 * statistics.median(dec), 1), "relative_error": round(float(error), 4)}
     return out
 
 
@@ -116,7 +119,8 @@ def readme_table(result: dict) -> str:
     lines.append("")
     if "timing_1_thread" in result:
         lines.append("Per update at this P, one thread: " + "; ".join(
-            f"{name} encode {t['encode_ms']} ms, decode + apply {t['decode_apply_ms']} ms"
+            f"{name} encode {t['encode_ms']} ms, decode + apply {t['decode_apply_ms']} ms, "
+            f"error {100 * t['relative_error']:.1f} % of the changes"
             for name, t in result["timing_1_thread"].items()) + ".")
         lines.append("")
     lines.append(f"{len(result['playlists'])} playlist(s) × {len(result['seeds'])} trainer seed(s), "

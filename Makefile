@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -49,7 +49,10 @@ proto: $(STAMP)
 demo: install assets redis
 	$(BIN)/python -m scripts.demo
 
-test: install assets redis tools
+lint: install
+	$(BIN)/ruff check .
+
+test: install assets redis tools lint
 	$(BIN)/python -m pytest -q tests
 
 test-unit: install assets redis tools

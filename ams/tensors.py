@@ -65,7 +65,8 @@ def decode_frame(msg: common_pb2.Frame, max_pixels: int = 4096 * 4096) -> np.nda
         if msg.width <= 0 or msg.height <= 0 or msg.width * msg.height > max_pixels:
             raise InvalidArgument(f"bad raw frame size {msg.width}x{msg.height}")
         if len(msg.data) != msg.width * msg.height * 3:
-            raise InvalidArgument(f"raw frame {msg.width}x{msg.height} needs {msg.width * msg.height * 3} bytes, got {len(msg.data)}")
+            raise InvalidArgument(f"raw frame {msg.width}x{msg.height} needs {msg.width * msg.height * 3} bytes, "
+                                  f"got {len(msg.data)}")
         return np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.width, 3)
     if msg.encoding in (common_pb2.Frame.PNG, common_pb2.Frame.JPEG):
         w, h = _header_size(msg.data)

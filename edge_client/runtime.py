@@ -150,7 +150,8 @@ class EdgeRuntime:
         if self.opt.progress:
             self._print_progress(frames, video_t - (t0 or 0), holder.version)
             sys.stderr.write("\n")
-        summary = self._summary(frames, video_t - (t0 or 0), conf_ams, conf_base if baseline else None, time.perf_counter() - wall0)
+        summary = self._summary(frames, video_t - (t0 or 0), conf_ams, conf_base if baseline else None,
+                                time.perf_counter() - wall0)
         summary["segmenter"] = type(segmenter).__name__
         summary.update(segmenter.summary())
         return summary

@@ -130,7 +130,8 @@ def part_costs(model, rgb: np.ndarray, runs: int = 30) -> dict:
 def table(result: dict) -> str:
     """Markdown table like Tables 1 and 3 of the paper."""
     parts = result["parts_ms"]
-    lines = [f"Per part (median ms, 144×256, {result['machine']['threads']} thread(s)): S_l {parts['S_l']}, S_h {parts['S_h']} (S_l = "
+    lines = [f"Per part (median ms, 144×256, {result['machine']['threads']} thread(s)): "
+             f"S_l {parts['S_l']}, S_h {parts['S_h']} (S_l = "
              f"{parts['S_l_share_of_full']:.0%} of S_l + S_h), propagation {parts['propagation']}, deviation "
              f"predictor {parts['deviation']}. {result['test_frames']} held-out frames, teacher labels; each figure is the "
              f"median of {result['passes']} interleaved passes. `adaptive_lls` max latency / `full`'s: "
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
               "passes": args.passes, "machine": {"threads": args.threads, "torch": torch.__version__}}
     result["adaptive_lls_max_latency_vs_full"] = round(rows[3]["latency_ms"]["max"] / rows[0]["latency_ms"]["max"], 3)
     result["adaptive_lls_max_latency_vs_full_per_pass"] = [
-        round(lls["latency_ms"]["max"] / full["latency_ms"]["max"], 3) for lls, full in zip(passes["adaptive_lls"], passes["full"])]
+        round(lls["latency_ms"]["max"] / full["latency_ms"]["max"], 3)
+        for lls, full in zip(passes["adaptive_lls"], passes["full"])]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -106,7 +106,8 @@ def table(result: dict) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["dataset"] == dataset]
         lines += [f"**{dataset}** ({rows[0]['teacher']} labels): mIoU after {result['window']} frames (median ms per frame)", "",
-                  "| variant | mode | " + " | ".join(f"M = {m}" for m in M_VALUES) + f" | converged (M = {result['train_iters']}) |",
+                  "| variant | mode | " + " | ".join(f"M = {m}" for m in M_VALUES)
+                  + f" | converged (M = {result['train_iters']}) |",
                   "|---|---|" + "---|" * (len(M_VALUES) + 1)]
         for variant in VARIANTS:
             conv = next((r for r in rows if r["variant"] == variant and r["mode"] == "converged"), None)

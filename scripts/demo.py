@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(ROOT, args.out)
     os.makedirs(out, exist_ok=True)
     started = time.time()
-    teacher_env = {"AMS_TEACHER_BACKEND": "litert", "AMS_TEACHER_MODEL_PATH": "assets/teacher/selfie_segmentation_landscape.tflite",
+    teacher_env = {"AMS_TEACHER_BACKEND": "litert",
+                   "AMS_TEACHER_MODEL_PATH": "assets/teacher/selfie_segmentation_landscape.tflite",
                    "AMS_TEACHER_THREADS": "1"}
     with ams_stack(os.path.join(out, "logs"), teacher_env, TRAINER_ENV, os.environ.get("AMS_REDIS_URL")) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
@@ -91,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.load(f)
     summary["server"] = {
         "phases": server.get("ams_trainer_phase_seconds_count", 0),
-        "mean_phase_seconds": server.get("ams_trainer_phase_seconds_sum", 0) / max(server.get("ams_trainer_phase_seconds_count", 0), 1),
-        "mean_teacher_seconds_per_clip": server.get("ams_trainer_teacher_seconds_sum", 0) / max(server.get("ams_trainer_teacher_seconds_count", 0), 1),
+        "mean_phase_seconds": server.get("ams_trainer_phase_seconds_sum", 0)
+        / max(server.get("ams_trainer_phase_seconds_count", 0), 1),
+        "mean_teacher_seconds_per_clip": server.get("ams_trainer_teacher_seconds_sum", 0)
+        / max(server.get("ams_trainer_teacher_seconds_count", 0), 1),
     }
     summary["config"] = {"videos": VIDEOS, "trainer_env": TRAINER_ENV, "segmenter": args.segmenter}
     summary["demo_wall_seconds"] = round(time.time() - started, 1)

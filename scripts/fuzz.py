@@ -45,7 +45,8 @@ DEVICES = [f"fuzz-{i}" for i in range(4)]
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 TRAINER_ENV = {"AMS_ALLOW_CUSTOM_STUDENTS": "true", "AMS_MAX_STUDENT_PARAMS": "300000", "AMS_MAX_STUDENT_PIXELS": "16384",
                "AMS_MAX_OPENS_PER_MINUTE": "100000", "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "10", "AMS_K_ITERS": "1",
-               "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_MAX_MESSAGE_MB": "16", "AMS_CHECKPOINT_DIR": "assets/students"}
+               "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_MAX_MESSAGE_MB": "16",
+               "AMS_CHECKPOINT_DIR": "assets/students"}
 TEACHER_ENV = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": SCENE.spec(), "AMS_TEACHER_MAX_MESSAGE_MB": "4"}
 TINY = {"num_classes": 2, "width_mult": 0.25, "aspp_channels": 16, "input_height": 36, "input_width": 64}
 METHODS = {  # full method name -> (request class, server streaming)
@@ -209,7 +210,8 @@ class Fuzzer:
             else:
                 reply = rpc(data, timeout=30)
                 if method.endswith("OpenSession"):
-                    self.pools["sids"] = (self.pools["sids"] + [streaming_pb2.OpenSessionResponse.FromString(reply).session_id])[-16:]
+                    sid = streaming_pb2.OpenSessionResponse.FromString(reply).session_id
+                    self.pools["sids"] = (self.pools["sids"] + [sid])[-16:]
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if streaming and code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
@@ -237,7 +239,8 @@ class Fuzzer:
         @given(data=st.data())
         def case(data):
             method = data.draw(st.sampled_from(methods))
-            who = data.draw(st.sampled_from(DEVICES + ["service"]) if "ModelStreaming" in method else st.sampled_from(["service", "service", "device"]))
+            who = data.draw(st.sampled_from(DEVICES + ["service"]) if "ModelStreaming" in method
+                            else st.sampled_from(["service", "service", "device"]))
             # the kind of request comes from a Random seeded by Hypothesis (its own choices lean to the first
             # option; a Random it controls would draw more or less as the live session pool changes)
             r = random.Random(data.draw(st.integers(0, 2 ** 32 - 1)))
@@ -278,7 +281,8 @@ def known_attacks(stack: dict) -> dict:
     for name, stamps in (("120 timestamps", [float(i) for i in range(120)]), ("1 timestamp", [0.0])):
         request = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
             codec="h264", data=clip, timestamps_s=stamps))
-        results[f"{len(clip) // 1024} KB clip of 120 black 1080p frames, {name}"] = code(lambda: stub.UploadClip(request, timeout=60))
+        results[f"{len(clip) // 1024} KB clip of 120 black 1080p frames, {name}"] = code(
+            lambda request=request: stub.UploadClip(request, timeout=60))
     results["UploadClip with a 1 MB session id"] = code(lambda: stub.UploadClip(streaming_pb2.UploadClipRequest(
         session_id="x" * 1_000_000, clip_seq=1), timeout=30))
     opens = collections.Counter(code(lambda: stub.OpenSession(streaming_pb2.OpenSessionRequest(
@@ -389,7 +393,8 @@ def readme_table(summary: dict) -> str:
     rows.append(f"\nTrainer RSS across those: {attack_rss['before']} → {attack_rss['after']} MB.")
     rows.append("")
     rows.append(f"{summary['cases']} cases in {summary['fuzz_seconds']:.0f} s: **{summary['internal_or_unknown']} INTERNAL/"
-                f"UNKNOWN, {summary['crashes']} crashes**; RSS trainer {rss['trainer']['before']} → {rss['trainer']['after']} MB, "
+                f"UNKNOWN, {summary['crashes']} crashes**; "
+                f"RSS trainer {rss['trainer']['before']} → {rss['trainer']['after']} MB, "
                 f"teacher {rss['teacher']['before']} → {rss['teacher']['after']} MB; a well-behaved device afterwards: "
                 f"{summary['good_device_after']}.")
     return "\n".join(rows)

@@ -199,7 +199,8 @@ def protocol() -> dict:
         "miou": "per-class IoU from the confusion matrix over all scored frames, mean over classes; a fraction in [0, 1]",
         "clock": "algorithm seconds: video files play in slow motion (time_scale) so the paper's time constants fit "
                  "our short clips; all schemes see the same clock; Kbps are per algorithm second",
-        "settings": PAPER, "ablation_playlist": ABLATION_PLAYLIST, "one_time": {"share": ONE_TIME_SHARE, "iterations": ONE_TIME_ITERATIONS},
+        "settings": PAPER, "ablation_playlist": ABLATION_PLAYLIST,
+        "one_time": {"share": ONE_TIME_SHARE, "iterations": ONE_TIME_ITERATIONS},
         "remote_tracking": {"rate_fps": PAPER["r_max"], "delay_s": RT_DELAY_S, "uplink": "JPEG quality 95"},
         "just_in_time": {"threshold": JIT_DEFAULT, "max_updates": 8, "stride_s": [8 / 30, 64 / 30], "optimizer":
                          "momentum SGD 0.9, lr 0.01", "gamma": 0.05, "uplink": "JPEG quality 95"},

@@ -186,7 +186,8 @@ def write_report(results: dict, out_dir: str) -> None:
                   f"{r['scheme']} on {r['playlist']}: {_f(r['miou_seen'])}" for r in results["schemes"]
                   if r["miou_seen"] is not None) or "none", "",
               "![CDF of per-frame gain](cdf_gain.png)", "", "## Coordinate selection (Table 3)", "",
-              f"mIoU difference from training every parameter, in points, on {results['protocol'].get('ablation_playlist', 'real_people')}.",
+              "mIoU difference from training every parameter, in points, on "
+              f"{results['protocol'].get('ablation_playlist', 'real_people')}.",
               "", ablation_table(results["ablation"], results["ablation_full"]), ""]
     if results["sweeps"]:
         plot_sweeps(results, os.path.join(out_dir, "miou_vs_downlink.png"))
@@ -210,7 +211,8 @@ def write_report(results: dict, out_dir: str) -> None:
               f"{_pts(rc['miou_delta'])} points.", "", "![rate control](rate_control.png)", ""]
     if results["services_check"]:
         parts += ["## In-process harness vs the real services (AMS, the people playlist)", "",
-                  _table(["student", "in-process mIoU", "services mIoU", "difference (points)", "updates (in-process / services)"],
+                  _table(["student", "in-process mIoU", "services mIoU", "difference (points)",
+                          "updates (in-process / services)"],
                          [[r["student"], _f(r["in_process_miou"]), _f(r["services_miou"]), f"{r['difference_points']:+.2f}",
                            f"{r['in_process_updates']} / {r['services_updates']}"] for r in results["services_check"]]), ""]
     parts += ["## The paper's findings on our data", "",

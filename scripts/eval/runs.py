@@ -29,7 +29,8 @@ EVAL_VERSION = 2     # bump when a change to the harness or the trainer invalida
 
 # The paper's settings (§4.1) with our trainer's ASR constants (φ is a cross-entropy here, DESIGN §5)
 PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "gamma": 0.05, "batch_size": 4,
-         "r_init": 1.0, "r_min": 0.1, "r_max": 1.0, "asr_delta_t_s": 10.0, "atr": True, "torch_threads": 1,   # one thread per run: runs go in parallel
+         "r_init": 1.0, "r_min": 0.1, "r_max": 1.0, "asr_delta_t_s": 10.0, "atr": True,
+         "torch_threads": 1,           # one thread per run: runs go in parallel
          "update_codecs": "float16"}   # the paper's downlink encoding; `make bench-codec` compares ours against it
 ONE_TIME_SHARE = 0.15        # One-Time trains on the first 15 % of a playlist (the paper: 60 s of 7-15 min videos)
 ONE_TIME_ITERATIONS = 100    # = 5 AMS phases of K = 20

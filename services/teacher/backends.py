@@ -37,7 +37,7 @@ class TeacherBackend(abc.ABC):
     def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
         """Label each item; a failing item yields its exception instead of failing the batch."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: a backend without resources keeps this no-op)
         """Release resources."""
 
 

@@ -36,7 +36,8 @@ class TrainerConfig:
     beta2: float = _f(0.999, "Adam β2")
     gamma: float = _f(0.05, "γ: fraction of parameters sent per update")
     selection_block: int = _f(1, "structured selection: > 1 chooses I_n as whole aligned blocks of this many "
-                                 "consecutive coordinates (ranked by their mean absolute Adam update); 1 = per coordinate, as the paper")
+                                 "consecutive coordinates (ranked by their mean absolute Adam update); "
+                                 "1 = per coordinate, as the paper")
     update_codecs: str = _f("int4,int8,float16", "update codecs in order of preference: each session gets the first "
                                                  "its edge decodes (int4/int8: quantised changes + entropy-coded "
                                                  "positions; float16: new values + gzip'd bitmask, for old edges)")

@@ -109,7 +109,8 @@ async def create_server(config: TrainerConfig, store: SessionStore | None = None
     manager = SessionManager(config, store, teacher)
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
-    add_servicer(server, ModelStreamingServicer(manager, config.insecure), streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"])
+    add_servicer(server, ModelStreamingServicer(manager, config.insecure),
+                 streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"])
     tls.warn_if_insecure(config, log, "trainer")
     port = tls.bind(server, f"{config.host}:{config.port}", tls.files_of(config))
     manager.start()

@@ -139,7 +139,8 @@ def test_forty_opens_by_one_device_leave_room_for_another(servers, pki):
 def test_oversized_students_and_a_1080p_clip_are_refused_with_bounded_memory(servers, pki):
     stub, manager, _ = servers
     d = stub(device_tls(pki, "device-d"))
-    huge = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps({"width_mult": 4, "aspp_channels": 4096}))
+    huge = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2",
+                                     config_json=json.dumps({"width_mult": 4, "aspp_channels": 4096}))
     assert _code(lambda: d.OpenSession(streaming_pb2.OpenSessionRequest(student=huge), timeout=30)) == \
         grpc.StatusCode.PERMISSION_DENIED                               # only installed checkpoints by default
     sid = _open(d).session_id
@@ -150,7 +151,7 @@ def test_oversized_students_and_a_1080p_clip_are_refused_with_bounded_memory(ser
     for stamps in ([float(i) for i in range(120)], [0.0]):   # as many timestamps as frames, or one for 120 frames
         request = streaming_pb2.UploadClipRequest(session_id=sid, clip_seq=1, clip=common_pb2.EncodedClip(
             codec="h264", data=data, timestamps_s=stamps))
-        assert _code(lambda: d.UploadClip(request, timeout=60)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda request=request: d.UploadClip(request, timeout=60)) == grpc.StatusCode.INVALID_ARGUMENT
     grown = _rss_mb() - rss
     assert grown < 300, grown
     # a clip at twice the student's size each way is within the default 4× and is brought down to it

@@ -28,7 +28,8 @@ def test_unknown_architecture_or_field_is_refused():
 
 
 def test_config_from_env_and_flags():
-    cfg = load_config(TrainerConfig, "AMS_", ["--k-iters", "7"], env={"AMS_INSECURE": "true", "AMS_GAMMA": "0.1", "AMS_TRAINER_PORT": "1234"})
+    cfg = load_config(TrainerConfig, "AMS_", ["--k-iters", "7"],
+                      env={"AMS_INSECURE": "true", "AMS_GAMMA": "0.1", "AMS_TRAINER_PORT": "1234"})
     assert (cfg.gamma, cfg.port, cfg.k_iters) == (0.1, 1234, 7)
 
 
@@ -49,7 +50,8 @@ def test_device_setting_and_checkpoint_cadence_are_validated():
         with pytest.raises(ConfigError, match="no CUDA"):
             load_config(TrainerConfig, "AMS_", [], env={"AMS_INSECURE": "true", "AMS_DEVICE": "cuda"})
     with pytest.raises(ConfigError, match="AMS_CHECKPOINT_EVERY"):   # restore replays the kept chain
-        load_config(TrainerConfig, "AMS_", [], env={"AMS_INSECURE": "true", "AMS_CHECKPOINT_EVERY": "40", "AMS_UPDATES_KEPT": "32"})
+        load_config(TrainerConfig, "AMS_", [],
+                    env={"AMS_INSECURE": "true", "AMS_CHECKPOINT_EVERY": "40", "AMS_UPDATES_KEPT": "32"})
 
 
 def test_the_trainer_does_not_import_the_edge_client():

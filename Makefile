@@ -3,10 +3,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -19,10 +19,12 @@ help:
 	@echo "make proto     # regenerate ams/v1 stubs from proto/"
 	@echo "make pretrain  # re-make the demo's initial student w0 (assets/students/)"
 
-$(STAMP): pyproject.toml
+# The venv installs the locked versions of every extra (requirements/dev.txt, `make lock`), then AMS itself.
+$(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -113,3 +115,13 @@ eval: install assets redis eval-videos
 
 eval-quick: install assets redis eval-videos
 	$(BIN)/python -m scripts.eval --quick --jobs $(EVAL_JOBS)
+
+# The lock files (pip-tools) the venv and the images install from: requirements/teacher.txt (no torch),
+# trainer.txt (trainer and edge) and dev.txt (everything). torch is pinned without its local build
+# label, so the CPU or a CUDA wheel of that version satisfies it (the images take it from PyTorch's index).
+LOCK := $(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras --no-header
+lock: install
+	$(LOCK) --extra teacher -o requirements/teacher.txt pyproject.toml
+	$(LOCK) --extra trainer -o requirements/trainer.txt pyproject.toml
+	$(LOCK) --all-extras -o requirements/dev.txt pyproject.toml
+	sed -i -E 's/^(torch==[0-9.]+)\+[a-z0-9]+$$/\1/' requirements/*.txt

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import message_factory
@@ -126,27 +126,21 @@ def add_servicer(server, servicer, service: ServiceDescriptor) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
-def grpc_errors(on_error: Callable[[str, grpc.StatusCode], None] | None = None):
-    """Decorator for async unary servicer methods: domain errors -> status codes, in one place."""
-    def wrap(method):
-        @functools.wraps(method)
-        async def handler(self, request, context):
-            try:
-                check_well_formed(request)
-                result = await method(self, request, context)
-                if on_error:
-                    on_error(method.__name__, grpc.StatusCode.OK)
-                return result
-            except errors.AMSError as exc:
-                code, message = status_code_for(exc), error_details(exc)
-            except Exception as exc:  # noqa: BLE001 - anything else is a bug: log it, answer INTERNAL
-                log.exception("unexpected error in %s", method.__name__)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-            if on_error:
-                on_error(method.__name__, code)
-            await context.abort(code, message)
-        return handler
-    return wrap
+def grpc_errors(method):
+    """Decorator for async unary servicer methods: domain errors -> status codes, in one place
+    (`ams.rpc_metrics` counts them)."""
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        try:
+            check_well_formed(request)
+            return await method(self, request, context)
+        except errors.AMSError as exc:
+            code, message = status_code_for(exc), error_details(exc)
+        except Exception as exc:  # noqa: BLE001 - anything else is a bug: log it, answer INTERNAL
+            log.exception("unexpected error in %s", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+        await context.abort(code, message)
+    return handler
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: list[str],

@@ -1,8 +1,10 @@
 """Prometheus metrics of the teacher service."""
 from prometheus_client import Counter, Gauge, Histogram
 
+from ams.rpc_metrics import RpcMetrics
+
 FRAMES = Counter("ams_teacher_frames_total", "Frames labelled by the teacher")
-REQUESTS = Counter("ams_teacher_requests_total", "Teacher RPCs by method and status code", ["method", "code"])
+RPC = RpcMetrics("ams_teacher", "Teacher")   # requests, latency and streams of every method (server interceptor)
 BATCH_SIZE = Histogram("ams_teacher_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64))
 INFERENCE_SECONDS = Histogram("ams_teacher_inference_seconds", "Seconds per inference batch",
                               buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))

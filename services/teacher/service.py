@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
 
 
-def _count(method: str, code: grpc.StatusCode) -> None:
-    metrics.REQUESTS.labels(method, code.name).inc()
-
-
 class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int, insecure: bool):
         self.backend, self.batcher, self.max_frames, self.insecure = backend, batcher, max_frames, insecure
@@ -33,7 +29,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         if not self.insecure and (role := tls.peer_identity(context).role) != SERVICE_ROLE:
             raise errors.PermissionDenied(f"the teacher serves AMS services, not an {role or 'unknown'} certificate")
 
-    @grpc_errors(_count)
+    @grpc_errors
     async def LabelFrames(self, request: teacher_pb2.LabelFramesRequest, context) -> teacher_pb2.LabelFramesResponse:
         self._check_caller(context)
         if not request.frames:
@@ -52,7 +48,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             labels.append(label)
         return teacher_pb2.LabelFramesResponse(labels=labels)
 
-    @grpc_errors(_count)
+    @grpc_errors
     async def DescribeTeacher(self, request, context) -> teacher_pb2.DescribeTeacherResponse:
         self._check_caller(context)
         h, w = self.backend.input_size
@@ -62,7 +58,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
 
 async def create_server(config: TeacherConfig, backend: TeacherBackend) -> tuple[grpc.aio.Server, int, MicroBatcher]:
     """Load the backend, build and start the server on config.host:config.port; returns (server, port, batcher)."""
-    server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
+    server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024),
+                             interceptors=[metrics.RPC.interceptor()])
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
     batcher = MicroBatcher(backend, config.max_batch, config.max_wait_ms / 1000.0, config.max_queue)
     add_servicer(server, TeacherServicer(backend, batcher, config.max_frames_per_request, config.insecure),

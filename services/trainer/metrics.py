@@ -1,6 +1,8 @@
 """Prometheus metrics of the trainer service (no session ids as labels)."""
 from prometheus_client import Counter, Gauge, Histogram
 
+from ams.rpc_metrics import RpcMetrics
+
 _SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
 _LAG_SECONDS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 
@@ -19,7 +21,8 @@ UPDATES = Counter("ams_trainer_updates_total", "Sparse model updates produced")
 UPDATES_REFUSED = Counter("ams_trainer_updates_refused_total",
                           "Updates devices reported refusing (a resync asked for a snapshot)")
 STATE_BYTES = Counter("ams_trainer_state_bytes_total", "Bytes of session state written to Redis (updates, checkpoints)")
-UPDATE_BYTES = Counter("ams_trainer_update_bytes_total", "Downlink bytes of updates and snapshots sent")
+UPDATE_BYTES = Counter("ams_trainer_update_bytes_total", "Downlink bytes sent to devices, by kind: update, snapshot, "
+                       "control (OpenSession replies count as snapshot)", ["kind"])
 UPLOAD_BYTES = Counter("ams_trainer_upload_bytes_total", "Uplink bytes of uploaded clips")
 FRAMES_RECEIVED = Counter("ams_trainer_frames_received_total", "Frames received in uploaded clips")
-REQUESTS = Counter("ams_trainer_requests_total", "Trainer RPCs by method and status code", ["method", "code"])
+RPC = RpcMetrics("ams_trainer", "Trainer")   # requests, latency and streams of every method (server interceptor)

@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"].full_name
 
 
-def _count(method: str, code: grpc.StatusCode) -> None:
-    metrics.REQUESTS.labels(method, code.name).inc()
-
-
 def control_pb(control: Control) -> streaming_pb2.Control:
     return streaming_pb2.Control(sampling_rate_fps=control.sampling_rate_fps, update_interval_s=control.update_interval_s)
 
@@ -52,7 +48,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         await self.manager.check_not_revoked(identity.name)
         return identity.name
 
-    @grpc_errors(_count)
+    @grpc_errors
     async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> streaming_pb2.OpenSessionResponse:
         device_id = await self.device(context)
         session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id,
@@ -61,10 +57,10 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
                                                   resumed=resumed, update_codec=session.codec)
         if not resumed:
             reply.snapshot.CopyFrom(snapshot_pb(session))
-        metrics.UPDATE_BYTES.inc(reply.ByteSize())
+        metrics.UPDATE_BYTES.labels("snapshot").inc(reply.ByteSize())
         return reply
 
-    @grpc_errors(_count)
+    @grpc_errors
     async def UploadClip(self, request: streaming_pb2.UploadClipRequest, context) -> streaming_pb2.UploadClipResponse:
         session = await self.manager.get(request.session_id, await self.device(context))
         accepted, buffered = await self.manager.upload(session, request.clip_seq, request.clip.codec,
@@ -77,11 +73,9 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
             session = await self.manager.get(request.session_id, await self.device(context))
             async for event in self.manager.subscribe(session, request.held_version, request.refused_version):
                 message = self._message(session, event)
-                metrics.UPDATE_BYTES.inc(message.ByteSize())
+                metrics.UPDATE_BYTES.labels(event.kind).inc(message.ByteSize())
                 yield message
-            _count("StreamUpdates", grpc.StatusCode.OK)
         except errors.AMSError as exc:
-            _count("StreamUpdates", status_code_for(exc))
             await context.abort(status_code_for(exc), error_details(exc))
 
     @staticmethod
@@ -95,7 +89,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
             message.control.CopyFrom(control_pb(event.control))
         return message
 
-    @grpc_errors(_count)
+    @grpc_errors
     async def CloseSession(self, request: streaming_pb2.CloseSessionRequest, context) -> streaming_pb2.CloseSessionResponse:
         await self.manager.close(request.session_id, await self.device(context))
         return streaming_pb2.CloseSessionResponse()
@@ -107,7 +101,8 @@ async def create_server(config: TrainerConfig, store: SessionStore | None = None
     store = store or RedisSessionStore(config.redis_url, config.session_ttl_s, config.updates_kept)
     teacher = teacher or TeacherClient(config.teacher_addr, tls.files_of(config))
     manager = SessionManager(config, store, teacher)
-    server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024))
+    server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024),
+                             interceptors=[metrics.RPC.interceptor()])
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
     add_servicer(server, ModelStreamingServicer(manager, config.insecure),
                  streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"])

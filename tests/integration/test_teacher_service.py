@@ -80,12 +80,21 @@ def test_errors_get_precise_status_codes_and_server_keeps_serving(teacher):
                                                                  data=bytes(2 * 1024 * 1024), width=1024, height=683)]),
          grpc.StatusCode.RESOURCE_EXHAUSTED),   # over the server's 1 MiB message limit
     ]
+    from prometheus_client import REGISTRY
+
+    def counted(code):
+        return REGISTRY.get_sample_value("ams_teacher_requests_total", {"method": "LabelFrames", "code": code}) or 0.0
+    before = {c: counted(c) for c in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "OK")}
     for request, code in cases:
         with pytest.raises(grpc.RpcError) as err:
             stub.LabelFrames(request)
         assert err.value.code() == code, err.value.details()
     ok = stub.LabelFrames(teacher_pb2.LabelFramesRequest(frames=[encode_frame(np.zeros((36, 64, 3), np.uint8), 1.0)]))
     assert len(ok.labels) == 1 and not ok.labels[0].error
+    # the interceptor counted each call with its code (the oversized message never reached the handler)
+    assert counted("INVALID_ARGUMENT") == before["INVALID_ARGUMENT"] + 3
+    assert counted("RESOURCE_EXHAUSTED") == before["RESOURCE_EXHAUSTED"] + 1
+    assert counted("OK") == before["OK"] + 1
 
 
 def test_health_and_no_reflection_by_default(teacher):

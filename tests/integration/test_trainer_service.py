@@ -389,3 +389,32 @@ def test_by_default_only_installed_checkpoints_are_served(loop_thread, redis_url
         s.channel.close()
         s.stop_trainer()
         s.stop_teacher()
+
+
+def test_the_rpc_interceptor_counts_codes_latency_and_streams_from_their_start(stack):
+    from prometheus_client import REGISTRY
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+    before = {
+        "open_ok": value("ams_trainer_requests_total", method="OpenSession", code="OK"),
+        "upload_nf": value("ams_trainer_requests_total", method="UploadClip", code="NOT_FOUND"),
+        "open_seconds": value("ams_trainer_request_seconds_count", method="OpenSession"),
+        "started": value("ams_trainer_streams_started_total", method="StreamUpdates"),
+        "cancelled": value("ams_trainer_requests_total", method="StreamUpdates", code="CANCELLED"),
+        "snapshot_bytes": value("ams_trainer_update_bytes_total", kind="snapshot"),
+    }
+    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+    with pytest.raises(grpc.RpcError):
+        stack.stub.UploadClip(_clip_request("0" * 32, 1, [0.0]), metadata=ME)
+    updates, call = _stream(stack.stub, reply.session_id, 0)
+    _next(updates, "control")
+    assert value("ams_trainer_streams_started_total", method="StreamUpdates") == before["started"] + 1   # while open
+    assert value("ams_trainer_streams_active", method="StreamUpdates") >= 1
+    call.cancel()
+    _wait(lambda: value("ams_trainer_requests_total", method="StreamUpdates", code="CANCELLED") == before["cancelled"] + 1, 10)
+    assert value("ams_trainer_streams_active", method="StreamUpdates") == 0
+    assert value("ams_trainer_requests_total", method="OpenSession", code="OK") == before["open_ok"] + 1
+    assert value("ams_trainer_requests_total", method="UploadClip", code="NOT_FOUND") == before["upload_nf"] + 1
+    assert value("ams_trainer_request_seconds_count", method="OpenSession") == before["open_seconds"] + 1
+    assert value("ams_trainer_update_bytes_total", kind="snapshot") > before["snapshot_bytes"]

@@ -26,29 +26,22 @@ TIMEOUT_S = 60
 # Container ports that may be published to the host; everything else is `expose`d only.
 PUBLISHED_TARGET_PORTS = {"trainer": {50052}, "prometheus": {9090}, "grafana": {3000}}
 
-# Metric families the services export (histograms also appear with _bucket/_sum/_count).
-EXPORTED_METRICS = {
-    "ams_teacher_frames_total",
-    "ams_teacher_requests_total",
-    "ams_teacher_batch_size",
-    "ams_teacher_inference_seconds",
-    "ams_teacher_ready",
-    "ams_trainer_sessions_active",
-    "ams_trainer_sessions_opened_total",
-    "ams_trainer_sessions_by_codec_total",
-    "ams_trainer_phase_failures_total",
-    "ams_trainer_phase_seconds",
-    "ams_trainer_sessions_waiting",
-    "ams_trainer_update_lag_seconds",
-    "ams_trainer_updates_refused_total",
-    "ams_trainer_state_bytes_total",
-    "ams_trainer_teacher_seconds",
-    "ams_trainer_updates_total",
-    "ams_trainer_update_bytes_total",
-    "ams_trainer_upload_bytes_total",
-    "ams_trainer_frames_received_total",
-    "ams_trainer_requests_total",
-}
+
+
+def _exported_metrics() -> set[str]:
+    """The metric families the services export, read from the live registry the services fill."""
+    from prometheus_client import REGISTRY
+
+    import services.teacher.metrics  # noqa: F401 - registers the teacher's families
+    import services.trainer.metrics  # noqa: F401 - and the trainer's
+    names = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("ams_"):
+            names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
+
+
+EXPORTED_METRICS = _exported_metrics()
 
 # What the dashboard must show (see the Grafana panel list in DESIGN/deploy brief).
 DASHBOARD_REQUIRED = {

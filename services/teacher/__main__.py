@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> None:
         return await create_server(config, backend)
 
     async def stop(handles):
-        server, _, batcher = handles
-        await server.stop(grace=5)
-        await batcher.stop()
+        handles.drain()                                          # NOT_SERVING, ams_teacher_ready 0
+        await handles.server.stop(grace=config.shutdown_grace_s)
+        await handles.batcher.stop()
         backend.close()
 
     asyncio.run(serve_forever(start, stop, config.metrics_port, "teacher"))

@@ -28,6 +28,8 @@ class TeacherConfig:
     insecure: bool = field(default=False, metadata={"help": "plain text, any caller: for a local demo only"})
     reflection: bool = field(default=False, metadata={"help": "gRPC server reflection"})
     max_frames_per_request: int = field(default=256, metadata={"help": "frames in one LabelFrames call"})
+    shutdown_grace_s: float = field(default=5.0, metadata={"help": "on SIGTERM: NOT_SERVING at once, then this long "
+                                                                   "for calls in flight"})
 
     def validate(self) -> None:
         check_tls(self.insecure, self.tls_ca, self.tls_cert, self.tls_key, "AMS_TEACHER_")

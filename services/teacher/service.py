@@ -1,6 +1,8 @@
 """Teacher gRPC servicer (thin: decode, call the batcher, encode) and `create_server`."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import grpc
 
 from ams import errors
@@ -56,8 +58,21 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
                                                    input_height=h, input_width=w)
 
 
-async def create_server(config: TeacherConfig, backend: TeacherBackend) -> tuple[grpc.aio.Server, int, MicroBatcher]:
-    """Load the backend, build and start the server on config.host:config.port; returns (server, port, batcher)."""
+class TeacherServer(NamedTuple):
+    server: grpc.aio.Server
+    port: int
+    batcher: MicroBatcher
+    health: object
+
+    def drain(self) -> None:
+        """Shutdown, first step: NOT_SERVING (callers go elsewhere); calls in flight go on."""
+        set_serving(self.health, [SERVICE_NAME], False)
+        metrics.READY.set(0)
+
+
+async def create_server(config: TeacherConfig, backend: TeacherBackend) -> TeacherServer:
+    """Load the backend, build and start the server on config.host:config.port; returns (server, port,
+    batcher, health)."""
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024),
                              interceptors=[metrics.RPC.interceptor()])
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
@@ -71,4 +86,4 @@ async def create_server(config: TeacherConfig, backend: TeacherBackend) -> tuple
     await server.start()
     set_serving(health, [SERVICE_NAME], True)
     metrics.READY.set(1)
-    return server, port, batcher
+    return TeacherServer(server, port, batcher, health)

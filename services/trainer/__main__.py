@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
 
     async def stop(handles):
         server, _, manager = handles
-        await server.stop(grace=5)
-        await manager.stop()
+        manager.drain()                                   # NOT_SERVING; new sessions and streams UNAVAILABLE
+        await server.stop(grace=config.shutdown_grace_s)  # uploads in flight finish
+        await manager.stop()                              # the running phase commits; sessions checkpointed
         await manager.teacher.close()
 
     asyncio.run(serve_forever(start, stop, config.metrics_port, "trainer"))

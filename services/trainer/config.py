@@ -75,6 +75,9 @@ class TrainerConfig:
     checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "
                                    "a phase writes only its update; ≤ updates_kept)")
     device: str = _f("auto", "where training runs: auto (CUDA when present), cpu or cuda")
+    shutdown_grace_s: float = _f(20.0, "on SIGTERM: NOT_SERVING and no new sessions at once, then this long for calls in "
+                                       "flight, then the running phase finishes and sessions are checkpointed (compose's "
+                                       "stop_grace_period leaves room for all of it)")
 
     def validate(self) -> None:
         check_tls(self.insecure, self.tls_ca, self.tls_cert, self.tls_key, "AMS_")

@@ -62,29 +62,52 @@ class SessionManager:
         self._phases: set[asyncio.Task] = set()
         self._engine: asyncio.Task | None = None
         self.open_limiter = OpenRateLimiter(cfg.max_opens_per_minute)
+        self.draining = False          # set on SIGTERM: no new sessions or streams
+        self._set_healthy = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         self._engine = asyncio.get_running_loop().create_task(self._run_engine())
 
     def watch(self, set_healthy, period_s: float = 2.0) -> None:
-        """Report health (SERVING iff Redis answers) now and every `period_s` seconds."""
+        """Report health now and every `period_s` seconds: SERVING iff Redis answers and the teacher
+        says SERVING, and the trainer is not draining for shutdown."""
+        self._set_healthy = set_healthy
+
         async def loop():
             healthy = None
             while True:
                 try:
-                    ok = await asyncio.to_thread(self.store.ping)
+                    redis_ok = await asyncio.to_thread(self.store.ping)
                 except errors.Unavailable:
-                    ok = False
+                    redis_ok = False
+                teacher_ok = await self.teacher.healthy()
+                ok = redis_ok and teacher_ok and not self.draining
                 if ok != healthy:
-                    (log.info if ok else log.warning)("redis %s", "reachable: serving" if ok else "unreachable: NOT_SERVING")
+                    down = [name for name, up in (("redis", redis_ok), ("the teacher", teacher_ok)) if not up]
+                    if ok:
+                        log.info("redis and the teacher reachable: SERVING")
+                    else:
+                        log.warning("%s: NOT_SERVING", "draining" if self.draining else " and ".join(down) + " unreachable")
                     set_healthy(ok)
                     healthy = ok
                 self._evict_abandoned()
-                if ok:
+                if redis_ok:
                     await self._drop_revoked()
                 await asyncio.sleep(period_s)
         self._watcher = asyncio.get_running_loop().create_task(loop())
+
+    def drain(self) -> None:
+        """Shutdown, first step: NOT_SERVING, no new sessions or update streams (UNAVAILABLE: devices
+        retry, behind a load balancer on another replica), open update streams ended so their devices
+        reconnect; uploads and phases in flight go on until `stop`."""
+        self.draining = True
+        if self._set_healthy:
+            self._set_healthy(False)
+        for queues in self.subscribers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+        log.info("draining: %d sessions held, %d phases in flight", len(self.sessions), len(self._phases))
 
     def _evict_abandoned(self) -> None:
         """Drop sessions idle for longer than the session TTL with nobody subscribed (their keys expire too)."""
@@ -173,6 +196,8 @@ class SessionManager:
                    codecs: list[int] = ()) -> tuple[Session, bool]:
         """Resume `resume_sid` if it still exists for this device (and its update codec is one the edge
         decodes), else open a new session whose codec is the first of AMS_UPDATE_CODECS the edge offers."""
+        if self.draining:
+            raise errors.Unavailable("this trainer is shutting down; retry")
         codec = pick_codec(self.cfg.codec_preference(), list(codecs))
         if codec is None:
             raise errors.InvalidArgument(f"this trainer sends updates as {self.cfg.update_codecs}; the edge "
@@ -390,6 +415,8 @@ class SessionManager:
                         refused_version: int = 0) -> AsyncIterator[Event | tuple[str, object]]:
         """Catch-up first (updates or a snapshot marker), then live events until the session closes.
         A device that refused an update gets a snapshot, never the chain it could not apply."""
+        if self.draining:
+            raise errors.Unavailable("this trainer is shutting down; retry")
         queue: asyncio.Queue = asyncio.Queue()
         self.subscribers[session.sid].add(queue)
         if refused_version:

@@ -5,6 +5,7 @@ import logging
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ams import errors
 from ams.grpc_common import channel_options
@@ -14,6 +15,7 @@ from ams.tensors import encode_frame, from_tensor
 from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)
+TEACHER_SERVICE = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
 
 
 class TeacherClient:
@@ -22,9 +24,18 @@ class TeacherClient:
         self.address, self.timeout_s, self.chunk = address, timeout_s, chunk
         self._channel = aio_channel(address, files, options=channel_options())
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
+
+    async def healthy(self, timeout_s: float = 2.0) -> bool:
+        """True iff the teacher answers grpc.health.v1 with SERVING within `timeout_s`."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=TEACHER_SERVICE), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def label(self, frames: list[np.ndarray], timestamps: list[float]) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """(class map, probabilities) per frame, or None for a frame the teacher could not label.

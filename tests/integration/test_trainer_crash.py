@@ -92,3 +92,44 @@ def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(te
         link.close()
         trainer.kill()
         trainer.wait(10)
+
+
+def test_sigterm_drains_commits_the_running_phase_checkpoints_and_exits_within_its_grace(teacher, redis_url, tmp_path,
+                                                                                          pki):
+    port = free_port()
+    env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
+           "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
+           "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_CHECKPOINT_EVERY": "20",
+           "AMS_UPDATES_KEPT": "32", "AMS_DEVICE": "cpu", "AMS_ALLOW_CUSTOM_STUDENTS": "true",
+           "AMS_SHUTDOWN_GRACE_S": "3", **{f"AMS_{k.upper()}": v for k, v in tls_config(pki, "trainer").items()}}
+    probe = service_tls(pki, "operator")
+    log_path = str(tmp_path / "trainer.log")
+    trainer = _start_trainer(env, log_path, probe)
+    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
+    link = TrainerLink(f"127.0.0.1:{port}", "term-device", spec, device_tls(pki, "term-device"), timeout_s=10)
+    try:
+        link.open()
+        for seq in (1, 2):
+            _upload(link, seq)
+            assert link.wait_processed(seq, timeout_s=60)
+        _upload(link, 3)                                   # its phase is queued or running at SIGTERM
+        started = time.monotonic()
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(30) == 0                       # a clean exit, not a kill
+        assert time.monotonic() - started < 3 + 20         # the grace, a phase and the checkpoints
+        log = open(log_path).read()
+        assert "draining" in log
+        trainer = _start_trainer(env, log_path, probe)
+        _upload(link, 4)
+        assert link.wait_processed(4, timeout_s=60)
+        deadline = time.monotonic() + 30
+        while link.holder.version < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert link.holder.version == 4 and link.holder.updates_rejected == 0 and link.resyncs == 0
+        log = open(log_path).read()
+        # checkpointed at shutdown: the restored session needs no chain and has Adam's moments of that version
+        assert "restored session" in log and "+ 0 updates; Adam state of v3" in log, log[-3000:]
+    finally:
+        link.close()
+        trainer.kill()
+        trainer.wait(10)

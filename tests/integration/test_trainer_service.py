@@ -274,8 +274,33 @@ def test_teacher_outage_is_unavailable_and_loses_nothing(stack):
     with pytest.raises(grpc.RpcError) as err:
         stack.stub.UploadClip(request, metadata=ME, timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    _wait(lambda: _health(stack.channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 15)   # health follows
     stack.start_teacher()
+    _wait(lambda: _health(stack.channel) == health_pb2.HealthCheckResponse.SERVING, 15)
     assert stack.stub.UploadClip(request, metadata=ME, timeout=30).frames_accepted == 3   # the retry is accepted whole
+
+
+def test_draining_goes_not_serving_refuses_new_sessions_ends_streams_and_finishes_uploads(stack):
+    reply = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+    updates, call = _stream(stack.stub, reply.session_id, 0)
+    _next(updates, "control")
+    manager = stack.trainer[2]
+    stack.loop.run(_call_soon(manager.drain))
+    assert _health(stack.channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    _wait(call.done, 10)                                 # the open stream ends (the device reconnects elsewhere)
+    assert call.code() == grpc.StatusCode.OK
+    for attempt in (lambda: stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME),
+                    lambda: next(iter(stack.stub.StreamUpdates(streaming_pb2.StreamUpdatesRequest(
+                        session_id=reply.session_id), metadata=ME)))):
+        with pytest.raises(grpc.RpcError) as err:
+            attempt()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+    up = stack.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 1.0]), metadata=ME)   # work in flight goes on
+    assert up.frames_accepted == 2
+
+
+async def _call_soon(fn):
+    fn()
 
 
 def test_restarted_trainer_resumes_the_session_from_redis(stack, loop_thread, redis_url):

@@ -343,3 +343,16 @@ def test_dashboard_targets_use_provisioned_datasource():
             for target in panel.get("targets", []):
                 uid = (target.get("datasource") or panel.get("datasource") or {}).get("uid")
                 assert uid in uids, f"{path.name}: panel {panel.get('title')!r} uses datasource {uid!r}"
+
+
+def _seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|s|m|h)", str(value)))
+
+
+def test_stop_grace_periods_leave_room_for_each_services_own_shutdown_grace():
+    services = _compose_config()["services"]
+    teacher, trainer = services["teacher"], services["trainer"]
+    assert _seconds(teacher["stop_grace_period"]) >= float(teacher["environment"]["AMS_TEACHER_SHUTDOWN_GRACE_S"]) + 5
+    # the trainer also lets the running phase (≈ 15 s at 256×512 on a CPU) commit and checkpoints its sessions
+    assert _seconds(trainer["stop_grace_period"]) >= float(trainer["environment"]["AMS_SHUTDOWN_GRACE_S"]) + 30

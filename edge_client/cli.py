@@ -9,6 +9,7 @@ import socket
 import sys
 
 import torch
+from prometheus_client import start_http_server
 
 from ams.pki import CertFiles, identity_of
 from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--update-codecs", default=env("AMS_EDGE_UPDATE_CODECS", ",".join(CODECS)),
                    help="update codecs this edge offers the trainer, comma-separated (AMS_EDGE_UPDATE_CODECS; "
                         f"known: {', '.join(CODECS)}); the trainer picks one per session")
+    p.add_argument("--metrics-port", type=int, default=int(env("AMS_EDGE_METRICS_PORT", "0")),
+                   help="serve Prometheus metrics on this port (AMS_EDGE_METRICS_PORT; 0 = off)")
     p.add_argument("--clip-bitrate", type=int, default=200_000, help="H.264 target bitrate of uploaded clips (bit/s)")
     p.add_argument("--out", default="out/edge", help="directory for summary.json and overlay.mp4")
     p.add_argument("--no-overlay", action="store_true")
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint = {"streamdeq": "streamdeq_selfie", "lowlatency": "lowlatency_selfie"}.get(
             args.segmenter, "deeplabv3_mnv2_selfie")
     torch.set_num_threads(args.threads)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
     os.makedirs(args.out, exist_ok=True)
     spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
                                      config_json="" if args.checkpoint else args.config)

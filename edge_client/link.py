@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -21,9 +22,17 @@ from ams.grpc_common import channel_options, device_metadata
 from ams.pki import CertFiles
 from ams.update_codec import CODEC_NAMES, CODECS, UpdateRejected, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
+from edge_client import metrics
 from edge_client.model_holder import ModelHolder
 
 log = logging.getLogger(__name__)
+
+
+PER_UPDATE_KEPT = 10_000      # per-update records kept (a device that runs forever keeps bounded state)
+
+
+def _recent() -> deque:
+    return deque(maxlen=PER_UPDATE_KEPT)
 
 
 @dataclass
@@ -32,10 +41,11 @@ class LinkStats:
     downlink_bytes: int = 0          # updates + control after the first snapshot
     snapshot_bytes: int = 0          # full models (first contact, catch-up)
     updates: int = 0
-    update_bytes: list[int] = field(default_factory=list)       # whole ServerMessage per applied update
-    update_index_bytes: list[int] = field(default_factory=list)  # its index set (gzip'd bitmask or ANS gaps)
-    update_values: list[int] = field(default_factory=list)      # its number of chosen coordinates
-    update_times: list[float] = field(default_factory=list)   # video time of the frame each update arrived at
+    # the last PER_UPDATE_KEPT updates:
+    update_bytes: deque = field(default_factory=_recent)        # whole ServerMessage per applied update
+    update_index_bytes: deque = field(default_factory=_recent)  # its index set (gzip'd bitmask or ANS gaps)
+    update_values: deque = field(default_factory=_recent)       # its number of chosen coordinates
+    update_times: deque = field(default_factory=_recent)        # video time of the frame each update arrived at
     clips: int = 0
     upload_failures: int = 0
 
@@ -75,6 +85,7 @@ class TrainerLink:
                                                    update_codecs=self.update_codecs)
         reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=self.timeout_s, wait_for_ready=True)
         self.stats.snapshot_bytes += reply.ByteSize()
+        metrics.DOWNLINK_BYTES.labels("snapshot").inc(reply.ByteSize())
         self.session_id = reply.session_id
         self.update_codec = CODEC_NAMES.get(reply.update_codec or CODECS["float16"], str(reply.update_codec))
         self._set_control(reply.control)
@@ -84,6 +95,7 @@ class TrainerLink:
             else:
                 self.holder.load_snapshot(reply.snapshot)
             self.initial_snapshot = reply.snapshot
+        metrics.MODEL_VERSION.set(self.holder.version)
         log.info("session %s (%s) at version %d, %s updates", self.session_id, "resumed" if reply.resumed else "new",
                  self.holder.version, self.update_codec)
         if self._thread is None:
@@ -114,11 +126,13 @@ class TrainerLink:
             self._stub.UploadClip(request, metadata=self._metadata, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             self.stats.upload_failures += 1
+            metrics.UPLOAD_FAILURES.inc()
             log.warning("upload of clip %d failed: %s %s", clip_seq, exc.code(), exc.details())
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 self.open()  # the session expired: start a new one
             return False
         self.stats.uplink_bytes += request.ByteSize()
+        metrics.UPLINK_BYTES.inc(request.ByteSize())
         self.stats.clips += 1
         return True
 
@@ -136,6 +150,8 @@ class TrainerLink:
 
     def _handle(self, message: streaming_pb2.ServerMessage) -> None:
         kind = message.WhichOneof("body")
+        if kind:
+            metrics.DOWNLINK_BYTES.labels(kind).inc(message.ByteSize())
         if kind == "update":
             self.stats.downlink_bytes += message.ByteSize()
             try:
@@ -145,11 +161,14 @@ class TrainerLink:
                 self.holder.updates_rejected += 1
                 ok = False
             if not ok:   # out of step with the trainer: reconnect and ask for a snapshot
+                metrics.UPDATES_REFUSED.inc()
                 self._refused_version = message.update.new_version
                 if self._call is not None:
                     self._call.cancel()
                 return
             self.stats.updates += 1
+            metrics.UPDATES_APPLIED.inc()
+            metrics.MODEL_VERSION.set(self.holder.version)
             self.stats.update_bytes.append(message.ByteSize())
             self.stats.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
             self.stats.update_values.append(self.holder.last_update_size)
@@ -158,6 +177,7 @@ class TrainerLink:
             self.stats.snapshot_bytes += message.ByteSize()
             try:
                 self.holder.load_snapshot(message.snapshot)
+                metrics.MODEL_VERSION.set(self.holder.version)
             except UpdateRejected as exc:   # a corrupt snapshot: keep the model, ask again after a backoff
                 log.warning("snapshot v%d refused: %s", message.snapshot.version, exc)
                 self._refused_version = message.snapshot.version or -1
@@ -190,6 +210,7 @@ class TrainerLink:
             except grpc.RpcError as exc:
                 if self._refused_version and not self._stop.is_set():
                     self.resyncs += 1
+                    metrics.RESYNCS.inc()
                     log.info("update v%d refused; resyncing by snapshot from version %d in %.1f s",
                              self._refused_version, self.holder.version, resync_backoff)
                     self._stop.wait(resync_backoff * (1 + random.random()))   # never a tight loop

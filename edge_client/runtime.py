@@ -7,16 +7,19 @@ live:   frames paced at capture time; frames the model cannot keep up with are d
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ams.video import encode_clip
+from edge_client import metrics
 from edge_client.evaluation import Confusion, TeacherLabeler, frame_miou
 from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
@@ -41,18 +44,27 @@ class EdgeOptions:
                                                             # low-latency: scheme, threshold, interval
 
 
+FRAMES_KEPT = 100_000   # per-frame records kept: a device that runs forever (--loops 0) keeps bounded state
+
+
+def _recent(n: int | None = None) -> deque:
+    return deque(maxlen=n or FRAMES_KEPT)
+
+
 @dataclass
 class EvalSeries:
-    t: list[float] = field(default_factory=list)
-    ams: list[float] = field(default_factory=list)
-    baseline: list[float] = field(default_factory=list)
-    repeat: list[bool] = field(default_factory=list)   # the frame belongs to a repeated pass of its clip
+    """The last FRAMES_KEPT evaluated frames (the confusion matrices count every frame)."""
+
+    t: deque = field(default_factory=_recent)
+    ams: deque = field(default_factory=_recent)
+    baseline: deque = field(default_factory=_recent)
+    repeat: deque = field(default_factory=_recent)   # the frame belongs to a repeated pass of its clip
 
 
 class EdgeRuntime:
     def __init__(self, link: TrainerLink, source: VideoSource, options: EdgeOptions, labeler: TeacherLabeler | None = None):
         self.link, self.source, self.opt, self.labeler = link, source, options, labeler
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: deque = _recent(10_000)    # the last 10 000 frames' latencies (p50 / p99)
         self.dropped = 0
         self.series = EvalSeries()
         self._uploads: queue.Queue = queue.Queue()
@@ -112,11 +124,18 @@ class EdgeRuntime:
                     time.sleep(ahead)
                 elif -ahead > 0.1:   # more than 100 ms behind capture: drop the frame
                     self.dropped += 1
+                    metrics.FRAMES_DROPPED.inc()
                     continue
             started = time.perf_counter()
             pred = segmenter.segment(frame.rgb)
-            self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            seconds = time.perf_counter() - started
+            self.latencies_ms.append(seconds * 1000)
+            metrics.FRAMES.inc()
+            metrics.FRAME_SECONDS.observe(seconds)
             frames += 1
+            if frames % 10 == 0:
+                recent = list(itertools.islice(reversed(self.latencies_ms), 50))
+                metrics.FPS.set(1000 / max(float(np.mean(recent)), 1e-6))
             evaluate = self.labeler and self.opt.eval_every and frame.index % self.opt.eval_every == 0
             base_pred = base_segmenter.segment(frame.rgb) if base_segmenter and (evaluate or base_segmenter.stateful) else None
             if evaluate:
@@ -158,7 +177,7 @@ class EdgeRuntime:
 
     def _print_progress(self, frames: int, video_s: float, version: int) -> None:
         s = self.link.stats
-        lat = np.mean(self.latencies_ms[-50:]) if self.latencies_ms else 0.0
+        lat = np.mean(list(itertools.islice(reversed(self.latencies_ms), 50))) if self.latencies_ms else 0.0
         dur = max(video_s, 1.0)
         lead = "\r" if sys.stderr.isatty() else "\n"   # one updating line on a terminal, plain lines in a log
         sys.stderr.write(f"{lead}frame {frames:5d}  t={video_s:6.1f}s  {1000 / max(lat, 1e-6):5.1f} fps  model v{version:<3d} "
@@ -176,7 +195,7 @@ class EdgeRuntime:
 
     def _summary(self, frames: int, video_s: float, conf_ams: dict[str, Confusion], conf_base: dict[str, Confusion] | None,
                  wall_s: float) -> dict:
-        s, lat = self.link.stats, np.array(self.latencies_ms or [0.0])
+        s, lat = self.link.stats, np.array(list(self.latencies_ms) or [0.0])
         dur = max(video_s, 1e-6)
         out = {
             "mode": self.opt.mode, "frames": frames, "dropped_frames": self.dropped, "video_seconds": round(video_s, 3),
@@ -185,9 +204,9 @@ class EdgeRuntime:
             "uplink_kbps": s.uplink_bytes * 8 / 1000 / dur, "downlink_kbps": s.downlink_bytes * 8 / 1000 / dur,
             "uplink_bytes": s.uplink_bytes, "downlink_bytes": s.downlink_bytes, "snapshot_bytes": s.snapshot_bytes,
             "mean_update_bytes": float(np.mean(s.update_bytes)) if s.update_bytes else 0.0,
-            "update_times_s": s.update_times, "update_bytes": s.update_bytes,
+            "update_times_s": list(s.update_times), "update_bytes": list(s.update_bytes),
             "update_codec": self.link.update_codec,
-            "update_index_bytes": s.update_index_bytes, "update_values": s.update_values,
+            "update_index_bytes": list(s.update_index_bytes), "update_values": list(s.update_values),
             "num_params": int(self.link.holder.flat.size),
             "edge_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                                 "mean": float(lat.mean())},
@@ -196,8 +215,8 @@ class EdgeRuntime:
         }
         if self.labeler:
             out["ams"] = self._scores(conf_ams)
-            out["series"] = {"t": self.series.t, "ams": self.series.ams, "repeat": self.series.repeat}
+            out["series"] = {"t": list(self.series.t), "ams": list(self.series.ams), "repeat": list(self.series.repeat)}
             if conf_base is not None:
                 out["no_customization"] = self._scores(conf_base)
-                out["series"]["no_customization"] = self.series.baseline
+                out["series"]["no_customization"] = list(self.series.baseline)
         return out

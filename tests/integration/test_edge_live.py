@@ -44,7 +44,16 @@ def servers(loop_thread, redis_url, pki):
     loop_thread.run(teacher[2].stop())
 
 
-def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path, pki):
+def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path, pki, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    import edge_client.runtime as runtime_module
+
+    def edge(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+    before = {n: edge(n) for n in ("ams_edge_frames_total", "ams_edge_updates_applied_total", "ams_edge_uplink_bytes_total",
+                                   "ams_edge_frame_seconds_count")}
+    monkeypatch.setattr(runtime_module, "FRAMES_KEPT", 5)     # bounded per-frame state, as under --loops 0
     teacher_addr, trainer_addr = servers
     spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
     link, labeler = (TrainerLink(trainer_addr, "live-device", spec, device_tls(pki, "live-device")),
@@ -64,6 +73,14 @@ def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path, 
     assert summary["clips_uploaded"] == 2                       # intervals ending at 2 s and 4 s
     assert link.stats.updates >= 1 and link.holder.version >= 1
     assert (tmp_path / "o.mp4").stat().st_size > 0
+    assert len(summary["series"]["t"]) == 5 < summary["frames"] // 2   # only the last FRAMES_KEPT evaluated frames
+    # the edge's Prometheus metrics (ams-edge --metrics-port serves this registry)
+    assert edge("ams_edge_frames_total") - before["ams_edge_frames_total"] == summary["frames"]
+    assert edge("ams_edge_frame_seconds_count") - before["ams_edge_frame_seconds_count"] == summary["frames"]
+    assert edge("ams_edge_updates_applied_total") - before["ams_edge_updates_applied_total"] == link.stats.updates
+    assert edge("ams_edge_uplink_bytes_total") - before["ams_edge_uplink_bytes_total"] == link.stats.uplink_bytes
+    assert edge("ams_edge_model_version") == link.holder.version and edge("ams_edge_fps") > 0
+    assert edge("ams_edge_downlink_bytes_total", kind="update") > 0
 
 
 def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(servers, pki):

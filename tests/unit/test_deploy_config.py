@@ -29,11 +29,12 @@ PUBLISHED_TARGET_PORTS = {"trainer": {50052}, "prometheus": {9090}, "grafana": {
 
 
 def _exported_metrics() -> set[str]:
-    """The metric families the services export, read from the live registry the services fill."""
+    """The metric families the services and the edge export, read from the live registry they fill."""
     from prometheus_client import REGISTRY
 
     import services.teacher.metrics  # noqa: F401 - registers the teacher's families
     import services.trainer.metrics  # noqa: F401 - and the trainer's
+    import edge_client.metrics  # noqa: F401 - and an edge device's (ams-edge --metrics-port)
     names = set()
     for family in REGISTRY.collect():
         if family.name.startswith("ams_"):

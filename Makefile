@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -95,6 +95,11 @@ bench-codec: install assets redis eval-videos
 
 bench-fleet: install assets redis
 	$(BIN)/python -m scripts.bench_fleet
+
+# Operator smoke test on a host with a Docker engine (Docker SDK): build both images, compose up, health,
+# the edge profile, one update, down. Without an engine it says so and exits 0.
+smoke: install assets
+	$(BIN)/python -m scripts.smoke
 
 # The server side as local processes (no Docker): certificates in out/stack/pki, stack.json beside them.
 DEVICES ?= edge-1

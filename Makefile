@@ -42,8 +42,8 @@ redis:
 
 # Validators for docker-compose.yml and the Prometheus files (no Docker engine needed).
 tools:
-	@command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose prometheus; }
+	@command -v docker-compose >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose prometheus prometheus-alertmanager; }
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)

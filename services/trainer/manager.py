@@ -63,6 +63,8 @@ class SessionManager:
         self._engine: asyncio.Task | None = None
         self.open_limiter = OpenRateLimiter(cfg.max_opens_per_minute)
         self.draining = False          # set on SIGTERM: no new sessions or streams
+        metrics.MAX_SESSIONS.set(cfg.max_sessions)
+        metrics.UPDATE_INTERVAL.set(cfg.t_update_s)
         self._set_healthy = None
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -82,6 +84,8 @@ class SessionManager:
                 except errors.Unavailable:
                     redis_ok = False
                 teacher_ok = await self.teacher.healthy()
+                metrics.DEPENDENCY_UP.labels("redis").set(int(redis_ok))
+                metrics.DEPENDENCY_UP.labels("teacher").set(int(teacher_ok))
                 ok = redis_ok and teacher_ok and not self.draining
                 if ok != healthy:
                     down = [name for name, up in (("redis", redis_ok), ("the teacher", teacher_ok)) if not up]

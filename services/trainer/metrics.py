@@ -10,6 +10,10 @@ SESSIONS_ACTIVE = Gauge("ams_trainer_sessions_active", "Sessions held in memory"
 SESSIONS_OPENED = Counter("ams_trainer_sessions_opened_total", "Sessions opened (new or resumed)")
 SESSIONS_BY_CODEC = Counter("ams_trainer_sessions_by_codec_total",
                             "New sessions by the update codec negotiated with the device", ["codec"])
+MAX_SESSIONS = Gauge("ams_trainer_max_sessions", "Sessions this trainer serves at most (AMS_MAX_SESSIONS)")
+UPDATE_INTERVAL = Gauge("ams_trainer_update_interval_seconds", "T_update this trainer is configured with (τ_min of ATR)")
+DEPENDENCY_UP = Gauge("ams_trainer_dependency_up", "1 while a dependency answers (redis; the teacher's health: SERVING)",
+                      ["dependency"])
 SESSIONS_WAITING = Gauge("ams_trainer_sessions_waiting", "Sessions with uploaded frames waiting for a training phase")
 PHASE_FAILURES = Counter("ams_trainer_phase_failures_total", "Training phases that failed (rolled back, nothing sent)")
 PHASE_SECONDS = Histogram("ams_trainer_phase_seconds", "Seconds per training phase (K iterations)", buckets=_SECONDS)

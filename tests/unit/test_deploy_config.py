@@ -57,11 +57,9 @@ DASHBOARD_REQUIRED = {
 }
 
 REQUIRED_ALERTS = {
-    "AmsServiceDown",
-    "AmsTeacherInferenceLatencyHigh",
-    "AmsTrainerSessionFailures",
-    "AmsTrainingPhaseSlow",
-    "AmsTrainerFallingBehind",
+    "AmsServiceDown", "AmsJobAbsent", "AmsTeacherNotReady", "AmsRedisUnreachable", "AmsTeacherUnreachable",
+    "AmsTrainerFallingBehind", "AmsTrainingPhaseSlow", "AmsRpcErrorRatioHigh", "AmsSessionsNearCap",
+    "AmsTeacherInferenceLatencyHigh", "AmsTrainerSessionFailures",
 }
 
 
@@ -198,8 +196,28 @@ def test_promtool_check_config():
     _assert_ok(_run(_tool("promtool"), "check", "config", str(PROM_DIR / "prometheus.yml")))
 
 
+def test_amtool_check_config():
+    _assert_ok(_run(_tool("amtool"), "check-config", str(REPO / "deploy" / "alertmanager" / "alertmanager.yml")))
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager():
+    config = _load_yaml(PROM_DIR / "prometheus.yml")
+    targets = [t for am in config["alerting"]["alertmanagers"] for s in am["static_configs"] for t in s["targets"]]
+    services = _compose_config()["services"]
+    assert targets == ["alertmanager:9093"] and "9093" in [str(p) for p in services["alertmanager"]["expose"]]
+    volumes = [str(v.get("source", "")) if isinstance(v, dict) else str(v).split(":")[0]
+               for v in services["alertmanager"]["volumes"]]
+    assert any(v.endswith("deploy/alertmanager") for v in volumes)
+
+
 def test_promtool_check_rules():
     _assert_ok(_run(_tool("promtool"), "check", "rules", str(PROM_DIR / "alerts.yml")))
+
+
+def test_every_alert_has_a_firing_promtool_case():
+    tests = _load_yaml(PROM_DIR / "alerts_test.yml")["tests"]
+    fired = {case["alertname"] for test in tests for case in test.get("alert_rule_test", []) if case.get("exp_alerts")}
+    assert {rule["alert"] for rule in _alert_rules()} <= fired
 
 
 def test_promtool_alert_unit_tests_pass():

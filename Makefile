@@ -53,6 +53,7 @@ demo: install assets redis
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: install assets redis tools lint
 	$(BIN)/python -m pytest -q tests

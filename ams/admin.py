@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unrevoked {args.device_id}")
         else:
             for device_id, when in sorted(_redis(args.redis_url).hgetall(REVOKED_KEY).items()):
-                print(f"{device_id.decode()}\trevoked {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(int(when)))}")
+                name = device_id.decode() if isinstance(device_id, bytes) else device_id
+                print(f"{name}\trevoked {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(int(when)))}")
     except (ValueError, FileNotFoundError, redis.RedisError) as exc:
         print(f"ams-admin: {exc}", file=sys.stderr)
         return 2

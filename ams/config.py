@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -37,13 +41,13 @@ def env_name(prefix: str, field: str) -> str:
 def load_config(cls: type[T], prefix: str, argv: list[str] | None = None, env: dict | None = None,
                 description: str = "") -> T:
     """Build `cls` from defaults < AMS_* env vars < --flags; call its `validate()` if it has one."""
-    env = os.environ if env is None else env
+    source: Mapping[str, str] = os.environ if env is None else env
     values: dict[str, Any] = {}
     parser = argparse.ArgumentParser(description=description)
     for f in dataclasses.fields(cls):
         name = f.metadata.get("env") or env_name(prefix, f.name)
-        if name in env:
-            values[f.name] = _parse(f.type, env[name], name)
+        if name in source:
+            values[f.name] = _parse(f.type, source[name], name)
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                             help=f"{f.metadata.get('help', '')} (env {name}, default {f.default!r})")
     if argv is not None:

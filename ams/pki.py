@@ -78,7 +78,10 @@ class CertificateAuthority:
         with open(self.path("ca.pem"), "rb") as f:
             self.cert = x509.load_pem_x509_certificate(f.read())
         with open(self.path("ca.key"), "rb") as f:
-            self.key = serialization.load_pem_private_key(f.read(), password=None)
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{directory}: the CA key is not an ECDSA key (ams-admin init makes one)")
+        self.key = key
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
@@ -114,7 +117,8 @@ class CertificateAuthority:
                    .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()), critical=False))
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                                  critical=False))
         if hosts:
             builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())

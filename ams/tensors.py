@@ -1,6 +1,8 @@
 """numpy <-> ams.v1.Tensor and ams.v1.Frame conversion (the serde of the wire)."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 import io
 
 import cv2
@@ -45,7 +47,7 @@ def encode_frame(rgb: np.ndarray, timestamp_s: float, encoding: int = common_pb2
         if not ok:
             raise InvalidArgument("could not encode frame")
         data = buf.tobytes()
-    return common_pb2.Frame(encoding=encoding, data=data, width=w, height=h, timestamp_s=timestamp_s)
+    return common_pb2.Frame(encoding=cast(Any, encoding), data=data, width=w, height=h, timestamp_s=timestamp_s)
 
 
 def _header_size(data: bytes) -> tuple[int, int]:

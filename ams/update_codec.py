@@ -15,10 +15,13 @@ error included), so trainer and edge stay bit-identical and the next phase train
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import gzip
 import hashlib
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +35,11 @@ from ams.v1 import streaming_pb2
 
 FLOAT16, INT8, INT4 = (streaming_pb2.UPDATE_CODEC_FLOAT16, streaming_pb2.UPDATE_CODEC_INT8_DELTA,
                        streaming_pb2.UPDATE_CODEC_INT4_DELTA)
-CODECS = {"float16": FLOAT16, "int8": INT8, "int4": INT4}          # name -> wire value
-CODEC_NAMES = {v: k for k, v in CODECS.items()}
+CODECS: dict[str, int] = {"float16": FLOAT16, "int8": INT8, "int4": INT4}          # name -> wire value
+CODEC_NAMES: dict[int, str] = {v: k for k, v in CODECS.items()}
 # quantised codecs: (bits, chosen coordinates per float16 scale); the block sizes trade scale bytes
 # against error (`python -m scripts.codec_sizes`), the codecs' mIoU is `make bench-codec`'s
-QUANTISED = {INT8: (8, 256), INT4: (4, 64)}
+QUANTISED: dict[int, tuple[int, int]] = {INT8: (8, 256), INT4: (4, 64)}
 
 
 class UpdateRejected(Exception):
@@ -61,6 +64,7 @@ class SparseUpdate:
         """The float32 values of the chosen coordinates after this update, from those held before it."""
         if self.deltas is not None:
             return applied(held, self.deltas)
+        assert self.values is not None
         return self.values.astype(np.float32)
 
 
@@ -124,8 +128,9 @@ def encode_update(update: SparseUpdate) -> streaming_pb2.ModelUpdate:
     msg = streaming_pb2.ModelUpdate(
         session_id=update.session_id, base_version=update.base_version, new_version=update.new_version,
         num_params=update.num_params, params_sha256=update.params_sha256, phase=update.phase,
-        video_time_s=update.video_time_s, codec=update.codec)
+        video_time_s=update.video_time_s, codec=cast(Any, update.codec))   # an UpdateCodec value
     if update.deltas is None:
+        assert update.values is not None
         mask = np.zeros(update.num_params, dtype=bool)
         mask[update.indices] = True
         msg.index_mask_gz = gzip.compress(np.packbits(mask).tobytes(), compresslevel=9, mtime=0)
@@ -222,16 +227,16 @@ def decode_snapshot(msg: streaming_pb2.ModelSnapshot) -> tuple[str, dict, dict[s
     return msg.student.architecture, config, state
 
 
-def pick_codec(preferred: list[int], offered: list[int]) -> int | None:
+def pick_codec(preferred: list[int], offered: Sequence[int]) -> int | None:
     """The first of the trainer's `preferred` codecs that the edge `offered`; an edge that offers
     nothing decodes FLOAT16 (it predates negotiation). None when they share no codec."""
-    offered = set(offered) or {FLOAT16}
-    return next((c for c in preferred if c in offered), None)
+    decodes = set(offered) or {FLOAT16}
+    return next((c for c in preferred if c in decodes), None)
 
 
 def parse_codecs(names: str) -> list[int]:
     """'int4,int8,float16' -> wire values, in that order; ValueError naming an unknown one."""
-    out = []
+    out: list[int] = []
     for name in filter(None, (n.strip().lower() for n in names.split(","))):
         if name not in CODECS:
             raise ValueError(f"unknown update codec {name!r} (known: {', '.join(CODECS)})")

@@ -1,6 +1,8 @@
 """Student model registry: architecture name + config dict -> nn.Module (shared by edge and trainer)."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 import copy
 import dataclasses
 
@@ -45,12 +47,13 @@ def inference_copy(model: nn.Module) -> nn.Module:
     for parent in model.modules():
         if isinstance(parent, nn.Sequential):
             for i in range(len(parent) - 1):
-                if isinstance(parent[i], nn.Conv2d) and isinstance(parent[i + 1], nn.BatchNorm2d):
-                    parent[i] = fuse_conv_bn_eval(parent[i], parent[i + 1])
+                conv, bn = parent[i], parent[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    parent[i] = fuse_conv_bn_eval(conv, bn)
                     parent[i + 1] = nn.Identity()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
 
 
 def frame_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -71,4 +74,4 @@ def class_map(logits: torch.Tensor) -> np.ndarray:
 
 def student_config_dict(model: nn.Module) -> dict:
     """The config a student was built with, as a plain dict."""
-    return dataclasses.asdict(model.config)
+    return dataclasses.asdict(cast(Any, model).config)

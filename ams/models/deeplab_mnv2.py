@@ -111,6 +111,9 @@ class ASPPLite(nn.Module):
 class DeepLabV3MobileNetV2(nn.Module):
     """Input (B, 3, H, W) RGB in [0, 1]; output logits (B, num_classes, H, W)."""
 
+    mean: torch.Tensor                  # registered buffers (normalisation of the input)
+    std: torch.Tensor
+
     def __init__(self, config: DeepLabMNv2Config):
         super().__init__()
         self.config = config

@@ -9,6 +9,8 @@ classifier. A deviation predictor estimates the fraction of labels changed since
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 from dataclasses import dataclass
 
 import torch
@@ -77,9 +79,11 @@ class KernelWeightPredictor(nn.Module):
         self.conv = nn.Conv2d(2 * width, width, 3, padding=1)
         self.out = nn.Conv2d(width, kernel_size * kernel_size, 1)
         nn.init.zeros_(self.out.weight)
+        bias = self.out.bias
+        assert bias is not None
         with torch.no_grad():           # start near the identity kernel: propagation = copy the key features
-            self.out.bias.zero_()
-            self.out.bias[kernel_size * kernel_size // 2] = 4.0
+            bias.zero_()
+            bias[kernel_size * kernel_size // 2] = 4.0
 
     def forward(self, low_key: torch.Tensor, low_cur: torch.Tensor) -> torch.Tensor:
         x = torch.cat([F.relu(self.reduce(low_key)), F.relu(self.reduce(low_cur))], 1)
@@ -103,13 +107,16 @@ class LowLatencySegNet(nn.Module):
     """forward(x) is the full-frame path S_h(S_l(x)) -> logits (what the AMS trainer adapts);
     lower / upper / propagate / classify serve the key-frame scheduler."""
 
+    mean: torch.Tensor                  # registered buffers (normalisation of the input)
+    std: torch.Tensor
+
     def __init__(self, config: LowLatencyConfig):
         super().__init__()
         self.config = config
         backbone = MobileNetV2Features(config.width_mult, output_stride=8)
         layers = list(backbone.layers)
         self.lower_part = nn.Sequential(*layers[:config.split])                   # S_l
-        low_channels = layers[config.split - 1].conv[-1].num_features   # the last block's output BatchNorm
+        low_channels = cast(Any, layers[config.split - 1]).conv[-1].num_features   # the last block's output BatchNorm
         self.upper_part = nn.Sequential(*layers[config.split:])                   # S_h (backbone) ...
         self.aspp = ASPPLite(backbone.out_channels, config.high_channels)          # ... + head features
         self.classifier = nn.Conv2d(config.high_channels, config.num_classes, 1)
@@ -140,7 +147,7 @@ class LowLatencySegNet(nn.Module):
         propagated = spatially_variant_conv(high_key, kernels, self.config.kernel_size)
         return self.fuse(torch.cat([propagated, self.adapt(low_cur)], 1))
 
-    def classify(self, high: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def classify(self, high: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         # .contiguous(): few-channel logits upsample 3× faster in NCHW than channels_last (inference copy)
         return F.interpolate(self.classifier(high).contiguous(), size=size, mode="bilinear", align_corners=False)
 

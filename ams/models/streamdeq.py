@@ -106,6 +106,9 @@ class MultiscaleFusion(nn.Module):
 class StreamDEQ(nn.Module):
     """forward(x) -> logits (B, classes, H, W); the solver API (inject, f, zeros, head) serves streaming."""
 
+    mean: torch.Tensor                  # registered buffers (normalisation of the input)
+    std: torch.Tensor
+
     def __init__(self, config: StreamDEQConfig):
         super().__init__()
         if config.train_mode not in ("UR", "SUR", "IL"):
@@ -147,7 +150,7 @@ class StreamDEQ(nn.Module):
         """One application of f_θ(z; x): per-resolution residual blocks, then multiscale fusion."""
         return self.fusion([block(zi, xi) for block, zi, xi in zip(self.blocks, z, injection)])
 
-    def decode(self, z: State, size: tuple[int, int]) -> torch.Tensor:
+    def decode(self, z: State, size: tuple[int, ...]) -> torch.Tensor:
         """Segmentation head on the (approximate) equilibrium state -> logits at `size`."""
         top = z[0].shape[-2:]
         feats = torch.cat([z[0]] + [F.interpolate(t, size=top, mode="bilinear", align_corners=False) for t in z[1:]], 1)

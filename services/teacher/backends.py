@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+from typing import Any
 from dataclasses import dataclass
 
 import cv2
@@ -49,7 +50,7 @@ class LiteRTSelfieBackend(TeacherBackend):
 
     def __init__(self, model_path: str, num_threads: int = 2):
         self.model_path, self.num_threads = model_path, num_threads
-        self._interpreter = None
+        self._interpreter: Any = None      # ai_edge_litert's Interpreter, once loaded
 
     def load(self) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -123,7 +124,7 @@ class OnnxBackend(TeacherBackend):
         self.model_path, self.classes, self.device = model_path, classes, device
         self.mean = np.array(mean, dtype=np.float32)[:, None, None]
         self.std = np.array(std, dtype=np.float32)[:, None, None]
-        self._session = None
+        self._session: Any = None         # onnxruntime's InferenceSession, once loaded
 
     def load(self) -> None:
         import onnxruntime  # optional dependency: pip install onnxruntime

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import torch
 
@@ -197,7 +198,7 @@ class SessionManager:
             raise errors.InvalidArgument(f"student input {h}×{w} is not within 1..{self.cfg.max_student_pixels} pixels")
 
     async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str,
-                   codecs: list[int] = ()) -> tuple[Session, bool]:
+                   codecs: Sequence[int] = ()) -> tuple[Session, bool]:
         """Resume `resume_sid` if it still exists for this device (and its update codec is one the edge
         decodes), else open a new session whose codec is the first of AMS_UPDATE_CODECS the edge offers."""
         if self.draining:
@@ -293,12 +294,13 @@ class SessionManager:
         with metrics.TEACHER_SECONDS.time():
             labelled = await self.teacher.label(frames, timestamps)
         keep = [i for i, item in enumerate(labelled) if item is not None]
+        pairs = [labelled[i] for i in keep]
         metrics.FRAMES_RECEIVED.inc(len(frames))
         if not keep:
             raise errors.InvalidArgument("the teacher could not label any frame of this clip")
         buffered, control_changed = await asyncio.to_thread(
             session.ingest, clip_seq, [timestamps[i] for i in keep], [frames[i] for i in keep],
-            [labelled[i][0] for i in keep], [labelled[i][1] for i in keep])
+            [pair[0] for pair in pairs if pair], [pair[1] for pair in pairs if pair])
         if control_changed:
             self._publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
         session.upload_times.setdefault(clip_seq, time.monotonic())
@@ -343,7 +345,7 @@ class SessionManager:
                 self.training.add(sid)
                 task = loop.create_task(self._train_once(loop, session))
                 self._phases.add(task)
-                task.add_done_callback(lambda t, sid=sid: self._phase_done(t, sid))
+                task.add_done_callback(functools.partial(self._phase_done, sid=sid))
 
     def _phase_done(self, task: asyncio.Task, sid: str) -> None:
         self._phases.discard(task)
@@ -416,7 +418,7 @@ class SessionManager:
         return out
 
     async def subscribe(self, session: Session, held_version: int,
-                        refused_version: int = 0) -> AsyncIterator[Event | tuple[str, object]]:
+                        refused_version: int = 0) -> AsyncIterator[Event]:
         """Catch-up first (updates or a snapshot marker), then live events until the session closes.
         A device that refused an update gets a snapshot, never the chain it could not apply."""
         if self.draining:

@@ -1,6 +1,8 @@
 """ModelStreaming gRPC servicer (thin: decode request, call SessionManager, encode reply) and create_server."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 import logging
 
 import grpc
@@ -54,7 +56,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id,
                                                    list(request.update_codecs))
         reply = streaming_pb2.OpenSessionResponse(session_id=session.sid, control=control_pb(session.control()),
-                                                  resumed=resumed, update_codec=session.codec)
+                                                  resumed=resumed, update_codec=cast(Any, session.codec))
         if not resumed:
             reply.snapshot.CopyFrom(snapshot_pb(session))
         metrics.UPDATE_BYTES.labels("snapshot").inc(reply.ByteSize())
@@ -86,6 +88,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         elif event.kind == "snapshot":
             message.snapshot.CopyFrom(snapshot_pb(session))
         else:
+            assert event.control is not None
             message.control.CopyFrom(control_pb(event.control))
         return message
 

@@ -35,6 +35,15 @@ from services.trainer.coordinate_descent import AdamCDState
 TRAINING_FIELDS = ("version", "phase", "trained_clip_seq", "checkpoint_version")
 
 
+def _text(value: Any) -> str:
+    """A Redis reply (bytes: the client does not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def _png(array: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", array)
     if not ok:
@@ -43,7 +52,10 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _unpng(data: bytes, flags: int) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None:
+        raise ValueError("a stored frame is not a PNG")
+    return image
 
 
 def serialize_state(state_dict: dict[str, torch.Tensor]) -> bytes:
@@ -221,13 +233,13 @@ class RedisSessionStore(SessionStore):
 
     @_redis_errors
     def load_meta(self, sid: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.key(sid, "meta")).items()}
+        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(sid, "meta")).items()}
 
     # --- frame buffer B ---------------------------------------------------------------------------
     @_redis_errors
     def add_frames(self, sid, timestamps, frames, labels, horizon_s) -> int:
         zkey, hkey = self.key(sid, "frames"), self.key(sid, "blobs")
-        blobs: dict[str, bytes] = {}
+        blobs: dict[Any, Any] = {}          # (redis-py's hset wants a Mapping over its own key union)
         scores: dict[str, float] = {}
         for ts, rgb, label in zip(timestamps, frames, labels):
             fk = f"{ts:.6f}"
@@ -235,7 +247,7 @@ class RedisSessionStore(SessionStore):
             blobs[f"l:{fk}"] = _png(label)
             scores[fk] = ts
         newest = max(timestamps)
-        stale = [k.decode() for k in self.r.zrangebyscore(zkey, "-inf", f"({max(newest, self._newest(sid)) - horizon_s}")]
+        stale = [_text(k) for k in self.r.zrangebyscore(zkey, "-inf", f"({max(newest, self._newest(sid)) - horizon_s}")]
         pipe = self.r.pipeline()  # MULTI/EXEC: the buffer never shows a frame without its label
         if blobs:
             pipe.hset(hkey, mapping=blobs)
@@ -249,16 +261,17 @@ class RedisSessionStore(SessionStore):
         return int(pipe.execute()[-3])
 
     def _newest(self, sid: str) -> float:
-        top = self.r.zrange(self.key(sid, "frames"), -1, -1, withscores=True)
+        top: Any = self.r.zrange(self.key(sid, "frames"), -1, -1, withscores=True)   # [(member, score)]
         return float(top[0][1]) if top else float("-inf")
 
     @_redis_errors
     def frame_keys(self, sid: str) -> list[str]:
-        return [k.decode() for k in self.r.zrange(self.key(sid, "frames"), 0, -1)]
+        return [_text(k) for k in self.r.zrange(self.key(sid, "frames"), 0, -1)]
 
     @_redis_errors
     def frame_timestamps(self, sid: str) -> list[float]:
-        return [s for _, s in self.r.zrange(self.key(sid, "frames"), 0, -1, withscores=True)]
+        pairs: Any = self.r.zrange(self.key(sid, "frames"), 0, -1, withscores=True)   # [(member, score)]
+        return [float(s) for _, s in pairs]
 
     @_redis_errors
     def load_frames(self, sid, keys):
@@ -320,4 +333,4 @@ class RedisSessionStore(SessionStore):
 
     @_redis_errors
     def load_updates(self, sid: str) -> list[bytes]:
-        return list(self.r.lrange(self.key(sid, "updates"), 0, -1))
+        return [_raw(u) for u in self.r.lrange(self.key(sid, "updates"), 0, -1)]

@@ -29,7 +29,7 @@ def teacher(request, loop_thread, pki):
                         max_batch=8, max_wait_ms=20, max_message_mb=1, max_frames_per_request=16,
                         **tls_config(pki, "teacher"))
     backend = make_backend(cfg.backend, cfg.model_path, cfg.scene)
-    server, port, batcher = loop_thread.run(create_server(cfg, backend))
+    server, port, batcher, _ = loop_thread.run(create_server(cfg, backend))
     channel = tls.channel(f"127.0.0.1:{port}", service_tls(pki, "operator"), options=channel_options(8 * 1024 * 1024))
     yield request.param, channel, teacher_pb2_grpc.TeacherStub(channel)
     channel.close()
@@ -110,7 +110,7 @@ def test_health_and_no_reflection_by_default(teacher):
 def test_reflection_when_enabled_and_plain_text_only_when_asked(loop_thread):
     cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE, insecure=True,
                         reflection=True)
-    server, port, batcher = loop_thread.run(create_server(cfg, make_backend("oracle", scene_spec=SCENE)))
+    server, port, batcher, _ = loop_thread.run(create_server(cfg, make_backend("oracle", scene_spec=SCENE)))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)

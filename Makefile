@@ -1,6 +1,7 @@
 # AMS — every target installs what it needs; all are safe to run twice.
 SHELL := /bin/bash
-PY ?= python3
+# the venv's Python: the first supported one present (3.11 first: this workplace's local torch wheel is for it)
+PY ?= $(firstword $(foreach v,3.11 3.12 3.13 3.14,$(shell command -v python$(v) 2>/dev/null)) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
@@ -21,6 +22,8 @@ help:
 
 # The venv installs the locked versions of every extra (requirements/dev.txt, `make lock`), then AMS itself.
 $(STAMP): pyproject.toml requirements/dev.txt
+	@$(PY) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))' || { \
+	  echo "make: AMS needs CPython 3.11-3.14 ($(PY) is $$($(PY) -V)); set PY=/path/to/python3.x" >&2; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements/dev.txt

@@ -43,6 +43,22 @@ def _upload(link: TrainerLink, seq: int) -> None:
         time.sleep(0.5)
 
 
+def _trainer_setup(teacher: str, redis_url: str, tmp_path, pki, **overrides: str):
+    """(env, port, health probe's TLS, log path) of a trainer process on a free port, tiny settings."""
+    port = free_port()
+    env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
+           "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
+           "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_DEVICE": "cpu",
+           "AMS_ALLOW_CUSTOM_STUDENTS": "true", **{f"AMS_{k.upper()}": v for k, v in tls_config(pki, "trainer").items()},
+           **overrides}
+    return env, port, service_tls(pki, "operator"), str(tmp_path / "trainer.log")
+
+
+def _link(port: int, device_id: str, pki) -> TrainerLink:
+    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
+    return TrainerLink(f"127.0.0.1:{port}", device_id, spec, device_tls(pki, device_id), timeout_s=10)
+
+
 @pytest.fixture
 def teacher(loop_thread, pki):
     cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec(),
@@ -54,17 +70,10 @@ def teacher(loop_thread, pki):
 
 
 def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(teacher, redis_url, tmp_path, pki):
-    port = free_port()
-    env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
-           "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
-           "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_CHECKPOINT_EVERY": "3",
-           "AMS_UPDATES_KEPT": "6", "AMS_DEVICE": "cpu", "AMS_ALLOW_CUSTOM_STUDENTS": "true",
-           **{f"AMS_{k.upper()}": v for k, v in tls_config(pki, "trainer").items()}}
-    probe = service_tls(pki, "operator")
-    log_path = str(tmp_path / "trainer.log")
+    env, port, probe, log_path = _trainer_setup(teacher, redis_url, tmp_path, pki, AMS_CHECKPOINT_EVERY="3",
+                                                AMS_UPDATES_KEPT="6")
     trainer = _start_trainer(env, log_path, probe)
-    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
-    link = TrainerLink(f"127.0.0.1:{port}", "crash-device", spec, device_tls(pki, "crash-device"), timeout_s=10)
+    link = _link(port, "crash-device", pki)
     try:
         link.open()
         snapshot_bytes = link.stats.snapshot_bytes
@@ -96,17 +105,10 @@ def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(te
 
 def test_sigterm_drains_commits_the_running_phase_checkpoints_and_exits_within_its_grace(teacher, redis_url, tmp_path,
                                                                                           pki):
-    port = free_port()
-    env = {"AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port), "AMS_TRAINER_METRICS_PORT": "0",
-           "AMS_REDIS_URL": redis_url, "AMS_TEACHER_ADDR": teacher, "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
-           "AMS_K_ITERS": "2", "AMS_BATCH_SIZE": "2", "AMS_TORCH_THREADS": "1", "AMS_CHECKPOINT_EVERY": "20",
-           "AMS_UPDATES_KEPT": "32", "AMS_DEVICE": "cpu", "AMS_ALLOW_CUSTOM_STUDENTS": "true",
-           "AMS_SHUTDOWN_GRACE_S": "3", **{f"AMS_{k.upper()}": v for k, v in tls_config(pki, "trainer").items()}}
-    probe = service_tls(pki, "operator")
-    log_path = str(tmp_path / "trainer.log")
+    env, port, probe, log_path = _trainer_setup(teacher, redis_url, tmp_path, pki, AMS_CHECKPOINT_EVERY="20",
+                                                AMS_UPDATES_KEPT="32", AMS_SHUTDOWN_GRACE_S="3")
     trainer = _start_trainer(env, log_path, probe)
-    spec = streaming_pb2.StudentSpec(architecture="deeplabv3_mnv2", config_json=json.dumps(TINY_STUDENT))
-    link = TrainerLink(f"127.0.0.1:{port}", "term-device", spec, device_tls(pki, "term-device"), timeout_s=10)
+    link = _link(port, "term-device", pki)
     try:
         link.open()
         for seq in (1, 2):

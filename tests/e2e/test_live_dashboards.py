@@ -44,6 +44,28 @@ def _value(base: str, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
+def _evaluate(base: str) -> tuple[list[str], list[str], int]:
+    """(expressions that do not parse, panels without data, panel expressions evaluated)."""
+    errors, empty, evaluated = [], [], 0
+    for path, dashboard in _dashboards().items():
+        for panel in _panels(dashboard):
+            for target in panel.get("targets", []):
+                if not target.get("expr"):
+                    continue
+                expr = target["expr"].replace("$__rate_interval", "10s")
+                reply = _query(base, expr)
+                evaluated += 1
+                if reply.get("status") != "success":
+                    errors.append(f"{path.name} / {panel['title']}: {expr}: {reply.get('error')}")
+                elif not reply["data"]["result"]:
+                    empty.append(f"{path.name} / {panel['title']}: {expr}: no data")
+    for rule in _alert_rules():
+        reply = _query(base, rule["expr"])
+        if reply.get("status") != "success":
+            errors.append(f"alert {rule['alert']}: {reply.get('error')}")
+    return errors, empty, evaluated
+
+
 def test_every_panel_returns_data_and_every_alert_parses_against_live_services(tmp_path):
     assert PROMETHEUS, "prometheus not on PATH (make tools installs Debian's)"
     log_dir = str(tmp_path)
@@ -75,25 +97,14 @@ def test_every_panel_returns_data_and_every_alert_parses_against_live_services(t
                 assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no updates scraped in time: " + (tmp_path / "edge.log").read_text()[-2000:]
                 time.sleep(1)
-            time.sleep(12)        # a few more scrapes, so rates over the panels' windows have two points
-            failures, evaluated = [], 0
-            for path, dashboard in _dashboards().items():
-                for panel in _panels(dashboard):
-                    for target in panel.get("targets", []):
-                        if not target.get("expr"):
-                            continue
-                        expr = target["expr"].replace("$__rate_interval", "10s")
-                        reply = _query(base, expr)
-                        evaluated += 1
-                        if reply.get("status") != "success":
-                            failures.append(f"{path.name} / {panel['title']}: {expr}: {reply.get('error')}")
-                        elif not reply["data"]["result"]:
-                            failures.append(f"{path.name} / {panel['title']}: {expr}: no data")
-            for rule in _alert_rules():
-                reply = _query(base, rule["expr"])
-                if reply.get("status") != "success":
-                    failures.append(f"alert {rule['alert']}: {reply.get('error')}")
-            assert not failures, "\n".join(failures)
+            # rates over the panels' 10 s windows need a few scrapes after the first update: poll for them
+            deadline = time.monotonic() + 30
+            while True:
+                errors, empty, evaluated = _evaluate(base)
+                if errors or not empty or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert not errors and not empty, "\n".join(errors + empty)
             assert evaluated >= 35 and len(_alert_rules()) >= 5     # both dashboards, every rule
         finally:
             for proc in (edge, prometheus):

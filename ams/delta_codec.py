@@ -20,6 +20,7 @@ import constriction
 import numpy as np
 
 from ams.errors import InvalidArgument
+from ams.index_coding import categorical
 
 QMAX = {8: 127, 4: 7}
 MAX_BLOCK = 1 << 16
@@ -39,7 +40,7 @@ class QuantisedDeltas:
         counts = np.bincount(symbols, minlength=2 * qmax + 1).astype(np.int64)
         coder = constriction.stream.stack.AnsCoder()
         if np.count_nonzero(counts) > 1:
-            coder.encode_reverse(symbols, _model(counts))
+            coder.encode_reverse(symbols, categorical(counts))
         body = coder.get_compressed().astype("<u4").tobytes()
         return counts.astype("<u4").tobytes() + body, self.scales.astype("<f2").tobytes()
 
@@ -61,16 +62,12 @@ class QuantisedDeltas:
         if np.count_nonzero(counts) > 1:
             words = np.frombuffer(coded, "<u4", offset=head).astype(np.uint32)
             try:
-                symbols = np.asarray(constriction.stream.stack.AnsCoder(words).decode(_model(counts), k), np.int64)
+                symbols = np.asarray(constriction.stream.stack.AnsCoder(words).decode(categorical(counts), k), np.int64)
             except (ValueError, RuntimeError, OverflowError) as exc:
                 raise InvalidArgument(f"corrupt quantised deltas: {exc}") from exc
         else:
             symbols = np.full(k, int(np.argmax(counts)), np.int64)
         return cls(bits, block, s, (symbols - qmax).astype(np.int8))
-
-
-def _model(counts: np.ndarray):
-    return constriction.stream.model.Categorical(counts.astype(np.float64) / counts.sum(), perfect=False)
 
 
 def quantise(delta: np.ndarray, bits: int, block: int) -> QuantisedDeltas:

@@ -35,7 +35,9 @@ def floor_bits_per_index(num_params: int, k: int) -> float:
     return (math.lgamma(num_params + 1) - math.lgamma(k + 1) - math.lgamma(num_params - k + 1)) / math.log(2) / k
 
 
-def _model(counts: np.ndarray):
+def categorical(counts: np.ndarray):
+    """constriction's categorical model of symbols 0..len(counts)-1 with these (nonzero-sum) counts."""
+    counts = np.asarray(counts, dtype=np.float64)
     return constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
 
 
@@ -54,7 +56,7 @@ def encode_indices(indices: np.ndarray, num_params: int) -> bytes:
         lows = (gaps[has_low] - sizes).astype(np.int32)
         coder.encode_reverse(lows, constriction.stream.model.Uniform(), sizes)
     if idx.size and np.count_nonzero(counts) > 1:
-        coder.encode_reverse(buckets, _model(counts.astype(np.float64)))
+        coder.encode_reverse(buckets, categorical(counts))
     header = _HEADER.pack(num_params, idx.size, counts.size) + counts.astype("<u4").tobytes()
     return header + coder.get_compressed().astype("<u4").tobytes()
 
@@ -75,7 +77,7 @@ def decode_indices(data: bytes) -> tuple[np.ndarray, int]:
             raise ValueError("truncated")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, "<u4").astype(np.uint32))
         if np.count_nonzero(counts) > 1:
-            buckets = np.asarray(coder.decode(_model(counts.astype(np.float64)), k), dtype=np.int64)
+            buckets = np.asarray(coder.decode(categorical(counts), k), dtype=np.int64)
         else:
             buckets = np.full(k, int(np.argmax(counts)) if k else 0, dtype=np.int64)
         gaps = np.zeros(k, dtype=np.int64)

@@ -89,7 +89,8 @@ def parameter_checksum(flat: np.ndarray) -> bytes:
 
 def make_update(session_id: str, base_version: int, new_version: int, flat_after: np.ndarray,
                 indices: np.ndarray, phase: int = 0, video_time_s: float = 0.0) -> SparseUpdate:
-    """Build an update from the sender's parameters; `flat_after[indices]` must already be float16-exact."""
+    """A float16 update from parameters already rounded at `indices` (`round_to_float16`); senders use
+    `sparse_update`, which does both for any codec."""
     indices = np.unique(np.asarray(indices, dtype=np.int64))
     values = flat_after[indices].astype(np.float16)
     if not np.array_equal(values.astype(np.float32), flat_after[indices]):
@@ -227,10 +228,15 @@ def decode_snapshot(msg: streaming_pb2.ModelSnapshot) -> tuple[str, dict, dict[s
     return msg.student.architecture, config, state
 
 
+def edge_decodes(offered: Sequence[int]) -> set[int]:
+    """The codecs an edge decodes, from what it offered: one that offers nothing predates negotiation
+    and decodes FLOAT16."""
+    return set(offered) or {FLOAT16}
+
+
 def pick_codec(preferred: list[int], offered: Sequence[int]) -> int | None:
-    """The first of the trainer's `preferred` codecs that the edge `offered`; an edge that offers
-    nothing decodes FLOAT16 (it predates negotiation). None when they share no codec."""
-    decodes = set(offered) or {FLOAT16}
+    """The first of the trainer's `preferred` codecs that the edge decodes; None when they share none."""
+    decodes = edge_decodes(offered)
     return next((c for c in preferred if c in decodes), None)
 
 

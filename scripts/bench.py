@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ams.update_codec import encode_update, flat_parameters, make_update, round_to_float16
+from ams.update_codec import FLOAT16, encode_update, flat_parameters, sparse_update
 from ams.video import encode_clip
 from ams.models import build_student, inference_copy
 from edge_client.video_source import VideoSource
@@ -62,12 +62,12 @@ def bench_phase_and_update(config: dict, k: int, batch: int, gamma: float, t_upd
     state, cfg = AdamCDState.zeros(sum(p.numel() for p in model.parameters())), AdamCDConfig(gamma=gamma, iterations=k)
     phases = []
     for _ in range(2):   # phase 1 picks I at random, phase 2 by |u|: the steady-state case
+        held = flat_parameters(model)
         t = time.perf_counter()
         indices, _ = train_phase(model, loss_fn, state, cfg, rng)
         phases.append(time.perf_counter() - t)
-    flat = flat_parameters(model)
-    round_to_float16(flat, indices)
-    message = encode_update(make_update("bench", 1, 2, flat, indices))
+    update, flat = sparse_update("bench", 1, 2, held, flat_parameters(model), indices, FLOAT16)
+    message = encode_update(update)
     update_bytes, full_bytes = message.ByteSize(), 2 * flat.size
     return {
         "config": config, "K": k, "batch": batch, "phase_seconds": [round(p, 2) for p in phases],

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ams.models import batch_tensor
-from ams.update_codec import encode_update, flat_parameters, load_flat_parameters, make_update, round_to_float16
+from ams.update_codec import FLOAT16, encode_update, flat_parameters, load_flat_parameters, sparse_update
 from ams.v1 import streaming_pb2
 from edge_client.evaluation import frame_miou
 from edge_client.video_source import Frame
@@ -171,10 +171,10 @@ class JustInTime(Scheme):
             self._send(indices, t)
 
     def _send(self, indices: np.ndarray, t: float) -> None:
-        flat = flat_parameters(self.model)
-        round_to_float16(flat, indices)   # what the device receives, kept bit-identical here
+        # float16, as the paper's JIT; the model adopts what the device receives, bit for bit
+        update, flat = sparse_update(self.trainer.sid, self.version, self.version + 1, self.flat,
+                                     flat_parameters(self.model), indices, FLOAT16, self.version + 1, t)
         load_flat_parameters(self.model, flat)
-        update = make_update(self.trainer.sid, self.version, self.version + 1, flat, indices, self.version + 1, t)
         self.version, self.flat = self.version + 1, flat
         self._deliver(streaming_pb2.ServerMessage(update=encode_update(update)), t)
 

@@ -26,7 +26,7 @@ import torch
 from ams import errors
 from ams.device import resolve_device
 from ams.models import build_student, student_config_dict
-from ams.update_codec import CODEC_NAMES, FLOAT16, pick_codec
+from ams.update_codec import CODEC_NAMES, edge_decodes, pick_codec
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
@@ -210,7 +210,7 @@ class SessionManager:
         if resume_sid:
             try:
                 session = await self.get(resume_sid, device_id)
-                if session.codec in (set(codecs) or {FLOAT16}):
+                if session.codec in edge_decodes(codecs):
                     return session, True
                 log.info("session %s uses a codec the edge no longer decodes; opening a new one", session.sid)
             except errors.NotFound:

@@ -48,13 +48,21 @@ def _code(context, default: grpc.StatusCode) -> grpc.StatusCode:
 class _Interceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: RpcMetrics):
         self.metrics = metrics
+        self._wrapped: dict[str, tuple[object, object]] = {}   # method path -> (its handler, the counting one)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or (
                 handler.unary_stream and not inspect.isasyncgenfunction(handler.unary_stream)):
             return handler        # no method of ours (grpc.health.v1's Watch is a synchronous stream)
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        path = handler_call_details.method
+        cached = self._wrapped.get(path)
+        if cached is None or cached[0] is not handler:      # wrap each method once, not on every call
+            cached = (handler, self._wrap(handler, path.rsplit("/", 1)[-1]))
+            self._wrapped[path] = cached
+        return cached[1]
+
+    def _wrap(self, handler, method: str):
         metrics = self.metrics
         if handler.unary_unary:
             behavior = handler.unary_unary

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from ams.index_coding import floor_bits_per_index
-from ams.update_codec import CODECS, apply_update, decode_update, encode_update, sparse_update
+from ams.update_codec import CODEC_NAMES, CODECS, apply_update, decode_update, encode_update, sparse_update
 from ams.v1 import streaming_pb2
 from scripts.eval.harness import load_student
 from scripts.eval.plan import kbps
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         run_all([r for rs in planned.values() for r in rs], url, run_dir, args.jobs)
         records = {v: [cached(r, url, run_dir) for r in rs] for v, rs in planned.items()}
     rows = [summarise(v, records[v], records["float16"]) for v in VARIANTS]
-    result = {"default": TrainerConfig().update_codecs.split(",")[0], "protocol": "first-pass frames, scored on arrival",
+    result = {"default": CODEC_NAMES[TrainerConfig().codec_preference()[0]], "protocol": "first-pass frames, scored on arrival",
               "settings": PAPER, "playlists": list(playlists), "seeds": list(seeds), "rows": rows,
               "timing_1_thread": codec_timing(rows[0]["num_params"])}
     with open(path, "w") as f:

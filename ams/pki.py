@@ -3,7 +3,8 @@ one certificate per device. `ams-admin` (ams/admin.py) is its command line.
 
 Every certificate names its role in the subject's organizational unit: `ams-service` for the
 teacher, the trainer and operator tools, `ams-device` for edge devices, whose device id is the
-subject's common name. Keys are ECDSA P-256.
+subject's common name, `ams-proxy` for the gRPC load balancer (it verifies each device's
+certificate itself and forwards it to the trainer, `forwarded_identity`). Keys are ECDSA P-256.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-DEVICE_ROLE, SERVICE_ROLE = "ams-device", "ams-service"
+DEVICE_ROLE, SERVICE_ROLE, PROXY_ROLE = "ams-device", "ams-service", "ams-proxy"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REVOKED_KEY = "ams:revoked"       # Redis hash: device id -> when it was revoked (the trainer refuses these)
 
@@ -130,6 +132,14 @@ class CertificateAuthority:
     def issue_service(self, name: str, hosts: list[str]) -> CertFiles:
         return self.issue(name, SERVICE_ROLE, hosts, self.path(name))
 
+    def issue_proxy(self, name: str, hosts: list[str]) -> CertFiles:
+        """The load balancer's certificate (served to devices and services, presented to the
+        replicas), and `name`.bundle.pem, certificate + key in one file as HAProxy reads it."""
+        files = self.issue(name, PROXY_ROLE, hosts, self.path(name))
+        with open(files.cert, "rb") as cert, open(files.key, "rb") as key:
+            _write(self.path(name + ".bundle.pem"), cert.read() + key.read(), private=True)
+        return files
+
     def issue_device(self, device_id: str) -> CertFiles:
         return self.issue(check_device_id(device_id), DEVICE_ROLE, [], self.path("devices", device_id))
 
@@ -149,3 +159,30 @@ def identity_of(pem: bytes) -> Identity:
     cert = x509.load_pem_x509_certificate(pem)
     attrs = {a.oid: a.value for a in cert.subject}
     return Identity(str(attrs.get(NameOID.ORGANIZATIONAL_UNIT_NAME, "")), str(attrs.get(NameOID.COMMON_NAME, "")))
+
+
+class ForwardedCertificateError(ValueError):
+    """A certificate forwarded by the load balancer that this CA did not sign, or is not valid now."""
+
+
+def forwarded_identity(der: bytes, ca_pem: bytes) -> Identity:
+    """Identity from a client certificate the load balancer verified and forwarded (DER). Checked
+    again here: signed by the operator's CA (`ca_pem`) and within its validity period."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise ForwardedCertificateError(f"forwarded client certificate is not DER X.509: {exc}") from exc
+    ca = _ca_certificate(ca_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ForwardedCertificateError("forwarded client certificate is not signed by this CA") from exc
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ForwardedCertificateError("forwarded client certificate is expired or not yet valid")
+    return identity_of(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@functools.lru_cache(maxsize=4)
+def _ca_certificate(ca_pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(ca_pem)

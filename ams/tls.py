@@ -9,7 +9,13 @@ from __future__ import annotations
 import grpc
 
 from ams import errors
-from ams.pki import CertFiles, Identity, identity_of
+import base64
+import binascii
+
+from ams.pki import PROXY_ROLE, CertFiles, ForwardedCertificateError, Identity, forwarded_identity, identity_of
+
+# The header in which the load balancer forwards the client certificate it verified (base64 DER).
+CLIENT_CERT_HEADER = "ams-client-cert"
 
 
 def _read(path: str) -> bytes:
@@ -59,9 +65,31 @@ def peer_identity(context) -> Identity:
     return identity_of(pem)
 
 
+def caller_identity(context, ca_pem: bytes) -> Identity:
+    """Who is calling: the peer certificate's identity or, when the peer is the load balancer
+    (role ams-proxy), that of the client certificate it verified and forwarded in
+    `CLIENT_CERT_HEADER`, checked again against the CA. A client cannot forge the header: the
+    load balancer overwrites it, and it is read only on a connection from an ams-proxy certificate."""
+    peer = peer_identity(context)
+    if peer.role != PROXY_ROLE:
+        return peer
+    value = next((v for k, v in context.invocation_metadata() or () if k == CLIENT_CERT_HEADER), "")
+    if not value:
+        raise errors.Unauthenticated("the load balancer forwarded no client certificate")
+    try:
+        return forwarded_identity(base64.b64decode(value, validate=True), ca_pem)
+    except (binascii.Error, ValueError, ForwardedCertificateError) as exc:
+        raise errors.Unauthenticated(f"forwarded client certificate refused: {exc}") from exc
+
+
 def files_of(config) -> CertFiles | None:
     """The service's own certificate files from its config, or None in explicit plain-text mode."""
     return None if config.insecure else CertFiles(config.tls_ca, config.tls_cert, config.tls_key)
+
+
+def ca_pem_of(config) -> bytes:
+    """The service's CA certificate (PEM), b"" in plain-text mode."""
+    return b"" if config.insecure else _read(config.tls_ca)
 
 
 def warn_if_insecure(config, log, name: str) -> None:

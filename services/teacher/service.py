@@ -23,12 +23,15 @@ SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
-    def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int, insecure: bool):
+    def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int, insecure: bool,
+                 ca_pem: bytes = b""):
         self.backend, self.batcher, self.max_frames, self.insecure = backend, batcher, max_frames, insecure
+        self.ca_pem = ca_pem
 
     def _check_caller(self, context) -> None:
-        """Only services (the trainer, operator tools) may call the teacher, never a device."""
-        if not self.insecure and (role := tls.peer_identity(context).role) != SERVICE_ROLE:
+        """Only services (the trainer, operator tools) may call the teacher, never a device, directly
+        or through the load balancer."""
+        if not self.insecure and (role := tls.caller_identity(context, self.ca_pem).role) != SERVICE_ROLE:
             raise errors.PermissionDenied(f"the teacher serves AMS services, not an {role or 'unknown'} certificate")
 
     @grpc_errors
@@ -77,7 +80,8 @@ async def create_server(config: TeacherConfig, backend: TeacherBackend) -> Teach
                              interceptors=[metrics.RPC.interceptor()])
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
     batcher = MicroBatcher(backend, config.max_batch, config.max_wait_ms / 1000.0, config.max_queue)
-    add_servicer(server, TeacherServicer(backend, batcher, config.max_frames_per_request, config.insecure),
+    add_servicer(server, TeacherServicer(backend, batcher, config.max_frames_per_request, config.insecure,
+                                         tls.ca_pem_of(config)),
                  teacher_pb2.DESCRIPTOR.services_by_name["Teacher"])
     tls.warn_if_insecure(config, log, "teacher")
     port = tls.bind(server, f"{config.host}:{config.port}", tls.files_of(config))

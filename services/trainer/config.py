@@ -75,6 +75,10 @@ class TrainerConfig:
     checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "
                                    "a phase writes only its update; ≤ updates_kept)")
     device: str = _f("auto", "where training runs: auto (CUDA when present), cpu or cuda")
+    replica_id: str = _f("", "this replica's name in session leases (default: host name and process id; in "
+                             "Kubernetes the pod name)")
+    lease_ttl_s: float = _f(10.0, "seconds a replica owns a session without renewing its lease (renewed every third "
+                                  "of it): a crashed replica's sessions move to a survivor after at most this long")
     shutdown_grace_s: float = _f(20.0, "on SIGTERM: NOT_SERVING and no new sessions at once, then this long for calls in "
                                        "flight, then the running phase finishes and sessions are checkpointed (compose's "
                                        "stop_grace_period leaves room for all of it)")
@@ -98,6 +102,8 @@ class TrainerConfig:
         resolve_device(self.device)
         if not 1 <= self.checkpoint_every <= self.updates_kept:
             raise ConfigError("need 1 ≤ AMS_CHECKPOINT_EVERY ≤ AMS_UPDATES_KEPT (restore replays the kept chain)")
+        if self.lease_ttl_s < 1:
+            raise ConfigError("AMS_LEASE_TTL_S must be ≥ 1 (renewals every third of it)")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")
 

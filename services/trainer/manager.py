@@ -4,6 +4,11 @@
 App. E), earliest deadline first: the session whose oldest untrained clip was uploaded longest ago
 goes next, and no session has two phases at once. The asyncio loop only does I/O, so training
 never blocks the server.
+
+With replicas, a session is served here only while this replica holds its lease (leases.py): taken
+when the session is opened or restored from Redis, checked on every call, renewed every third of
+its TTL, its token on every state write; lost (another replica took over) -> the session is dropped
+here and its streams end; asked for by another replica -> checkpointed, released and dropped.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from ams.update_codec import CODEC_NAMES, edge_decodes, pick_codec
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
+from services.trainer.leases import LeaseLost, SessionLeases
 from services.trainer.quotas import OpenRateLimiter
 from services.trainer.session import Control, Session, resize_frame
 from services.trainer.store import SessionStore
@@ -51,8 +57,9 @@ class Event:
 
 
 class SessionManager:
-    def __init__(self, cfg: TrainerConfig, store: SessionStore, teacher: TeacherClient):
-        self.cfg, self.store, self.teacher = cfg, store, teacher
+    def __init__(self, cfg: TrainerConfig, store: SessionStore, teacher: TeacherClient,
+                 leases: SessionLeases | None = None):
+        self.cfg, self.store, self.teacher, self.leases = cfg, store, teacher, leases
         self.sessions: dict[str, Session] = {}
         self.subscribers: dict[str, set[asyncio.Queue]] = collections.defaultdict(set)
         self.pending: dict[str, float] = {}   # sid -> wall time of its oldest untrained upload (the EDF key)
@@ -70,7 +77,67 @@ class SessionManager:
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._engine = asyncio.get_running_loop().create_task(self._run_engine())
+        loop = asyncio.get_running_loop()
+        self._engine = loop.create_task(self._run_engine())
+        if self.leases:
+            self._renewer = loop.create_task(self._renew_loop())
+
+    # --- ownership (leases.py) ----------------------------------------------------------------------
+    def _take(self, sid: str) -> int | None:
+        """This replica's lease token on `sid` (None without leases, i.e. a single trainer); LeaseLost
+        (UNAVAILABLE: the device retries) while another replica holds it, which is asked to hand it over."""
+        if self.leases is None:
+            return None
+        token = self.leases.acquire(sid)
+        if token is None:
+            self.leases.want(sid)
+            holder = self.leases.holder(sid)
+            metrics.HANDOFFS.labels("asked").inc()
+            raise LeaseLost(f"session {sid} is served by replica {holder[0] if holder else '?'}; it is moving "
+                            f"here, retry")
+        return token
+
+    def _forget(self, sid: str) -> None:
+        """Stop serving a session here (its state stays in Redis): its update streams end, so its
+        device reconnects (through the load balancer, to the session's owner)."""
+        self.sessions.pop(sid, None)
+        self.pending.pop(sid, None)
+        for queue in self.subscribers.pop(sid, set()):
+            queue.put_nowait(None)
+        metrics.SESSIONS_ACTIVE.set(len(self.sessions))
+
+    async def _renew_loop(self) -> None:
+        """Every third of the lease TTL: renew every held lease (dropping sessions whose lease another
+        replica took), and hand over the sessions another replica asked for (not while training)."""
+        assert self.leases is not None
+        while True:
+            await asyncio.sleep(self.cfg.lease_ttl_s / 3)
+            try:
+                tokens = await asyncio.to_thread(self.leases.renew, list(self.sessions))
+                for sid, token in tokens.items():
+                    session = self.sessions.get(sid)
+                    if session is not None and token != session.token:
+                        log.warning("session %s: lease lost to another replica; dropped here", sid)
+                        metrics.HANDOFFS.labels("lost").inc()
+                        self._forget(sid)
+                for sid in await asyncio.to_thread(self.leases.wanted, list(self.sessions)):
+                    if sid not in self.training:
+                        await self._hand_over(sid)
+            except errors.Unavailable as exc:   # Redis down: keep serving what is held; writes fail meanwhile
+                log.warning("lease renewal: %s", exc)
+
+    async def _hand_over(self, sid: str) -> None:
+        session = self.sessions.get(sid)
+        if session is None or self.leases is None:
+            return
+        self._forget(sid)
+        try:
+            await asyncio.to_thread(session.checkpoint)   # the next owner resumes Adam's moments exactly
+        except errors.AMSError as exc:
+            log.warning("session %s: no checkpoint at hand-over (%s)", sid, exc)
+        await asyncio.to_thread(self.leases.release, sid)
+        metrics.HANDOFFS.labels("released").inc()
+        log.info("session %s at v%d handed over to the replica that asked for it", sid, session.version)
 
     def watch(self, set_healthy, period_s: float = 2.0) -> None:
         """Report health now and every `period_s` seconds: SERVING iff Redis answers and the teacher
@@ -122,7 +189,7 @@ class SessionManager:
             if not self.subscribers.get(sid) and now - session.last_active > self.cfg.session_ttl_s and not busy:
                 log.info("session %s abandoned: evicted", sid)
                 self.sessions.pop(sid, None)
-                self.subscribers.pop(sid, None)
+                self.subscribers.pop(sid, None)   # (its lease, no longer renewed, expires)
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
 
     async def check_not_revoked(self, device_id: str) -> None:
@@ -143,7 +210,7 @@ class SessionManager:
     async def stop(self) -> None:
         """Stop training (a phase in flight finishes and commits), then checkpoint every held session,
         so a graceful restart resumes Adam's moments exactly too."""
-        for task in (self._engine, getattr(self, "_watcher", None)):
+        for task in (self._engine, getattr(self, "_watcher", None), getattr(self, "_renewer", None)):
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -152,6 +219,8 @@ class SessionManager:
         for session in list(self.sessions.values()):
             try:
                 await asyncio.to_thread(session.checkpoint)
+                if self.leases:   # the next replica need not wait for the lease to expire
+                    await asyncio.to_thread(self.leases.release, session.sid)
             except errors.AMSError as exc:
                 log.warning("session %s: no checkpoint at shutdown (%s)", session.sid, exc)
 
@@ -227,8 +296,9 @@ class SessionManager:
         sid = uuid.uuid4().hex
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
                           codec=codec)
+        session.token = await asyncio.to_thread(self._take, sid)
         written = await asyncio.to_thread(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
-                                          model.state_dict(), session.adam)
+                                          model.state_dict(), session.adam, session.token)
         metrics.STATE_BYTES.inc(written)
         self.sessions[sid] = session
         metrics.SESSIONS_OPENED.inc()
@@ -243,6 +313,11 @@ class SessionManager:
         if not SESSION_ID.fullmatch(sid):    # never a Redis lookup (nor a log line) for a made-up 1 MB id
             raise errors.NotFound("unknown or expired session")
         session = self.sessions.get(sid)
+        if session is not None and self.leases is not None:   # still ours? (one round trip; renews the lease)
+            token = await asyncio.to_thread(self.leases.acquire, sid)
+            if token != session.token:       # taken over meanwhile: what is held here is stale
+                self._forget(sid)
+                session = None
         if session is None:
             session = await asyncio.to_thread(self._restore, sid)
         if session.device_id != device_id:
@@ -251,10 +326,14 @@ class SessionManager:
         return session
 
     def _restore(self, sid: str) -> Session:
-        ckpt = self.store.load_checkpoint(sid) if sid else None
+        if not self.store.exists(sid):
+            raise errors.NotFound(f"unknown or expired session {sid}")
+        token = self._take(sid)            # the lease first: nobody else writes while this reads
+        ckpt = self.store.load_checkpoint(sid)
         if ckpt is None:
             raise errors.NotFound(f"unknown or expired session {sid}")
         session = Session.from_checkpoint(sid, ckpt, self.store, self.cfg, self.device)
+        session.token = token
         if sid in self.sessions:
             return self.sessions[sid]
         self.sessions[sid] = session
@@ -267,13 +346,11 @@ class SessionManager:
         return session
 
     async def close(self, sid: str, device_id: str) -> None:
-        await self.get(sid, device_id)
-        self.sessions.pop(sid, None)
-        self.pending.pop(sid, None)
-        for queue in self.subscribers.pop(sid, set()):
-            queue.put_nowait(None)
-        await asyncio.to_thread(self.store.delete, sid)
-        metrics.SESSIONS_ACTIVE.set(len(self.sessions))
+        session = await self.get(sid, device_id)
+        self._forget(sid)
+        await asyncio.to_thread(self.store.delete, sid, session.token)
+        if self.leases:
+            await asyncio.to_thread(self.leases.release, sid)
 
     # --- uplink: Algorithm 1 lines 5-9 ------------------------------------------------------------
     async def upload(self, session: Session, clip_seq: int, codec: str, data: bytes,
@@ -364,8 +441,8 @@ class SessionManager:
                 return
             log.exception("training phase failed for session %s (rolled back, nothing sent)", session.sid)
             metrics.PHASE_FAILURES.inc()
-            if isinstance(exc, errors.FailedPrecondition):   # the stored state moved on: reload it on next use
-                self.sessions.pop(session.sid, None)
+            if isinstance(exc, (errors.FailedPrecondition, LeaseLost)):   # the stored state moved on, or its
+                self._forget(session.sid)                                 # owner: reload it on next use
             self._processed(session, seq_before, Event("control", seq_before, control=session.control()))
             return
         if outcome is None:

@@ -29,4 +29,7 @@ UPDATE_BYTES = Counter("ams_trainer_update_bytes_total", "Downlink bytes sent to
                        "control (OpenSession replies count as snapshot)", ["kind"])
 UPLOAD_BYTES = Counter("ams_trainer_upload_bytes_total", "Uplink bytes of uploaded clips")
 FRAMES_RECEIVED = Counter("ams_trainer_frames_received_total", "Frames received in uploaded clips")
+HANDOFFS = Counter("ams_trainer_session_handoffs_total", "Session ownership among replicas: asked (another replica "
+                   "holds a session whose calls came here), released (handed over on request), lost (taken over "
+                   "after this replica's lease expired)", ["event"])
 RPC = RpcMetrics("ams_trainer", "Trainer")   # requests, latency and streams of every method (server interceptor)

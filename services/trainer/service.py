@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 import logging
+import os
+import socket
 
 import grpc
 
@@ -16,6 +18,7 @@ from ams.update_codec import encode_snapshot
 from ams.v1 import streaming_pb2, streaming_pb2_grpc
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
+from services.trainer.leases import SessionLeases
 from services.trainer.manager import Event, SessionManager
 from services.trainer.session import Control, Session
 from services.trainer.store import RedisSessionStore, SessionStore
@@ -36,15 +39,16 @@ def snapshot_pb(session: Session) -> streaming_pb2.ModelSnapshot:
 
 
 class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
-    def __init__(self, manager: SessionManager, insecure: bool):
-        self.manager, self.insecure = manager, insecure
+    def __init__(self, manager: SessionManager, insecure: bool, ca_pem: bytes = b""):
+        self.manager, self.insecure, self.ca_pem = manager, insecure, ca_pem
 
     async def device(self, context) -> str:
-        """The caller's device id: the subject of its verified client certificate (or, only in
-        insecure mode, the ams-device-id header); revoked devices are refused."""
+        """The caller's device id: the subject of its verified client certificate, directly or as
+        forwarded by the load balancer (or, only in insecure mode, the ams-device-id header);
+        revoked devices are refused."""
         if self.insecure:
             return device_id_of(context)
-        identity = tls.peer_identity(context)
+        identity = tls.caller_identity(context, self.ca_pem)
         if identity.role != DEVICE_ROLE:
             raise errors.PermissionDenied(f"an {identity.role or 'unknown'} certificate cannot act as a device")
         await self.manager.check_not_revoked(identity.name)
@@ -103,11 +107,15 @@ async def create_server(config: TrainerConfig, store: SessionStore | None = None
     """Build and start the trainer on config.host:config.port; returns (server, bound port, manager)."""
     store = store or RedisSessionStore(config.redis_url, config.session_ttl_s, config.updates_kept)
     teacher = teacher or TeacherClient(config.teacher_addr, tls.files_of(config))
-    manager = SessionManager(config, store, teacher)
+    leases = None
+    if isinstance(store, RedisSessionStore):
+        owner = config.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        leases = SessionLeases(store.r, owner, config.lease_ttl_s, counter_ttl_s=config.session_ttl_s)
+    manager = SessionManager(config, store, teacher, leases)
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024),
                              interceptors=[metrics.RPC.interceptor()])
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
-    add_servicer(server, ModelStreamingServicer(manager, config.insecure),
+    add_servicer(server, ModelStreamingServicer(manager, config.insecure, tls.ca_pem_of(config)),
                  streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"])
     tls.warn_if_insecure(config, log, "trainer")
     port = tls.bind(server, f"{config.host}:{config.port}", tls.files_of(config))

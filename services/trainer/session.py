@@ -88,6 +88,7 @@ class Session:
         self.opened_at = time.monotonic()     # a device over its session quota loses its oldest
         self.ingest_lock = threading.Lock()
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
+        self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
 
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:
@@ -119,10 +120,11 @@ class Session:
                 self.prev_label = labels[i]
             if size := self.input_size():   # the manager resizes before labelling; this covers other callers
                 frames, labels = map(list, zip(*[resize_pair(f, lab, size) for f, lab in zip(frames, labels)]))
-            buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s)
+            buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s,
+                                             self.token)
             self.latest_ts = max(self.latest_ts, max(timestamps))
             self.last_clip_seq = clip_seq
-            self.store.save_meta(self.sid, self.ingest_meta())
+            self.store.save_meta(self.sid, self.ingest_meta(), self.token)
             return buffered, self.control() != before
 
     # --- training phase (Alg. 1 lines 10–17, Alg. 2) as a transaction -----------------------------
@@ -223,7 +225,7 @@ class Session:
         try:
             written = self.store.commit_phase(
                 self.sid, self.version, self.training_meta(result), message.SerializeToString(),
-                self.model.state_dict() if checkpoint else None, result.adam if checkpoint else None)
+                self.model.state_dict() if checkpoint else None, result.adam if checkpoint else None, self.token)
         except BaseException:
             self.discard()
             raise
@@ -238,7 +240,7 @@ class Session:
         """Store the full model and Adam state of the current version (graceful shutdown); bytes written."""
         if self.checkpoint_version == self.version:
             return 0
-        written = self.store.checkpoint(self.sid, self.version, self.state_dict_copy()[1], self.adam)
+        written = self.store.checkpoint(self.sid, self.version, self.state_dict_copy()[1], self.adam, self.token)
         self.checkpoint_version = self.version
         return written
 

@@ -18,7 +18,6 @@ exactly from checkpoint + chain; Adam's moments are those of the last checkpoint
 from __future__ import annotations
 
 import abc
-import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +27,11 @@ import numpy as np
 import redis
 import torch
 
-from ams.errors import FailedPrecondition, Unavailable
+from ams.errors import FailedPrecondition
 from ams.pki import REVOKED_KEY
 from services.trainer.coordinate_descent import AdamCDState
+from services.trainer.leases import LeaseLost, fence_lua, lease_key
+from services.trainer.redis_client import connect, redis_errors
 
 TRAINING_FIELDS = ("version", "phase", "trained_clip_seq", "checkpoint_version")
 
@@ -97,7 +98,9 @@ class Checkpoint:
 
 class SessionStore(abc.ABC):
     """What a trainer keeps per session, and what a restarted trainer resumes from.
-    Every method raises `ams.errors.Unavailable` when the backing store cannot be reached."""
+    Every method raises `ams.errors.Unavailable` when the backing store cannot be reached. A write
+    given the `token` of the session's lease (services/trainer/leases.py) is refused with `LeaseLost`,
+    writing nothing, once that token is no longer the lease's."""
 
     @abc.abstractmethod
     def ping(self) -> bool:
@@ -112,11 +115,11 @@ class SessionStore(abc.ABC):
         """Whether the session's state is still stored (not closed, not expired)."""
 
     @abc.abstractmethod
-    def delete(self, sid: str) -> None:
+    def delete(self, sid: str, token: int | None = None) -> None:
         """Forget everything about a session."""
 
     @abc.abstractmethod
-    def save_meta(self, sid: str, fields: dict[str, Any]) -> None:
+    def save_meta(self, sid: str, fields: dict[str, Any], token: int | None = None) -> None:
         """Merge scalar session fields (rates, clip counters); never the training fields."""
 
     @abc.abstractmethod
@@ -125,7 +128,7 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     def add_frames(self, sid: str, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
-                   horizon_s: float) -> int:
+                   horizon_s: float, token: int | None = None) -> int:
         """Buffer (frame, label, timestamp) tuples and trim to the last `horizon_s` seconds; return buffer size."""
 
     @abc.abstractmethod
@@ -137,19 +140,22 @@ class SessionStore(abc.ABC):
         """{key: (RGB frame, label)} for those of `keys` still buffered (trimming may have removed some)."""
 
     @abc.abstractmethod
-    def create(self, sid: str, meta: dict[str, Any], state_dict: dict[str, torch.Tensor], adam: AdamCDState) -> int:
+    def create(self, sid: str, meta: dict[str, Any], state_dict: dict[str, torch.Tensor], adam: AdamCDState,
+               token: int | None = None) -> int:
         """Store a new session at version 0 with its first checkpoint; return the bytes written."""
 
     @abc.abstractmethod
     def commit_phase(self, sid: str, base_version: int, training: dict[str, Any], update_bytes: bytes,
-                     state_dict: dict[str, torch.Tensor] | None, adam: AdamCDState | None) -> int:
+                     state_dict: dict[str, torch.Tensor] | None, adam: AdamCDState | None,
+                     token: int | None = None) -> int:
         """Atomically log one update and advance the training fields from `base_version` to
         training["version"], with a checkpoint when `state_dict`/`adam` are given. Raises
         FailedPrecondition (and writes nothing) when the stored version is not `base_version`.
         Returns the bytes written."""
 
     @abc.abstractmethod
-    def checkpoint(self, sid: str, version: int, state_dict: dict[str, torch.Tensor], adam: AdamCDState) -> int:
+    def checkpoint(self, sid: str, version: int, state_dict: dict[str, torch.Tensor], adam: AdamCDState,
+                   token: int | None = None) -> int:
         """Store a full checkpoint of `version` if that is still the stored version; return bytes written."""
 
     @abc.abstractmethod
@@ -161,20 +167,10 @@ class SessionStore(abc.ABC):
         """The logged updates, oldest first, for catch-up after a reconnect."""
 
 
-def _redis_errors(method):
-    """Redis connection failures become Unavailable (a dependency is down), never a crash."""
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Unavailable(f"redis unavailable: {exc}") from exc
-    return wrapper
-
-
-# KEYS: meta, updates, model, adam. ARGV: base_version, ttl, updates_kept, update (or ""), model (or ""),
-# adam (or ""), then field/value pairs. The version check and every write happen in one atomic step.
-_COMMIT = """
+# KEYS: meta, updates, model, adam, lease. ARGV: base_version, ttl, updates_kept, update (or ""), model
+# (or ""), adam (or ""), fencing token (or "": unfenced), then field/value pairs. The fence, the version
+# check and every write happen in one atomic step.
+_COMMIT = fence_lua("KEYS[5]", "ARGV[7]") + """
 local stored = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
 if stored ~= tonumber(ARGV[1]) then return redis.error_reply('STALE stored version ' .. tostring(stored)) end
 if ARGV[4] ~= '' then
@@ -183,7 +179,7 @@ if ARGV[4] ~= '' then
 end
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[2]) end
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
@@ -191,7 +187,7 @@ return 1
 
 class RedisSessionStore(SessionStore):
     def __init__(self, url: str, ttl_s: int = 900, updates_kept: int = 32):
-        self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        self.r = connect(url)
         self.ttl_s, self.updates_kept = ttl_s, updates_kept
         self._commit = self.r.register_script(_COMMIT)
 
@@ -202,42 +198,43 @@ class RedisSessionStore(SessionStore):
     def _all_keys(self, sid: str) -> list[str]:
         return [self.key(sid, p) for p in ("meta", "frames", "blobs", "model", "adam", "updates")]
 
-    @_redis_errors
+    @redis_errors
     def ping(self) -> bool:
         return bool(self.r.ping())
 
-    @_redis_errors
+    @redis_errors
     def revoked(self, device_ids: list[str]) -> set[str]:
         if not device_ids:
             return set()
         flags = self.r.hmget(REVOKED_KEY, device_ids)
         return {d for d, flag in zip(device_ids, flags) if flag is not None}
 
-    @_redis_errors
+    @redis_errors
     def exists(self, sid: str) -> bool:
         return bool(self.r.exists(self.key(sid, "meta")))
 
-    @_redis_errors
-    def delete(self, sid: str) -> None:
-        self.r.delete(*self._all_keys(sid))
+    @redis_errors
+    def delete(self, sid: str, token: int | None = None) -> None:
+        self._transaction(sid, token, lambda pipe: pipe.delete(*self._all_keys(sid)))
 
     # --- meta -------------------------------------------------------------------------------------
-    @_redis_errors
-    def save_meta(self, sid: str, fields: dict[str, Any]) -> None:
+    @redis_errors
+    def save_meta(self, sid: str, fields: dict[str, Any], token: int | None = None) -> None:
         if set(fields) & set(TRAINING_FIELDS):
             raise ValueError(f"training fields {sorted(set(fields) & set(TRAINING_FIELDS))} are written by commits only")
-        pipe = self.r.pipeline()
-        pipe.hset(self.key(sid, "meta"), mapping={k: str(v) for k, v in fields.items()})
-        pipe.expire(self.key(sid, "meta"), self.ttl_s)
-        pipe.execute()
 
-    @_redis_errors
+        def write(pipe):
+            pipe.hset(self.key(sid, "meta"), mapping={k: str(v) for k, v in fields.items()})
+            pipe.expire(self.key(sid, "meta"), self.ttl_s)
+        self._transaction(sid, token, write)
+
+    @redis_errors
     def load_meta(self, sid: str) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(sid, "meta")).items()}
 
     # --- frame buffer B ---------------------------------------------------------------------------
-    @_redis_errors
-    def add_frames(self, sid, timestamps, frames, labels, horizon_s) -> int:
+    @redis_errors
+    def add_frames(self, sid, timestamps, frames, labels, horizon_s, token=None) -> int:
         zkey, hkey = self.key(sid, "frames"), self.key(sid, "blobs")
         blobs: dict[Any, Any] = {}          # (redis-py's hset wants a Mapping over its own key union)
         scores: dict[str, float] = {}
@@ -248,32 +245,50 @@ class RedisSessionStore(SessionStore):
             scores[fk] = ts
         newest = max(timestamps)
         stale = [_text(k) for k in self.r.zrangebyscore(zkey, "-inf", f"({max(newest, self._newest(sid)) - horizon_s}")]
-        pipe = self.r.pipeline()  # MULTI/EXEC: the buffer never shows a frame without its label
-        if blobs:
-            pipe.hset(hkey, mapping=blobs)
-            pipe.zadd(zkey, scores)
-        if stale:
-            pipe.zrem(zkey, *stale)
-            pipe.hdel(hkey, *[f"{p}:{k}" for k in stale for p in ("f", "l")])
-        pipe.zcard(zkey)
-        pipe.expire(zkey, self.ttl_s)
-        pipe.expire(hkey, self.ttl_s)
-        return int(pipe.execute()[-3])
+
+        def write(pipe):   # one MULTI/EXEC: the buffer never shows a frame without its label
+            if blobs:
+                pipe.hset(hkey, mapping=blobs)
+                pipe.zadd(zkey, scores)
+            if stale:
+                pipe.zrem(zkey, *stale)
+                pipe.hdel(hkey, *[f"{p}:{k}" for k in stale for p in ("f", "l")])
+            pipe.zcard(zkey)
+            pipe.expire(zkey, self.ttl_s)
+            pipe.expire(hkey, self.ttl_s)
+        return int(self._transaction(sid, token, write)[-3])
+
+    def _transaction(self, sid: str, token: int | None, write) -> list:
+        """`write(pipe)`'s commands as one MULTI/EXEC; with a `token`, only while it is still the
+        session lease's (WATCH on the lease: a change in between aborts the transaction)."""
+        with self.r.pipeline() as pipe:
+            if token is not None:
+                try:
+                    pipe.watch(lease_key(sid))
+                    if _text(pipe.hget(lease_key(sid), "token") or b"") != str(token):
+                        raise LeaseLost(f"session {sid}: this replica's lease (token {token}) was taken over")
+                    pipe.multi()
+                    write(pipe)
+                    return pipe.execute()
+                except redis.WatchError as exc:
+                    raise LeaseLost(f"session {sid}: the lease changed during a write") from exc
+            write(pipe)
+            return pipe.execute()
 
     def _newest(self, sid: str) -> float:
         top: Any = self.r.zrange(self.key(sid, "frames"), -1, -1, withscores=True)   # [(member, score)]
         return float(top[0][1]) if top else float("-inf")
 
-    @_redis_errors
+    @redis_errors
     def frame_keys(self, sid: str) -> list[str]:
         return [_text(k) for k in self.r.zrange(self.key(sid, "frames"), 0, -1)]
 
-    @_redis_errors
+    @redis_errors
     def frame_timestamps(self, sid: str) -> list[float]:
         pairs: Any = self.r.zrange(self.key(sid, "frames"), 0, -1, withscores=True)   # [(member, score)]
         return [float(s) for _, s in pairs]
 
-    @_redis_errors
+    @redis_errors
     def load_frames(self, sid, keys):
         raw = self.r.hmget(self.key(sid, "blobs"), [f"{p}:{k}" for k in keys for p in ("f", "l")])
         out = {}
@@ -286,38 +301,42 @@ class RedisSessionStore(SessionStore):
 
     # --- model, optimizer, update chain -----------------------------------------------------------
     def _run_commit(self, sid: str, base_version: int, fields: dict[str, Any], update: bytes, model: bytes,
-                    adam: bytes) -> int:
+                    adam: bytes, token: int | None) -> int:
         flat_fields = [x for k, v in fields.items() for x in (k, str(v))]
-        keys = [self.key(sid, p) for p in ("meta", "updates", "model", "adam")]
+        keys = [self.key(sid, p) for p in ("meta", "updates", "model", "adam")] + [lease_key(sid)]
+        fence = "" if token is None else str(token)
         try:
-            self._commit(keys=keys, args=[base_version, self.ttl_s, self.updates_kept, update, model, adam, *flat_fields])
+            self._commit(keys=keys, args=[base_version, self.ttl_s, self.updates_kept, update, model, adam, fence,
+                                          *flat_fields])
         except redis.ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise LeaseLost(f"session {sid}: this replica's lease (token {token}) was taken over") from exc
             if "STALE" in str(exc):
                 raise FailedPrecondition(f"session {sid}: {exc}; this trainer's copy is out of date") from exc
             raise
         return len(update) + len(model) + len(adam) + sum(len(x) for x in flat_fields)
 
-    @_redis_errors
-    def create(self, sid, meta, state_dict, adam) -> int:
-        self.r.delete(*self._all_keys(sid))   # a missing meta reads as version -1
+    @redis_errors
+    def create(self, sid, meta, state_dict, adam, token=None) -> int:
+        self.delete(sid, token)   # a missing meta reads as version -1
         fields = {**meta, "version": 0, "phase": 0, "trained_clip_seq": 0, "checkpoint_version": 0}
-        return self._run_commit(sid, -1, fields, b"", serialize_state(state_dict), serialize_adam(adam))
+        return self._run_commit(sid, -1, fields, b"", serialize_state(state_dict), serialize_adam(adam), token)
 
-    @_redis_errors
-    def commit_phase(self, sid, base_version, training, update_bytes, state_dict, adam) -> int:
+    @redis_errors
+    def commit_phase(self, sid, base_version, training, update_bytes, state_dict, adam, token=None) -> int:
         fields = dict(training)
         model_bytes = adam_bytes = b""
         if state_dict is not None and adam is not None:
             model_bytes, adam_bytes = serialize_state(state_dict), serialize_adam(adam)
             fields["checkpoint_version"] = training["version"]
-        return self._run_commit(sid, base_version, fields, update_bytes, model_bytes, adam_bytes)
+        return self._run_commit(sid, base_version, fields, update_bytes, model_bytes, adam_bytes, token)
 
-    @_redis_errors
-    def checkpoint(self, sid, version, state_dict, adam) -> int:
+    @redis_errors
+    def checkpoint(self, sid, version, state_dict, adam, token=None) -> int:
         return self._run_commit(sid, version, {"checkpoint_version": version}, b"", serialize_state(state_dict),
-                                serialize_adam(adam))
+                                serialize_adam(adam), token)
 
-    @_redis_errors
+    @redis_errors
     def load_checkpoint(self, sid: str) -> Checkpoint | None:
         pipe = self.r.pipeline()   # MULTI/EXEC: one consistent view of checkpoint, meta and chain
         pipe.hgetall(self.key(sid, "meta"))
@@ -331,6 +350,6 @@ class RedisSessionStore(SessionStore):
         return Checkpoint(meta, torch.load(io.BytesIO(model_raw), weights_only=True), deserialize_adam(adam_raw),
                           list(updates))
 
-    @_redis_errors
+    @redis_errors
     def load_updates(self, sid: str) -> list[bytes]:
         return [_raw(u) for u in self.r.lrange(self.key(sid, "updates"), 0, -1)]

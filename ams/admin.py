@@ -1,6 +1,6 @@
 """`ams-admin`: the operator's certificates and device revocations.
 
-    ams-admin init --dir pki --trainer-host ams.example.com      # CA + trainer/teacher certificates
+    ams-admin init --dir pki --trainer-host ams.example.com      # CA + trainer/teacher/load balancer certificates
     ams-admin issue-device cam-042 --dir pki                     # pki/devices/cam-042.{pem,key}
     ams-admin issue-service grafana-probe --dir pki              # another service/operator client
     ams-admin revoke cam-042 --redis-url redis://:PASSWORD@host:6379/0
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "init":
             ca = init_pki(args.dir, args.trainer_host or DEFAULT_HOSTS["trainer"], args.teacher_host or DEFAULT_HOSTS["teacher"])
-            print(f"CA and service certificates in {ca.dir}/ (ca.pem, trainer.pem, teacher.pem and their keys)")
+            print(f"CA and service certificates in {ca.dir}/ (ca.pem, trainer.pem, teacher.pem and their keys; "
+                  f"lb.bundle.pem for the load balancer)")
         elif args.command in ("issue-device", "issue-service"):
             ca = CertificateAuthority(args.dir)
             files = ca.issue_device(args.name) if args.command == "issue-device" else ca.issue_service(args.name, [])

@@ -145,11 +145,14 @@ class CertificateAuthority:
 
 
 def init_pki(directory: str, trainer_hosts: list[str], teacher_hosts: list[str]) -> CertificateAuthority:
-    """CA plus the trainer's and the teacher's certificates (made when missing; existing ones kept)."""
+    """CA plus the trainer's and the teacher's certificates, and the load balancer's, which answers
+    for both (made when missing; existing ones kept)."""
     ca = CertificateAuthority.init(directory)
     for name, hosts in (("trainer", trainer_hosts), ("teacher", teacher_hosts)):
         if not os.path.exists(ca.path(name + ".pem")):
             ca.issue_service(name, hosts)
+    if not os.path.exists(ca.path("lb.bundle.pem")):
+        ca.issue_proxy("lb", list(dict.fromkeys([*trainer_hosts, *teacher_hosts, "lb"])))
     return ca
 
 

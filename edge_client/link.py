@@ -216,7 +216,7 @@ class TrainerLink:
                     self._stop.wait(resync_backoff * (1 + random.random()))   # never a tight loop
                     resync_backoff = min(resync_backoff * 2, 30.0)
                     continue
-                if self._stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
+                if self._stop.is_set():   # (a CANCELLED we did not ask for is a proxy's reset: reconnect)
                     return
                 log.warning("update stream: %s %s; reconnecting", exc.code(), exc.details())
                 if exc.code() == grpc.StatusCode.NOT_FOUND:

@@ -45,6 +45,7 @@ class EdgeOptions:
 
 
 FRAMES_KEPT = 100_000   # per-frame records kept: a device that runs forever (--loops 0) keeps bounded state
+UPLOAD_RETRY_S = 30.0   # how long a clip upload is retried: longer than a trainer replica's fail-over (lease TTL)
 
 
 def _recent(n: int | None = None) -> deque:
@@ -78,11 +79,16 @@ class EdgeRuntime:
     def _send_clip(self, seq: int, frames: list[np.ndarray], timestamps: list[float]) -> None:
         data = encode_clip(frames, bit_rate=self.opt.clip_bitrate)
         h, w = frames[0].shape[:2]
-        for attempt in range(3):  # gRPC already retried UNAVAILABLE; this covers longer outages
+        deadline = time.monotonic() + UPLOAD_RETRY_S
+        attempt = 0
+        while True:   # gRPC already retried UNAVAILABLE; this covers longer outages (a replica's fail-over)
             if self.link.upload(seq, data, timestamps, w, h):
                 return
-            time.sleep(1.0 + attempt)
-        log.error("clip %d dropped after retries", seq)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(min(1.0 + attempt, 5.0))
+            attempt += 1
+        log.error("clip %d dropped after %.0f s of retries", seq, UPLOAD_RETRY_S)
 
     def _flush_interval(self, sampler: IntervalSampler) -> None:
         frames, timestamps = sampler.take(self.link.sampling_rate_fps, self.link.update_interval_s)

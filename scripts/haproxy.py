@@ -73,7 +73,7 @@ def _backend_lines(pool: Pool, balance: list[str], tls: TLSFiles | None) -> list
                         f" check-ssl check-alpn h2")
     lines = [f"backend {pool.name}", *balance,
              "  option tcp-check",
-             "  tcp-check connect",
+             "  tcp-check connect default" + (" ssl alpn h2" if tls else ""),
              f"  tcp-check send-binary {request}",
              f'  tcp-check expect rbinary {ANY_REPLY} comment "no\\ grpc.health.v1\\ reply"',
              f'  tcp-check expect rbinary {SERVING_REPLY} comment "not\\ SERVING"',

@@ -92,6 +92,7 @@ def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = ()) -> dict:
     return {"ca": ca.path("ca.pem"), "dir": pki_dir,
             "servers": {name: files(name, None) for name in ("trainer", "teacher")},   # made by init_pki
             "service": files("operator", lambda: ca.issue_service("operator", [])),
+            "lb": ca.path("lb.bundle.pem"),                                # HAProxy's certificate + key (ams-proxy)
             "devices": {d: files(os.path.join("devices", d), lambda d=d: ca.issue_device(d)) for d in devices}}
 
 

@@ -75,9 +75,10 @@ class TrainerConfig:
     checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "
                                    "a phase writes only its update; ≤ updates_kept)")
     device: str = _f("auto", "where training runs: auto (CUDA when present), cpu or cuda")
-    replica_id: str = _f("", "this replica's name in session leases (default: host name and process id; in "
-                             "Kubernetes the pod name)")
-    lease_ttl_s: float = _f(10.0, "seconds a replica owns a session without renewing its lease (renewed every third "
+    replica_id: str = _f("", "this replica's name in session leases (default: the host name; in Kubernetes the pod "
+                             "name); its process id and a random suffix are added, so a restarted replica never "
+                             "reuses its predecessor's leases")
+    lease_ttl_s: float = _f(6.0, "seconds a replica owns a session without renewing its lease (renewed every third "
                                   "of it): a crashed replica's sessions move to a survivor after at most this long")
     shutdown_grace_s: float = _f(20.0, "on SIGTERM: NOT_SERVING and no new sessions at once, then this long for calls in "
                                        "flight, then the running phase finishes and sessions are checkpointed (compose's "

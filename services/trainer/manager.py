@@ -83,19 +83,26 @@ class SessionManager:
             self._renewer = loop.create_task(self._renew_loop())
 
     # --- ownership (leases.py) ----------------------------------------------------------------------
-    def _take(self, sid: str) -> int | None:
-        """This replica's lease token on `sid` (None without leases, i.e. a single trainer); LeaseLost
-        (UNAVAILABLE: the device retries) while another replica holds it, which is asked to hand it over."""
+    async def _take(self, sid: str) -> int | None:
+        """This replica's lease token on `sid` (None without leases, i.e. a single trainer). While
+        another replica holds it, that one is asked to hand it over and the call waits for it (at most
+        one lease TTL: a dead holder's lease has expired by then), then LeaseLost (UNAVAILABLE: retry)."""
         if self.leases is None:
             return None
-        token = self.leases.acquire(sid)
-        if token is None:
-            self.leases.want(sid)
-            holder = self.leases.holder(sid)
-            metrics.HANDOFFS.labels("asked").inc()
-            raise LeaseLost(f"session {sid} is served by replica {holder[0] if holder else '?'}; it is moving "
-                            f"here, retry")
-        return token
+        deadline, asked = time.monotonic() + self.cfg.lease_ttl_s, False
+        while True:
+            token = await asyncio.to_thread(self.leases.acquire, sid)
+            if token is not None:
+                return token
+            if not asked:
+                await asyncio.to_thread(self.leases.want, sid)
+                metrics.HANDOFFS.labels("asked").inc()
+                asked = True
+            if time.monotonic() > deadline or self.draining:
+                holder = await asyncio.to_thread(self.leases.holder, sid)
+                raise LeaseLost(f"session {sid} is served by replica {holder[0] if holder else '?'}; it is moving "
+                                f"here, retry")
+            await asyncio.sleep(0.2)
 
     def _forget(self, sid: str) -> None:
         """Stop serving a session here (its state stays in Redis): its update streams end, so its
@@ -296,7 +303,7 @@ class SessionManager:
         sid = uuid.uuid4().hex
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
                           codec=codec)
-        session.token = await asyncio.to_thread(self._take, sid)
+        session.token = await self._take(sid)
         written = await asyncio.to_thread(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
                                           model.state_dict(), session.adam, session.token)
         metrics.STATE_BYTES.inc(written)
@@ -319,16 +326,16 @@ class SessionManager:
                 self._forget(sid)
                 session = None
         if session is None:
-            session = await asyncio.to_thread(self._restore, sid)
+            if not await asyncio.to_thread(self.store.exists, sid):
+                raise errors.NotFound("unknown or expired session")
+            token = await self._take(sid)   # the lease first: nobody else writes while this reads
+            session = await asyncio.to_thread(self._restore, sid, token)
         if session.device_id != device_id:
             raise errors.PermissionDenied("session belongs to another device")
         session.last_active = time.monotonic()
         return session
 
-    def _restore(self, sid: str) -> Session:
-        if not self.store.exists(sid):
-            raise errors.NotFound(f"unknown or expired session {sid}")
-        token = self._take(sid)            # the lease first: nobody else writes while this reads
+    def _restore(self, sid: str, token: int | None = None) -> Session:
         ckpt = self.store.load_checkpoint(sid)
         if ckpt is None:
             raise errors.NotFound(f"unknown or expired session {sid}")
@@ -420,6 +427,7 @@ class SessionManager:
                 if session is None:
                     continue
                 self.training.add(sid)
+                metrics.PHASES_RUNNING.set(len(self.training))
                 task = loop.create_task(self._train_once(loop, session))
                 self._phases.add(task)
                 task.add_done_callback(functools.partial(self._phase_done, sid=sid))
@@ -427,6 +435,7 @@ class SessionManager:
     def _phase_done(self, task: asyncio.Task, sid: str) -> None:
         self._phases.discard(task)
         self.training.discard(sid)
+        metrics.PHASES_RUNNING.set(len(self.training))
         self._wakeup.set()
 
     async def _train_once(self, loop: asyncio.AbstractEventLoop, session: Session) -> None:

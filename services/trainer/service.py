@@ -6,6 +6,7 @@ from typing import Any, cast
 import logging
 import os
 import socket
+import uuid
 
 import grpc
 
@@ -109,7 +110,7 @@ async def create_server(config: TrainerConfig, store: SessionStore | None = None
     teacher = teacher or TeacherClient(config.teacher_addr, tls.files_of(config))
     leases = None
     if isinstance(store, RedisSessionStore):
-        owner = config.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        owner = f"{config.replica_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         leases = SessionLeases(store.r, owner, config.lease_ttl_s, counter_ttl_s=config.session_ttl_s)
     manager = SessionManager(config, store, teacher, leases)
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024),

@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy chaos tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
 	@echo "make test      # unit + integration + end-to-end tests"
 	@echo "make up        # redis + teacher + trainer as local processes with mutual TLS (out/stack/stack.json)"
+	@echo "make chaos     # 3 trainer + 2 teacher replicas behind HAProxy, one killed mid-phase (out/chaos/summary.json)"
 	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
 	@echo "make bench-codec # update codecs: bytes, bits per index and mIoU vs float16 (out/bench/codec.json)"
 	@echo "make eval      # the paper's schemes, ablation, sweeps, rate control (out/eval/; resumable, ≤ 60 min)"
@@ -43,6 +44,14 @@ eval-videos: $(STAMP)
 redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
+# The gRPC load balancer in front of trainer and teacher replicas (tests, make chaos).
+haproxy:
+	@command -v haproxy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; }
+
+# Replicas killed mid-session behind the load balancer -> out/chaos/summary.json (≈ 6 min on 2 cores).
+chaos: install assets redis haproxy
+	$(BIN)/python -m scripts.chaos --out out/chaos/summary.json
+
 # Validators for docker-compose.yml and the Prometheus files (no Docker engine needed).
 tools:
 	@command -v docker-compose >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { \
@@ -58,13 +67,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install assets redis tools lint
+test: install assets redis haproxy tools lint
 	$(BIN)/python -m pytest -q tests
 
 test-unit: install assets redis tools
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install assets redis
+test-integration: install assets redis haproxy
 	$(BIN)/python -m pytest -q tests/integration
 
 test-e2e: install assets redis

@@ -22,6 +22,7 @@ that, with every smaller N, keeps p95 lag <= T_update with no failed phase, refu
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -87,17 +88,19 @@ class Playlist:
 class Device:
     """One edge device: a session, its own copy of the parameters, an uploader and an update reader."""
 
-    def __init__(self, address: str, device_id: str, files: CertFiles | None, playlist: Playlist, video_offset_s: float):
+    def __init__(self, address: str, device_id: str, files: CertFiles | None, playlist: Playlist, video_offset_s: float,
+                 checkpoint: str = CHECKPOINT):
         self.channel = tls.channel(address, files, options=channel_options())
         self.stub = streaming_pb2_grpc.ModelStreamingStub(self.channel)
         self.device_id, self.metadata = device_id, () if files else device_metadata(device_id)
-        self.playlist, self.video_offset_s = playlist, video_offset_s
+        self.playlist, self.video_offset_s, self.checkpoint = playlist, video_offset_s, checkpoint
         self.sid, self.version, self.flat = "", 0, np.zeros(0, np.float32)
         self.rate_fps, self.t_update_s = 1.0, 10.0
         self.arrivals: list[tuple[float, int]] = []      # (monotonic arrival, processed_clip_seq) per model
         self.uploads: list[tuple[int, float, float]] = []  # (clip_seq, upload start, upload end)
         self.updates = self.rejected = self.snapshots = self.upload_failures = 0
         self.refused = 0
+        self.stream_errors: collections.Counter = collections.Counter()   # update streams ended by an error, by code
         self.stop = threading.Event()
         self._clips: dict[tuple[float, ...], common_pb2.EncodedClip] = {}
         self.live_encodes = 0    # clips encoded during the load (the rate had changed from the prepared one)
@@ -105,9 +108,9 @@ class Device:
         self.reader = threading.Thread(target=self._read, daemon=True)
 
     def open(self) -> None:
-        reply = self.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(checkpoint=CHECKPOINT),
-                                                                       update_codecs=list(CODECS.values())),   # as ams-edge
-                                      metadata=self.metadata, timeout=120, wait_for_ready=True)
+        request = streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(checkpoint=self.checkpoint),
+                                                   update_codecs=list(CODECS.values()))   # as ams-edge
+        reply = self.stub.OpenSession(request, metadata=self.metadata, timeout=120, wait_for_ready=True)
         self.sid = reply.session_id
         self._control(reply.control)
         self._load(reply.snapshot)
@@ -175,6 +178,7 @@ class Device:
                         backoff = 0.5
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
+                    self.stream_errors[exc.code().name] += 1
                     print(f"  {self.device_id} update stream: {exc.code()} {exc.details()}; reconnecting", flush=True)
             self.stop.wait(backoff * (1 + random.random()))
             backoff = min(backoff * 2, 8.0)
@@ -218,13 +222,19 @@ class Device:
                 self.live_encodes += 1
                 clip = self._encode(tuple(stamps))
             began = time.monotonic()
-            try:
-                self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
-                                     metadata=self.metadata, timeout=120)
+            if self.upload(seq, clip):
                 self.uploads.append((seq, began, time.monotonic()))
-            except grpc.RpcError as exc:
-                self.upload_failures += 1
-                print(f"  {self.device_id} upload of clip {seq} failed: {exc.code()} {exc.details()}", flush=True)
+
+    def upload(self, seq: int, clip: common_pb2.EncodedClip) -> bool:
+        """One upload (gRPC's retry policy retries UNAVAILABLE); False, counted, when it failed."""
+        try:
+            self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
+                                 metadata=self.metadata, timeout=120)
+            return True
+        except grpc.RpcError as exc:
+            self.upload_failures += 1
+            print(f"  {self.device_id} upload of clip {seq} failed: {exc.code()} {exc.details()}", flush=True)
+            return False
 
     def caught_up(self) -> bool:
         return not self.uploads or any(p >= self.uploads[-1][0] for _, p in self.arrivals)

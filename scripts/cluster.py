@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -125,6 +126,28 @@ class Cluster:
                 return False
         _wait(up, 20, "haproxy", proc)
 
+    def lb_up(self, pool: str = "trainers") -> set[str]:
+        """The servers of a pool the balancer's health checks have marked UP (its Prometheus exporter)."""
+        url = f"http://127.0.0.1:{self.lb_metrics_port}/metrics"
+        try:
+            text = urllib.request.urlopen(url, timeout=2).read().decode()
+        except OSError:
+            return set()
+        return set(re.findall(rf'haproxy_server_status{{proxy="{pool}",server="([^"]+)",state="UP"}} 1', text))
+
+    def wait_lb(self, timeout_s: float = 30) -> None:
+        """Until the balancer routes to every running replica (a device opening sooner would be moved)."""
+        def ready() -> bool:
+            want = {f"{pool[:-1]}{i + 1}" for pool, ports in (("trainers", self.trainer_ports),
+                                                              ("teachers", self.teacher_ports))
+                    for i in range(len(ports)) if self._running(f"{pool[:-1]}{i}")}
+            return want <= self.lb_up("trainers") | self.lb_up("teachers")
+        _wait(ready, timeout_s, "haproxy's health checks")
+
+    def _running(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
         proc.send_signal(sig)
@@ -144,6 +167,7 @@ class Cluster:
             for i in range(len(self.trainer_ports)):
                 _wait(lambda i=i: check(f"127.0.0.1:{self.trainer_ports[i]}", timeout_s=1, tls=self.probe), 120,
                       f"trainer{i}", self.procs[f"trainer{i}"])
+            self.wait_lb()
         except BaseException:
             self.close()
             raise

@@ -315,7 +315,8 @@ def test_prometheus_scrapes_compose_services_on_their_exposed_ports():
         for job in config["scrape_configs"]
         for static in job.get("static_configs", [])
         for target in static["targets"]
-    ]
+    ] + [f"{name}:{sd['port']}" for job in config["scrape_configs"] for sd in job.get("dns_sd_configs", [])
+         for name in sd["names"] if name != "lb"]     # lb: the scale override's (test_scale_override_*)
     scraped = set()
     for target in targets:
         host, _, port = target.rpartition(":")
@@ -375,3 +376,40 @@ def test_stop_grace_periods_leave_room_for_each_services_own_shutdown_grace():
     assert _seconds(teacher["stop_grace_period"]) >= float(teacher["environment"]["AMS_TEACHER_SHUTDOWN_GRACE_S"]) + 5
     # the trainer also lets the running phase (≈ 15 s at 256×512 on a CPU) commit and checkpoints its sessions
     assert _seconds(trainer["stop_grace_period"]) >= float(trainer["environment"]["AMS_SHUTDOWN_GRACE_S"]) + 30
+
+
+# --------------------------------------------------------------------------- the scale override
+
+SCALE_FILE = REPO / "deploy" / "compose.scale.yml"
+
+
+def _scale_config() -> dict:
+    proc = _run(_tool("docker-compose"), "-f", str(COMPOSE_FILE), "-f", str(SCALE_FILE), "config",
+                env={**COMPOSE_ENV, "AMS_TRAINER_PUBLISH_PORT": "127.0.0.1:"})
+    _assert_ok(proc)
+    return _yaml_to_data(proc.stdout)
+
+
+def test_scale_override_puts_the_balancer_in_front_and_the_replicas_on_loopback():
+    services = _scale_config()["services"]
+    lb, trainer = services["lb"], services["trainer"]
+    assert [_target_port(p) for p in lb["ports"]] == [50052]
+    assert all(str(p.get("host_ip") if isinstance(p, dict) else p).startswith("127.0.0.1") for p in trainer["ports"])
+    assert trainer["environment"]["AMS_TEACHER_ADDR"] == "lb:50051"
+    mounts = sorted(str(v["target"] if isinstance(v, dict) else str(v).split(":")[1]) for v in lb["volumes"])
+    assert mounts == ["/pki/ca.pem", "/pki/lb.bundle.pem"]
+    config = _load_yaml(PROM_DIR / "prometheus.yml")
+    lb_job = next(job for job in config["scrape_configs"] if job["job_name"] == "ams-lb")
+    assert lb_job["dns_sd_configs"][0]["port"] == 8404 and "8404" in [str(p) for p in lb["expose"]]
+
+
+def test_the_deployed_haproxy_config_is_generated_and_valid(tmp_path):
+    from scripts.haproxy import DEPLOY_TLS, deployed
+    from scripts.procs import make_pki
+
+    text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert text == deployed(), "deploy/haproxy/haproxy.cfg is stale: python -m scripts.haproxy"
+    pki = make_pki(str(tmp_path / "pki"))
+    local = text.replace(DEPLOY_TLS.ca, pki["ca"]).replace(DEPLOY_TLS.bundle, pki["lb"])
+    (tmp_path / "haproxy.cfg").write_text(local)
+    _assert_ok(_run(_tool("haproxy"), "-c", "-f", str(tmp_path / "haproxy.cfg")))

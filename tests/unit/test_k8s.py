@@ -1,6 +1,6 @@
 """The Kubernetes manifests (deploy/k8s/) validate offline against a pinned Kubernetes version
 (kubernetes-validate, strict), kustomization lists every manifest, and the pods agree with the
-services' own settings (images, probes, grace periods, one trainer until session leases exist)."""
+services' own settings (images, probes, grace periods), and the trainers sit behind the load balancer."""
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +45,24 @@ def test_pods_match_the_services_settings():
     config = docs[("ConfigMap", "ams-config")]["data"]
     trainer = docs[("Deployment", "trainer")]["spec"]
     assert trainer["template"]["spec"]["terminationGracePeriodSeconds"] >= float(config["AMS_SHUTDOWN_GRACE_S"]) + 30
-    assert trainer["replicas"] == 1 and trainer["strategy"]["type"] == "Recreate"   # no session leases yet
+    assert trainer["replicas"] >= 2 and trainer["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert docs[("HorizontalPodAutoscaler", "teacher")]["spec"]["minReplicas"] >= 2
     assert docs[("PodDisruptionBudget", "teacher")]["spec"]["minAvailable"] >= 1
+
+
+def test_the_balancer_fronts_the_replicas_and_only_its_device_port_is_public():
+    docs = _docs()
+    scale = yaml.safe_load((REPO / "deploy" / "compose.scale.yml").read_text())["services"]
+    lb = docs[("Deployment", "lb")]["spec"]
+    image = lb["template"]["spec"]["containers"][0]["image"]
+    assert lb["replicas"] >= 2 and image.split(":")[0] == scale["lb"]["image"].split(":")[0]
+    haproxy_cfg = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    for name, port in (("trainer", 50052), ("teacher", 50051)):   # headless: HAProxy resolves each pod
+        assert docs[("Service", name)]["spec"]["clusterIP"] == "None"
+        assert f"{name}:{port} resolvers dns" in haproxy_cfg
+    public = [d for d in docs.values() if d["kind"] == "Service" and d["spec"].get("type") == "LoadBalancer"]
+    assert [(s["metadata"]["name"], [p["port"] for p in s["spec"]["ports"]]) for s in public] == [("lb-public", [50052])]
+    env = {e["name"]: e for e in docs[("Deployment", "trainer")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AMS_TEACHER_ADDR"]["value"] == "lb:50051"
+    assert env["AMS_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert docs[("PodDisruptionBudget", "trainer")]["spec"]["maxUnavailable"] == 1

@@ -177,15 +177,20 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """SIGTERM everything, redis-server last: the trainers checkpoint their sessions on the way out."""
+        names = sorted(self.procs, key=lambda n: n == "redis")
+        for group in ([n for n in names if n != "redis"], ["redis"]):
+            for name in group:
+                if name in self.procs and self.procs[name].poll() is None:
+                    self.procs[name].terminate()
+            for name in group:
+                if name not in self.procs:
+                    continue
+                try:
+                    self.procs[name].wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.procs[name].kill()
+                    self.procs[name].wait()
 
     # --- state ----------------------------------------------------------------------------------
     def owners(self) -> dict[str, list[str]]:

@@ -6,12 +6,12 @@ Plain text is only ever used when the caller passes `files=None` explicitly (the
 """
 from __future__ import annotations
 
-import grpc
-
-from ams import errors
 import base64
 import binascii
 
+import grpc
+
+from ams import errors
 from ams.pki import PROXY_ROLE, CertFiles, ForwardedCertificateError, Identity, forwarded_identity, identity_of
 
 # The header in which the load balancer forwards the client certificate it verified (base64 DER).

@@ -89,11 +89,13 @@ class Device:
     """One edge device: a session, its own copy of the parameters, an uploader and an update reader."""
 
     def __init__(self, address: str, device_id: str, files: CertFiles | None, playlist: Playlist, video_offset_s: float,
-                 checkpoint: str = CHECKPOINT):
+                 checkpoint: str = CHECKPOINT, upload_retry_s: float = 0.0):
         self.channel = tls.channel(address, files, options=channel_options())
         self.stub = streaming_pb2_grpc.ModelStreamingStub(self.channel)
         self.device_id, self.metadata = device_id, () if files else device_metadata(device_id)
         self.playlist, self.video_offset_s, self.checkpoint = playlist, video_offset_s, checkpoint
+        self.upload_retry_s = upload_retry_s
+        self.upload_retries: collections.Counter = collections.Counter()   # failed attempts retried, by code
         self.sid, self.version, self.flat = "", 0, np.zeros(0, np.float32)
         self.rate_fps, self.t_update_s = 1.0, 10.0
         self.arrivals: list[tuple[float, int]] = []      # (monotonic arrival, processed_clip_seq) per model
@@ -226,15 +228,21 @@ class Device:
                 self.uploads.append((seq, began, time.monotonic()))
 
     def upload(self, seq: int, clip: common_pb2.EncodedClip) -> bool:
-        """One upload (gRPC's retry policy retries UNAVAILABLE); False, counted, when it failed."""
-        try:
-            self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
-                                 metadata=self.metadata, timeout=120)
-            return True
-        except grpc.RpcError as exc:
-            self.upload_failures += 1
-            print(f"  {self.device_id} upload of clip {seq} failed: {exc.code()} {exc.details()}", flush=True)
-            return False
+        """One upload (gRPC's retry policy retries UNAVAILABLE), tried again for up to `upload_retry_s`
+        (as ams-edge does; 0 here: a fleet row counts what fails); False, counted, when it failed."""
+        deadline = time.monotonic() + self.upload_retry_s
+        while True:
+            try:
+                self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
+                                     metadata=self.metadata, timeout=120)
+                return True
+            except grpc.RpcError as exc:
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    self.upload_failures += 1
+                    print(f"  {self.device_id} upload of clip {seq} failed: {exc.code()} {exc.details()}", flush=True)
+                    return False
+                self.upload_retries[exc.code().name] += 1
+                time.sleep(1.0)
 
     def caught_up(self) -> bool:
         return not self.uploads or any(p >= self.uploads[-1][0] for _, p in self.arrivals)

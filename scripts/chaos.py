@@ -29,33 +29,31 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import redis
 import torch
 
-from ams.v1 import common_pb2, streaming_pb2
+from ams.v1 import streaming_pb2
 from scripts.bench_fleet import CHECKPOINT, TEACHER_ENV, VIDEOS, Device, Playlist
+from scripts.bench_fleet import TRAINER_ENV as FLEET_TRAINER_ENV
 from scripts.cluster import Cluster
 from scripts.demo import scrape
 from scripts.procs import ROOT
 from scripts.readme import parse_bench_args
 
-# K 10, not the paper's 20: three trainer and two teacher processes share the 2 cores here, and at K 20 four
-# devices' phases outgrow them (a phase takes 12-16 s; the gaps then measure capacity, not fail-over).
-TRAINER_ENV = {"AMS_T_UPDATE_S": "10", "AMS_K_ITERS": "10", "AMS_GAMMA": "0.05", "AMS_R_INIT": "1", "AMS_R_MAX": "1",
-               "AMS_BATCH_SIZE": "4", "AMS_T_HORIZON_S": "30", "AMS_ATR": "false", "AMS_CHECKPOINT_DIR": "assets/students",
-               "AMS_TRAIN_WORKERS": "1", "AMS_TORCH_THREADS": "1", "AMS_LEASE_TTL_S": "6", "AMS_CHECKPOINT_EVERY": "5"}
+# The fleet benchmark's settings, with K 10 instead of the paper's 20: three trainer and two teacher
+# processes share the 2 cores here, and at K 20 four devices' phases outgrow them (a phase takes 12-16 s;
+# the gaps then measure capacity, not fail-over). One training worker per replica; short leases.
+TRAINER_ENV = {**FLEET_TRAINER_ENV, "AMS_K_ITERS": "10", "AMS_TRAIN_WORKERS": "1", "AMS_LEASE_TTL_S": "6",
+               "AMS_CHECKPOINT_EVERY": "5"}
 
 
 class ChaosDevice(Device):
     """A fleet device that also records when its model advanced and which held versions were dropped."""
 
-    def __init__(self, *args, retry_s: float = 60.0, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.retry_s = retry_s
         self.lost_versions = 0
         self.model_times: list[float] = []
-        self.upload_retries: collections.Counter = collections.Counter()
 
     def _handle(self, message: streaming_pb2.ServerMessage) -> bool:
         before = self.version
@@ -66,21 +64,6 @@ class ChaosDevice(Device):
         if ok and self.version > before:
             self.model_times.append(time.monotonic())
         return ok
-
-    def upload(self, seq: int, clip: common_pb2.EncodedClip) -> bool:
-        deadline = time.monotonic() + self.retry_s
-        while True:
-            try:
-                self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
-                                     metadata=self.metadata, timeout=60)
-                return True
-            except grpc.RpcError as exc:
-                self.upload_retries[exc.code().name] += 1
-                if time.monotonic() > deadline or self.stop.is_set():
-                    self.upload_failures += 1
-                    print(f"  {self.device_id} clip {seq} dropped: {exc.code()} {exc.details()}", flush=True)
-                    return False
-                time.sleep(1.0)
 
     def max_gap(self, run_end: float) -> float:
         times = self.model_times + [run_end]
@@ -122,7 +105,7 @@ def run(args) -> dict:
     with Cluster(os.path.join(out_dir, "logs"), args.trainers, args.teachers, trainer_env, TEACHER_ENV,
                  devices=device_ids) as cluster:
         devices = [ChaosDevice(cluster.address, d, cluster.device_files(d), playlist, (i * 7.3) % playlist.duration,
-                               checkpoint=args.checkpoint, retry_s=args.upload_retry_s) for i, d in enumerate(device_ids)]
+                               checkpoint=args.checkpoint, upload_retry_s=args.upload_retry_s) for i, d in enumerate(device_ids)]
         with ThreadPoolExecutor(len(devices)) as pool:
             list(pool.map(ChaosDevice.open, devices))
             list(pool.map(lambda d: d.prepare(args.seconds), devices))

@@ -19,7 +19,7 @@ import redis
 from ams.healthcheck import check
 from ams.pki import CertFiles
 from scripts.haproxy import Pool, TLSFiles, render
-from scripts.procs import ROOT, _wait, free_port, make_pki
+from scripts.procs import ROOT, _wait, free_port, make_pki, tls_env
 
 
 class Cluster:
@@ -80,15 +80,11 @@ class Cluster:
                 return False
         _wait(ping, 30, "redis-server", proc)
 
-    def _tls_env(self, prefix: str, name: str) -> dict:
-        files = self.tls["servers"][name]
-        return {f"{prefix}TLS_CA": self.tls["ca"], f"{prefix}TLS_CERT": files["cert"], f"{prefix}TLS_KEY": files["key"]}
-
     def start_teacher(self, i: int, wait: bool = True) -> None:
         port = self.teacher_ports[i]
         proc = self._spawn(f"teacher{i}", [sys.executable, "-m", "services.teacher"], {
             "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(port), "AMS_TEACHER_METRICS_PORT": "0",
-            **self._tls_env("AMS_TEACHER_", "teacher"), **self.teacher_env})
+            **tls_env(self.tls, "AMS_TEACHER_", "teacher"), **self.teacher_env})
         if wait:
             _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"teacher{i}", proc)
 
@@ -98,7 +94,7 @@ class Cluster:
             "AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port),
             "AMS_TRAINER_METRICS_PORT": str(self.trainer_metrics[i]), "AMS_REDIS_URL": self.redis_url,
             "AMS_TEACHER_ADDR": f"127.0.0.1:{self.lb_teacher_port}", "AMS_REPLICA_ID": f"trainer{i}",
-            **self._tls_env("AMS_", "trainer"), **self.trainer_env})
+            **tls_env(self.tls, "AMS_", "trainer"), **self.trainer_env})
         if wait:
             _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"trainer{i}", proc)
 

@@ -96,6 +96,15 @@ def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = ()) -> dict:
             "devices": {d: files(os.path.join("devices", d), lambda d=d: ca.issue_device(d)) for d in devices}}
 
 
+def tls_env(tls: dict | None, prefix: str, name: str) -> dict:
+    """A service's TLS settings (`prefix` AMS_ or AMS_TEACHER_) for server certificate `name` of a
+    make_pki result, or plain text when `tls` is None."""
+    if tls is None:
+        return {f"{prefix}INSECURE": "true"}
+    files = tls["servers"][name]
+    return {f"{prefix}TLS_CA": tls["ca"], f"{prefix}TLS_CERT": files["cert"], f"{prefix}TLS_KEY": files["key"]}
+
+
 def device_files(stack: dict, device_id: str) -> CertFiles | None:
     """A device's certificate files in a stack (None when the stack is insecure)."""
     tls = stack.get("tls")
@@ -128,12 +137,7 @@ def ams_stack(log_dir: str, teacher_env: dict, trainer_env: dict, redis_url: str
         url = redis_url or stack.enter_context(redis_server(log_dir))
         tls = None if insecure else make_pki(pki_dir or os.path.join(log_dir, "pki"), devices)
         probe = CertFiles(tls["ca"], **tls["service"]) if tls else None
-        def tls_env(prefix: str, name: str) -> dict:
-            if tls is None:
-                return {f"{prefix}INSECURE": "true"}
-            files = tls["servers"][name]
-            return {f"{prefix}TLS_CA": tls["ca"], f"{prefix}TLS_CERT": files["cert"], f"{prefix}TLS_KEY": files["key"]}
-        teacher_tls, trainer_tls = tls_env("AMS_TEACHER_", "teacher"), tls_env("AMS_", "trainer")
+        teacher_tls, trainer_tls = tls_env(tls, "AMS_TEACHER_", "teacher"), tls_env(tls, "AMS_", "trainer")
         tport, tmetrics, sport, smetrics = free_port(), free_port(), free_port(), free_port()
         teacher, teacher_proc = stack.enter_context(service("services.teacher", tport, os.path.join(log_dir, "teacher.log"), {
             "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(tport), "AMS_TEACHER_METRICS_PORT": str(tmetrics),

@@ -11,6 +11,7 @@ import sys
 import torch
 from prometheus_client import start_http_server
 
+from ams.models import resolve_device
 from ams.pki import CertFiles, identity_of
 from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
 from ams.v1 import streaming_pb2
@@ -74,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--threads", type=int, default=int(env("AMS_EDGE_THREADS", "2")), help="torch threads")
+    p.add_argument("--device", default=env("AMS_EDGE_DEVICE", "cpu"),
+                   help="where the segmenter runs: cpu, cuda, cuda:N or auto (AMS_EDGE_DEVICE)")
     return p.parse_args(argv)
 
 
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device_tls, eval_tls = _tls(args)
+    try:
+        device = str(resolve_device(args.device))
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"ams-edge: --device: {exc}") from exc
     if args.checkpoint is None:
         args.checkpoint = {"streamdeq": "streamdeq_selfie", "lowlatency": "lowlatency_selfie"}.get(
             args.segmenter, "deeplabv3_mnv2_selfie")
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
                                      config_json="" if args.checkpoint else args.config)
-    link = TrainerLink(args.trainer, args.device_id, spec, device_tls, update_codecs=_codecs(args.update_codecs))
+    link = TrainerLink(args.trainer, args.device_id, spec, device_tls, update_codecs=_codecs(args.update_codecs),
+                       device=device)
     labeler = TeacherLabeler(args.eval_teacher, eval_tls) if args.eval_teacher else None
     try:
         holder = link.open()

@@ -53,10 +53,12 @@ class LinkStats:
 class TrainerLink:
     def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec, tls: CertFiles | None,
                  max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0,
-                 update_codecs: tuple[str, ...] = tuple(CODECS)):
+                 update_codecs: tuple[str, ...] = tuple(CODECS), device: str = "cpu"):
         """`tls`: the operator's CA and this device's certificate and key (the trainer takes the
         device id from the certificate); None only against a trainer in insecure mode, which
-        takes `device_id` from a header. `update_codecs`: the update codecs offered to the trainer."""
+        takes `device_id` from a header. `update_codecs`: the update codecs offered to the trainer.
+        `device`: where the student's inference copy runs (cpu, cuda)."""
+        self.inference_device = device
         self.address, self.device_id, self.student, self.timeout_s = address, device_id, student, timeout_s
         self.update_codecs = [CODECS[name] for name in update_codecs]
         self.update_codec = ""             # the codec the trainer picked for this session
@@ -91,7 +93,7 @@ class TrainerLink:
         self._set_control(reply.control)
         if reply.HasField("snapshot"):
             if self.holder is None:
-                self.holder = ModelHolder(reply.snapshot)
+                self.holder = ModelHolder(reply.snapshot, self.inference_device)
             else:
                 self.holder.load_snapshot(reply.snapshot)
             self.initial_snapshot = reply.snapshot

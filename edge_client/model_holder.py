@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    def __init__(self, snapshot: streaming_pb2.ModelSnapshot):
+    """`device`: where the inference copy runs (cpu, cuda, cuda:1); the canonical model, which updates
+    address, stays on the CPU."""
+
+    def __init__(self, snapshot: streaming_pb2.ModelSnapshot, device: torch.device | str = "cpu"):
         self._lock = threading.Lock()
+        self.device = torch.device(device)
         self.updates_applied = 0
         self.updates_rejected = 0
         self.last_update_size = 0          # coordinates the last applied update changed
@@ -43,7 +47,7 @@ class ModelHolder:
         flat = flat_parameters(model)
         if snapshot.params_sha256 and parameter_checksum(flat) != snapshot.params_sha256:
             raise UpdateRejected("snapshot checksum mismatch")
-        published = inference_copy(model)
+        published = inference_copy(model, self.device)
         with self._lock:
             self.architecture, self.config = architecture, config
             self.canonical = model
@@ -64,7 +68,7 @@ class ModelHolder:
                 log.warning("update v%d->v%d refused: %s", update.base_version, update.new_version, exc)
                 return False
             load_flat_parameters(self.canonical, new_flat)
-            self.active = inference_copy(self.canonical)   # the swap
+            self.active = inference_copy(self.canonical, self.device)   # the swap
             self.flat, self.version = new_flat, update.new_version
             self.updates_applied += 1
             self.last_update_size = int(update.indices.size)
@@ -73,4 +77,4 @@ class ModelHolder:
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W) uint8 class map with the active model."""
-        return class_map(self.active(frame_tensor(rgb))[0])
+        return class_map(self.active(frame_tensor(rgb, self.device))[0])

@@ -105,7 +105,8 @@ class EdgeRuntime:
     def run(self) -> dict:
         holder = self.link.holder
         segmenter = make_segmenter(holder, self.opt.segmenter, **self.opt.segmenter_options)
-        baseline = ModelHolder(self.link.initial_snapshot) if (self.labeler and self.opt.baseline) else None
+        baseline = (ModelHolder(self.link.initial_snapshot, self.link.inference_device)
+                    if (self.labeler and self.opt.baseline) else None)
         # the baseline runs the same way (for StreamDEQ: streaming on every frame), so it sees every frame
         base_segmenter = make_segmenter(baseline, self.opt.segmenter, **self.opt.segmenter_options) if baseline else None
         num_classes = len(self.labeler.classes) if self.labeler else 0

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from ams.models.deeplab_mnv2 import ASPPLite, MobileNetV2Features
 
 
+PROPAGATIONS = ("adaptive", "unified", "copy")
+
+
 @dataclass(frozen=True)
 class LowLatencyConfig:
     num_classes: int = 2
@@ -28,6 +31,8 @@ class LowLatencyConfig:
     high_channels: int = 64         # width of F_h (ASPP-lite output)
     reduce_channels: int = 32       # the paper's 256, CPU-sized
     kernel_size: int = 9            # H_K: 9×9 kernels -> 81 channels
+    propagation: str = "adaptive"   # adaptive (spatially variant, predicted) | unified (one learned kernel) | copy
+    fuse: bool = True               # AdaptNet + fusion of the current low-level features (False: the paper's "no fuse")
     input_height: int = 144
     input_width: int = 256
 
@@ -121,10 +126,19 @@ class LowLatencySegNet(nn.Module):
         self.aspp = ASPPLite(backbone.out_channels, config.high_channels)          # ... + head features
         self.classifier = nn.Conv2d(config.high_channels, config.num_classes, 1)
         self.deviation = DeviationPredictor(low_channels, config.reduce_channels)
-        self.kernels = KernelWeightPredictor(low_channels, config.reduce_channels, config.kernel_size)
-        self.adapt = AdaptNet(low_channels, config.reduce_channels)
-        self.fuse = nn.Sequential(nn.Conv2d(config.high_channels + config.reduce_channels, config.high_channels, 3,
-                                            padding=1), nn.ReLU())
+        if config.propagation not in PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {PROPAGATIONS}, not {config.propagation!r}")
+        k2 = config.kernel_size * config.kernel_size
+        if config.propagation == "adaptive":
+            self.kernels = KernelWeightPredictor(low_channels, config.reduce_channels, config.kernel_size)
+        elif config.propagation == "unified":   # one kernel for every location, learned (Table 2's "unified")
+            self.unified_kernel = nn.Parameter(torch.zeros(k2))
+            with torch.no_grad():
+                self.unified_kernel[k2 // 2] = 4.0
+        if config.fuse:
+            self.adapt = AdaptNet(low_channels, config.reduce_channels)
+            self.fuse = nn.Sequential(nn.Conv2d(config.high_channels + config.reduce_channels, config.high_channels, 3,
+                                                padding=1), nn.ReLU())
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
         self.low_channels = low_channels
@@ -141,10 +155,29 @@ class LowLatencySegNet(nn.Module):
         """S_h: F_l -> high-level features F_h (B, high_channels, H/8, W/8)."""
         return self.aspp(self.upper_part(low))
 
+    def propagation_modules(self) -> list[nn.Module]:
+        """What stage 2 trains (the kernel predictor or unified kernel, AdaptNet, fusion)."""
+        return [m for m in (getattr(self, "kernels", None), getattr(self, "adapt", None), getattr(self, "fuse", None))
+                if m is not None]
+
+    def propagation_parameters(self) -> list[nn.Parameter]:
+        extra = [self.unified_kernel] if self.config.propagation == "unified" else []
+        return [p for m in self.propagation_modules() for p in m.parameters()] + extra
+
     def propagate(self, high_key: torch.Tensor, low_key: torch.Tensor, low_cur: torch.Tensor) -> torch.Tensor:
-        """Non-key frame: spatially variant convolution of F_h^k, fused with the adapted F_l^t."""
-        kernels = self.kernels(low_key, low_cur)
-        propagated = spatially_variant_conv(high_key, kernels, self.config.kernel_size)
+        """Non-key frame: spatially variant convolution of F_h^k, fused with the adapted F_l^t. The
+        ablations replace the predicted kernels by one learned kernel (`unified`) or by a copy of F_h^k
+        (`copy`, Clockwork-style), and drop AdaptNet + fusion (`fuse=False`)."""
+        k = self.config.kernel_size
+        if self.config.propagation == "adaptive":
+            propagated = spatially_variant_conv(high_key, self.kernels(low_key, low_cur), k)
+        elif self.config.propagation == "unified":
+            kernels = torch.softmax(self.unified_kernel, 0).view(1, k * k, 1, 1)   # broadcast over b, h, w
+            propagated = spatially_variant_conv(high_key, kernels, k)
+        else:
+            propagated = high_key
+        if not self.config.fuse:
+            return propagated
         return self.fuse(torch.cat([propagated, self.adapt(low_cur)], 1))
 
     def classify(self, high: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

@@ -158,10 +158,12 @@ class StreamDEQ(nn.Module):
         return F.interpolate(self.head(feats).contiguous(), size=size, mode="bilinear", align_corners=False)
 
     # --- whole-model passes ----------------------------------------------------------------------
-    def solve(self, injection: State, z0: State, iters: int, solver: str = "unroll") -> tuple[State, list[float]]:
-        """M iterations of the chosen solver from z0; returns (z, residual history)."""
+    def solve(self, injection: State, z0: State, iters: int, solver: str = "unroll",
+              tol: float = 0.0) -> tuple[State, list[float]]:
+        """M iterations of the chosen solver from z0 (at most M, stopping below relative residual `tol`
+        when it is > 0); returns (z, residual history)."""
         fn = lambda z: self.f(z, injection)  # noqa: E731
-        return (broyden if solver == "broyden" else unroll)(fn, z0, iters)
+        return (broyden if solver == "broyden" else unroll)(fn, z0, iters, tol=tol)
 
     def forward(self, x: torch.Tensor, iters: int | None = None) -> torch.Tensor:
         """Single-frame pass from z = 0. With grad enabled it trains per `train_mode`; otherwise it

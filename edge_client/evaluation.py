@@ -34,6 +34,46 @@ class Confusion:
         return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
 
 
+class FlipRate:
+    """Temporal consistency: of the pixels whose teacher label is the same in two consecutive frames,
+    the share whose predicted label changes (flicker the labels do not call for). Feed frames in
+    order; `reset()` at a clip boundary."""
+
+    def __init__(self) -> None:
+        self.flips = 0
+        self.stable = 0
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def reset(self) -> None:
+        self._last = None
+
+    def add(self, pred: np.ndarray, label: np.ndarray) -> None:
+        if self._last is not None:
+            last_pred, last_label = self._last
+            steady = label == last_label
+            self.stable += int(steady.sum())
+            self.flips += int((steady & (pred != last_pred)).sum())
+        self._last = (pred, label)
+
+    def rate(self) -> float:
+        """Flipped share of label-stable pixels (NaN before two frames)."""
+        return self.flips / self.stable if self.stable else float("nan")
+
+
+def bootstrap_miou(matrices: list[np.ndarray], draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mIoU of summed confusion matrices, resampling the units (windows, clips)
+    with replacement."""
+    rng = np.random.default_rng(seed)
+    stack = np.stack(matrices)
+    values = []
+    for _ in range(draws):
+        c = Confusion(stack.shape[1])
+        c.matrix = stack[rng.integers(0, len(stack), len(stack))].sum(0)
+        values.append(c.miou())
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
     c = Confusion(num_classes)
     c.add(pred, label)

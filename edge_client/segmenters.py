@@ -118,7 +118,7 @@ class StreamDEQSegmenter:
         m = iters if iters is not None else (self.budget.choose() if self.budget else self.iters)
         model = self.holder.active
         t0 = time.perf_counter()
-        x = frame_tensor(rgb)
+        x = frame_tensor(rgb, self.holder.device)
         injection = model.inject(x)
         if self.z is None or [t.shape for t in self.z] != [t.shape for t in injection]:
             self.z = model.zeros(injection)

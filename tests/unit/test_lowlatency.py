@@ -95,10 +95,13 @@ def test_low_latency_scheduling_never_waits_for_a_slow_upper_part(monkeypatch):
     for rgb in _frames(6):                       # S_h now blocks until released: frames must still flow
         assert seg.segment(rgb).shape == (48, 64)
     assert seg.key_frames == 7 and not seg.cache.exact and seg.slow_tracks == 0
+    assert seg.feature_age == 6                       # frame 6 still answers from frame 0's S_h output
     release.set()
     seg.wait_idle()
     assert seg.cache.exact and seg.cache.frame == 6   # the newest key frame got its S_h features
-    assert seg.slow_tracks == 1                       # the five superseded runs were dropped unfinished
+    assert seg.slow_tracks == 1 and seg.slow_superseded == 5   # the five superseded runs were dropped unfinished
+    seg.segment(_frames(8)[7])
+    assert seg.feature_age == 1                       # frame 7 propagates frame 6's S_h features
     seg.close()
 
 
@@ -142,3 +145,47 @@ def test_deviation_predictor_cannot_collapse_to_a_constant_zero():
     assert (pred > 0).all()
     pred.sum().backward()
     assert model.deviation.fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("change", [{"propagation": "unified"}, {"propagation": "copy"}, {"fuse": False}])
+def test_propagation_ablations_build_run_and_train_only_their_own_modules(change):
+    model = build_student("lowlatency", {**TINY, **change}).eval()
+    low = model.lower(torch.rand(2, 3, 48, 64))
+    high = model.upper(low)
+    out = model.propagate(high, low, low.flip(0))
+    assert out.shape == high.shape
+    params = {id(p) for p in model.propagation_parameters()}
+    assert not any(id(p) in params for p in model.upper_part.parameters())
+    if change.get("propagation") == "copy" and model.config.fuse:
+        assert not hasattr(model, "kernels") and len(params) > 0        # AdaptNet + fusion only
+    if change.get("fuse") is False:
+        assert not hasattr(model, "adapt")
+        torch.testing.assert_close(out, spatially_variant_conv(high, model.kernels(low, low.flip(0)), 5))
+    if change.get("propagation") == "unified":
+        assert model.unified_kernel.numel() == 25 and id(model.unified_kernel) in params
+
+
+def test_unknown_propagation_is_refused():
+    with pytest.raises(ValueError, match="propagation"):
+        build_student("lowlatency", {**TINY, "propagation": "flow"})
+
+
+def test_the_holder_runs_on_the_named_device_and_refuses_a_missing_gpu():
+    from ams.models import resolve_device
+
+    holder = _holder()
+    assert holder.device.type == "cpu" and next(holder.active.parameters()).device.type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_ams_edge_refuses_a_gpu_it_does_not_have():
+    from edge_client import cli
+
+    with pytest.raises(SystemExit, match="--device: .*CUDA"):
+        cli.main(["--video", "x.mp4", "--insecure", "--device", "cuda"])
+    with pytest.raises(SystemExit, match="--device"):
+        cli.main(["--video", "x.mp4", "--insecure", "--device", "tpu9"])

@@ -16,6 +16,8 @@ help:
 	@echo "make chaos     # 3 trainer + 2 teacher replicas behind HAProxy, one killed mid-phase (out/chaos/summary.json)"
 	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
 	@echo "make bench-codec # update codecs: bytes, bits per index and mIoU vs float16 (out/bench/codec.json)"
+	@echo "make bench-lowlatency # low-latency segmenter at 3 sizes: arrival-to-output latency, ablations (BENCH_ARGS='--device cuda')"
+	@echo "make bench-streamdeq  # StreamDEQ at 3 sizes: tolerance-converged, shot change, time budget, feed-forward"
 	@echo "make eval      # the paper's schemes, ablation, sweeps, rate control (out/eval/; resumable, ≤ 60 min)"
 	@echo "make eval-quick # a few minutes of the same (out/eval-quick/)"
 	@echo "make proto     # regenerate ams/v1 stubs from proto/"
@@ -92,10 +94,12 @@ demo-streamdeq: install assets redis
 	$(BIN)/python -m scripts.demo --segmenter streamdeq --out out/demo-streamdeq
 
 bench-streamdeq: install assets
-	$(BIN)/python -m scripts.bench_streamdeq
+	$(BIN)/python -m scripts.bench_streamdeq $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench_streamdeq --readme
 
 bench-lowlatency: install assets
-	$(BIN)/python -m scripts.bench_lowlatency
+	$(BIN)/python -m scripts.bench_lowlatency $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench_lowlatency --readme
 
 demo-lowlatency: install assets redis
 	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency

@@ -50,22 +50,72 @@ def pretrain(videos: list[str], teacher: str, model_path: str, scene: str, archi
     return model, meta
 
 
+class CropSampler:
+    """Training batches of one crop size cut from clips labelled at several resolutions: a model trained
+    on them sees objects at every scale it will run at, for the cost of training at the crop size
+    (fully convolutional students run at any size). `clips_by_size[s]` lists (frames, labels) clips at
+    size s; each item picks a size, a clip, a frame and a crop window uniformly."""
+
+    def __init__(self, clips_by_size: list[list[tuple[list, list]]], crop: tuple[int, int]):
+        self.clips_by_size, self.crop = clips_by_size, crop
+        for clips in clips_by_size:
+            h, w = clips[0][0][0].shape[:2]
+            if h < crop[0] or w < crop[1]:
+                raise ValueError(f"crop {crop} larger than frames of {h}×{w}")
+
+    @property
+    def frames(self) -> int:
+        return sum(len(c[0]) for clips in self.clips_by_size for c in clips)
+
+    def _window(self, rng: np.random.Generator, frame: np.ndarray) -> tuple[slice, slice]:
+        h, w = frame.shape[:2]
+        top, left = int(rng.integers(0, h - self.crop[0] + 1)), int(rng.integers(0, w - self.crop[1] + 1))
+        return slice(top, top + self.crop[0]), slice(left, left + self.crop[1])
+
+    def pairs(self, rng: np.random.Generator, batch: int, gap: tuple[int, int]):
+        """(key crops, current crops, current labels), the two frames `gap` apart in one clip, same window."""
+        keys, curs, labels = [], [], []
+        for _ in range(batch):
+            clips = self.clips_by_size[rng.integers(len(self.clips_by_size))]
+            frames, lab = clips[rng.integers(len(clips))]
+            step = int(rng.integers(gap[0], gap[1] + 1))
+            i = int(rng.integers(0, max(1, len(frames) - step)))
+            j = min(i + step, len(frames) - 1)
+            rows, cols = self._window(rng, frames[i])
+            keys.append(frames[i][rows, cols])
+            curs.append(frames[j][rows, cols])
+            labels.append(lab[j][rows, cols])
+        return batch_tensor(keys), batch_tensor(curs), torch.from_numpy(np.stack(labels)).long()
+
+    def __call__(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, x, y = self.pairs(rng, batch, (0, 0))
+        return x, y
+
+
 def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architecture: str, config: dict, steps: int,
-                  batch: int, lr: float, seed: int, log=print) -> tuple[torch.nn.Module, dict]:
-    """Train a fresh student on (H, W, 3) frames and (H, W) labels (BN/GN in train mode, augmented)."""
+                  batch: int, lr: float, seed: int, log=print,
+                  sampler: CropSampler | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a fresh student on (H, W, 3) frames and (H, W) labels, or on a CropSampler's batches
+    (BN/GN in train mode, augmented)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_student(architecture, config)
-    x_all = batch_tensor(frames)
-    y_all = torch.from_numpy(np.stack(labels)).long()
-    log(f"training on {len(frames)} labelled frames; class share {np.bincount(y_all.numpy().ravel()) / y_all.numel()}")
+    if sampler is None:   # whole frames, drawn as w0 always was (its checkpoints stay reproducible)
+        x_all, y_all = batch_tensor(frames), torch.from_numpy(np.stack(labels)).long()
+        sampler = CropSampler([[(frames, labels)]], frames[0].shape[:2])
+
+        def draw(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.from_numpy(rng.integers(0, len(frames), size=n))
+            return x_all[idx], y_all[idx]
+    else:
+        draw = sampler
+    log(f"training on {sampler.frames} labelled frames, crops of {sampler.crop}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     started = time.time()
     for step in range(steps):
-        idx = torch.from_numpy(rng.integers(0, len(frames), size=batch))
-        x, y = _augment(x_all[idx], y_all[idx], rng)
+        x, y = _augment(*draw(rng, batch), rng)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -74,7 +124,7 @@ def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architectu
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - started:.0f}s")
     model.eval()
-    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "frames": len(frames),
+    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "frames": sampler.frames, "crop": list(sampler.crop),
             "final_loss": float(loss.item()), "train_seconds": round(time.time() - started, 1)}
     return model, meta
 

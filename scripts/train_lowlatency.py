@@ -19,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ams.models import batch_tensor
 from edge_client.video_source import VideoSource
-from scripts.pretrain import save_checkpoint, train_student
+from scripts.pretrain import CropSampler, save_checkpoint, train_student
 from services.teacher.backends import TeacherInput, make_backend
 
 DEFAULT_CONFIG = {"num_classes": 2, "input_height": 144, "input_width": 256}
@@ -38,33 +37,35 @@ def label_clips(videos: list[str], size: tuple[int, int], model_path: str) -> li
     return clips
 
 
-def _pairs(clips: list[tuple[list, list]], batch: int, gap: tuple[int, int], rng: np.random.Generator):
-    """A batch of (key frame, current frame, current label) tensors, `gap` frames apart within a clip."""
-    keys, curs, labels = [], [], []
-    for _ in range(batch):
-        frames, lab = clips[rng.integers(len(clips))]
-        step = int(rng.integers(gap[0], gap[1] + 1))
-        i = int(rng.integers(0, max(1, len(frames) - step)))
-        j = min(i + step, len(frames) - 1)
-        keys.append(frames[i])
-        curs.append(frames[j])
-        labels.append(lab[j])
-    return batch_tensor(keys), batch_tensor(curs), torch.from_numpy(np.stack(labels)).long()
+def _sampler(clips) -> CropSampler:
+    """Clips at one size (whole frames) or a CropSampler already."""
+    return clips if isinstance(clips, CropSampler) else CropSampler([clips], clips[0][0][0].shape[:2])
 
 
-def train_lowlatency(clips: list[tuple[list, list]], config: dict, steps: tuple[int, int, int] = (300, 300, 200),
+def train_lowlatency(clips, config: dict, steps: tuple[int, int, int] = (300, 300, 200),
                      batch: int = 8, lr: float = 2e-3, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
-    """All three stages; returns the model (eval mode) and what was done."""
+    """All three stages on `clips` ((frames, labels) pairs at one size, or a CropSampler over several
+    sizes); returns the model (eval mode) and what was done."""
     started = time.time()
-    frames = [f for c in clips for f in c[0]]
-    labels = [label for c in clips for label in c[1]]
-    model, meta = train_student(frames, labels, "lowlatency", config, steps[0], batch, lr, seed, log)
-    model.eval()   # the basic network is fixed from here on (BatchNorm statistics included)
+    sampler = _sampler(clips)
+    model, meta = train_student([], [], "lowlatency", config, steps[0], batch, lr, seed, log, sampler=sampler)
     rng = np.random.default_rng(seed + 1)
-    prop_params = [p for m in (model.kernels, model.adapt, model.fuse) for p in m.parameters()]
-    opt = torch.optim.Adam(prop_params, lr=1e-3)
-    for step in range(steps[1]):
-        xk, xt, yt = _pairs(clips, batch, (2, 10), rng)
+    meta["propagation_loss"] = train_propagation(model, sampler, steps[1], batch, rng, log)
+    meta["deviation_loss"] = train_deviation(model, sampler, steps[2], batch, rng, log)
+    meta.update({"steps": list(steps), "train_seconds": round(time.time() - started, 1)})
+    return model.eval(), meta
+
+
+def train_propagation(model: torch.nn.Module, clips, steps: int, batch: int, rng: np.random.Generator,
+                      log=print) -> float:
+    """Stage 2: with the basic network fixed (BatchNorm statistics included), the propagation modules on
+    frame pairs 2–10 apart, the loss on the second frame; returns the last loss."""
+    sampler = _sampler(clips)
+    model.eval()
+    opt = torch.optim.Adam(model.propagation_parameters(), lr=1e-3)
+    loss = torch.zeros(())
+    for step in range(steps):
+        xk, xt, yt = sampler.pairs(rng, batch, (2, 10))
         with torch.no_grad():
             low_k, low_t = model.lower(xk), model.lower(xt)
             high_k = model.upper(low_k)
@@ -72,22 +73,20 @@ def train_lowlatency(clips: list[tuple[list, list]], config: dict, steps: tuple[
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 100 == 0 or step == steps[1] - 1:
+        if step % 100 == 0 or step == steps - 1:
             log(f"propagation step {step:4d}  loss {loss.item():.4f}")
-    meta["propagation_loss"] = float(loss.item())
-    meta["deviation_loss"] = train_deviation(model, clips, steps[2], batch, rng, log)
-    meta.update({"steps": list(steps), "train_seconds": round(time.time() - started, 1)})
-    return model.eval(), meta
+    return float(loss.item())
 
 
-def train_deviation(model: torch.nn.Module, clips: list[tuple[list, list]], steps: int, batch: int,
+def train_deviation(model: torch.nn.Module, clips, steps: int, batch: int,
                     rng: np.random.Generator, log=print) -> float:
     """Stage 3: regress the deviation predictor on the basic network's label changes; returns the last loss."""
+    sampler = _sampler(clips)
     model.eval()
     opt = torch.optim.Adam(model.deviation.parameters(), lr=1e-3)
     loss = torch.zeros(())
     for step in range(steps):
-        xk, xt, _ = _pairs(clips, batch, (0, 10), rng)
+        xk, xt, _ = sampler.pairs(rng, batch, (0, 10))
         with torch.no_grad():
             low_k, low_t = model.lower(xk), model.lower(xt)
             pk = model.classify(model.upper(low_k), xk.shape[-2:]).argmax(1)

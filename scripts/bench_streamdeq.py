@@ -70,13 +70,14 @@ def real_dataset(sizes, strides) -> dict:
             "test": {s: data[s]["test"] for s in sizes}}
 
 
-def train_cached(path: str, architecture: str, config: dict, sampler: CropSampler, steps: int, retrain: bool):
+def train_cached(path: str, architecture: str, config: dict, sampler: CropSampler, steps: int, retrain: bool,
+                 seed: int = 0):
     if os.path.exists(path) and not retrain:
         ckpt = torch.load(path, weights_only=True)
         model = build_student(architecture, ckpt["config"])
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()
-    model, meta = train_student([], [], architecture, config, steps, batch=8, lr=2e-3, seed=0, log=lambda *_: None,
+    model, meta = train_student([], [], architecture, config, steps, batch=8, lr=2e-3, seed=seed, log=lambda *_: None,
                                 sampler=sampler)
     save_checkpoint(path, architecture, model, meta)
     print(f"trained {os.path.basename(path)} in {meta['train_seconds']} s (final loss {meta['final_loss']:.3f})", flush=True)
@@ -260,6 +261,25 @@ def shot_change(holder: ModelHolder, model, test_clips, iters: int, tol: float, 
             "resets": resets, "recovery_frames": {k: recovery(curves[k]) for k in ("reset", "no reset")}}
 
 
+def seed_spread(data: dict, size, seeds: list[int], args, cache: str, device) -> list[dict]:
+    """`--seed-variants` trained again with other seeds: converged, stream and scratch at M = 2."""
+    out = []
+    for variant in args.seed_variants.split(","):
+        solver = "broyden" if variant == "IL" else "unroll"
+        cap = args.max_iters if solver == "unroll" else args.max_iters // 2
+        for seed in seeds:
+            model = train_cached(os.path.join(cache, f"real_{variant}_seed{seed}.pt"), "streamdeq",
+                                 deq_config(variant, args.train_iters), data["sampler"], args.steps, args.retrain, seed)
+            fast = make_holder("streamdeq", model, device).active
+            entry = {"variant": variant, "seed": seed, "resolution": size_name(size)}
+            for mode, m in (("converged", cap), ("stream", 2), ("scratch", 2)):
+                row = evaluate(fast, data["windows"][size], mode, m, solver, device, tol=args.tol).row()
+                entry[mode] = {k: row[k] for k in ("miou", "ms_per_frame")} | ({"iters": row["iters"]} if "iters" in row else {})
+            out.append(entry)
+            print(json.dumps(entry), flush=True)
+    return out
+
+
 def pick_ff_width(target_ms: float, device, size) -> tuple[float, dict]:
     """The feed-forward width whose inference copy's time per frame is closest to `target_ms`."""
     times = {}
@@ -327,6 +347,12 @@ def table(result: dict) -> str:
                 f"{b['budget_ms']} ms → misses {b['miss_rate_pct']} %, mean M {b['mean_M']}, mIoU {b['miou']:.1f}"
                 for b in budgets)]
         lines.append("")
+    if result.get("seeds"):
+        lines.append(f"Other training seeds ({result['seeds'][0]['resolution']}; mIoU after 20 frames, converged / stream M = 2 "
+                     "/ scratch M = 2): " + "; ".join(
+                         f"{e['variant']} seed {e['seed']}: {e['converged']['miou']:.1f} / {e['stream']['miou']:.1f} / "
+                         f"{e['scratch']['miou']:.1f}" for e in result["seeds"]) + ".")
+        lines.append("")
     shot = result.get("shot_change")
     if shot:
         lines.append(f"Shot change ({shot['resolution']}, SUR, M = {shot['M']}, {shot['sequences']} cut sequences): "
@@ -350,8 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--sizes", default="144x256,288x512,512x1024")
     p.add_argument("--strides", default="5,10,30", help="window stride per size (fewer windows at the larger ones)")
-    p.add_argument("--all-variants-up-to", default="144x256",
+    p.add_argument("--all-variants-up-to", default="512x1024",
                    help="UR and IL run at sizes up to this one; larger sizes run SUR only")
+    p.add_argument("--seeds", default="1,2",
+                   help="extra training seeds, evaluated at the first size (the spread over training runs)")
+    p.add_argument("--seed-variants", default="SUR", help="the variants trained with --seeds")
     p.add_argument("--datasets", default="synthetic,real")
     args = parse_bench_args(p, argv, "streamdeq-bench", table)
     if args is None:
@@ -399,6 +428,8 @@ def main(argv: list[str] | None = None) -> None:
                     if size == sizes[0]:
                         result["shot_change"] = {"resolution": res, **shot_change(
                             holder, fast, data["test"][size], 2, args.tol, args.max_iters, device)}
+        if name == "real" and args.seeds:   # the spread over training runs, at the first size
+            result["seeds"] = seed_spread(data, sizes[0], [int(x) for x in args.seeds.split(",")], args, cache, device)
         if name == "real":     # a feed-forward student of about SUR streaming's compute at M = 2
             target = next(r for r in rows if r["dataset"] == name and r["resolution"] == size_name(sizes[0])
                           and r["variant"] == "SUR" and r["mode"] == "stream" and r["M"] == 2)["ms_per_frame"]

@@ -134,6 +134,19 @@ def test_time_budget_controller_fits_iterations_to_the_target():
     assert budget.choose() == 5                                  # (20 − 4) // 3
 
 
+def test_time_budget_controller_keeps_a_margin_for_costs_that_vary():
+    rng = np.random.default_rng(0)
+    budget = TimeBudget(target_ms=20.0)
+    misses = 0
+    for _ in range(400):
+        m = budget.choose()
+        fixed, per_iter = 4.0 + rng.uniform(0, 2), 3.0 * rng.uniform(0.8, 1.2)
+        misses += fixed + m * per_iter > 20.0
+        budget.observe(fixed_ms=fixed, iter_ms=per_iter * m, iters=m)
+    assert budget.ms_error > 0.3 and budget.choose() < 5        # fewer iterations than the mean costs allow
+    assert misses < 0.05 * 400
+
+
 def test_a_model_update_mid_stream_keeps_the_state_and_never_stops_frames():
     holder = _holder()
     seg = StreamDEQSegmenter(holder, iters=2, cut_threshold=None)

@@ -220,7 +220,7 @@ def budget_runs(holder: ModelHolder, windows, budgets: list[float]) -> list[dict
 
 
 def shot_change(holder: ModelHolder, model, test_clips, iters: int, tol: float, max_iters: int, device,
-                before: int = 10, after: int = 20) -> dict:
+                solver: str = "unroll", before: int = 10, after: int = 20) -> dict:
     """Sequences that cut from one held-out clip to the other (both directions, three offsets): per
     frame after the cut, mIoU of streaming at M with the cut detector's reset, without it, and of the
     tolerance-converged model; `recovery_frames` = frames after the cut until streaming stays within
@@ -236,7 +236,7 @@ def shot_change(holder: ModelHolder, model, test_clips, iters: int, tol: float, 
         per = [Confusion(2) for _ in range(before + after)]
         count = 0
         for frames, labels in sequences:
-            seg = StreamDEQSegmenter(holder, iters=iters, cut_threshold=cut_threshold)
+            seg = StreamDEQSegmenter(holder, iters=iters, solver=solver, cut_threshold=cut_threshold)
             for t, (rgb, label) in enumerate(zip(frames, labels)):
                 per[t].add(seg.segment(rgb), label)
             count += seg.resets
@@ -247,7 +247,7 @@ def shot_change(holder: ModelHolder, model, test_clips, iters: int, tol: float, 
             for t, (rgb, label) in enumerate(zip(frames, labels)):
                 x = frame_tensor(rgb, device)
                 injection = model.inject(x)
-                z, _ = model.solve(injection, model.zeros(injection), max_iters, "unroll", tol=tol)
+                z, _ = model.solve(injection, model.zeros(injection), max_iters, solver, tol=tol)
                 per[t].add(class_map(model.decode(z, x.shape[-2:])[0]), label)
         curves["converged"] = [round(c.miou() * 100, 2) for c in per]
 
@@ -353,14 +353,15 @@ def table(result: dict) -> str:
                          f"{e['variant']} seed {e['seed']}: {e['converged']['miou']:.1f} / {e['stream']['miou']:.1f} / "
                          f"{e['scratch']['miou']:.1f}" for e in result["seeds"]) + ".")
         lines.append("")
-    shot = result.get("shot_change")
-    if shot:
-        lines.append(f"Shot change ({shot['resolution']}, SUR, M = {shot['M']}, {shot['sequences']} cut sequences): "
-                     f"frames to come within {RECOVERED_WITHIN:.0f} points of converged after the cut: with reset "
+    for variant, shot in result.get("shot_change", {}).items():
+        cut = shot["cut_at"]
+        first = {name: ", ".join(f"{v:.1f}" for v in curve[cut:cut + 3]) for name, curve in shot["miou_by_frame"].items()}
+        lines.append(f"Shot change ({shot['resolution']}, {variant}, M = {shot['M']}, {shot['sequences']} cut sequences): "
+                     f"frames until within {RECOVERED_WITHIN:.0f} points of converged: with reset "
                      f"{shot['recovery_frames']['reset']}, without {shot['recovery_frames']['no reset']}; mIoU on the "
-                     f"first frame after the cut {shot['miou_by_frame']['reset'][shot['cut_at']]:.1f} with reset, "
-                     f"{shot['miou_by_frame']['no reset'][shot['cut_at']]:.1f} without "
-                     f"(converged {shot['miou_by_frame']['converged'][shot['cut_at']]:.1f}).")
+                     f"first frames after the cut (t = 0, 1, 2) with reset {first['reset']}, without {first['no reset']}, "
+                     f"converged {first['converged']}; resets fired {shot['resets']['reset']}.")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -421,13 +422,13 @@ def main(argv: list[str] | None = None) -> None:
                     print(json.dumps({k: v for k, v in row.items() if k != "teacher"}), flush=True)
                 if size == sizes[0] or name == "synthetic":
                     result["iteration_curve"][f"{name}/{key}/{variant}"] = iteration_curve(fast, windows, solver, device)
+                if name == "real" and size == sizes[0]:
+                    result.setdefault("shot_change", {})[variant] = {"resolution": res, **shot_change(
+                        holder, fast, data["test"][size], 2, args.tol, cap, device, solver)}
                 if name == "real" and variant == "SUR":
                     m1 = next(r for r in rows if r["resolution"] == res and r["variant"] == "SUR"
                               and r["mode"] == "stream" and r["M"] == 1 and r["dataset"] == name)
                     result["budget"][res] = budget_runs(holder, windows, [m1["ms_per_frame"] * f for f in (1.0, 1.5, 2.0, 3.0)])
-                    if size == sizes[0]:
-                        result["shot_change"] = {"resolution": res, **shot_change(
-                            holder, fast, data["test"][size], 2, args.tol, args.max_iters, device)}
         if name == "real" and args.seeds:   # the spread over training runs, at the first size
             result["seeds"] = seed_spread(data, sizes[0], [int(x) for x in args.seeds.split(",")], args, cache, device)
         if name == "real":     # a feed-forward student of about SUR streaming's compute at M = 2

@@ -18,10 +18,10 @@ import threading
 import numpy as np
 import torch
 
-from ams.update_codec import (SparseUpdate, UpdateRejected, apply_update, decode_snapshot, flat_parameters,
-                              load_flat_parameters, parameter_checksum)
+from ams.update_codec import (SparseUpdate, UpdateRejected, apply_update, decode_snapshot, encode_snapshot,
+                              flat_parameters, load_flat_parameters, parameter_checksum)
 from ams.v1 import streaming_pb2
-from ams.models import build_student, class_map, frame_tensor, inference_copy
+from ams.models import build_student, class_map, frame_tensor, inference_copy, student_config_dict
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ class ModelHolder:
         self.updates_rejected = 0
         self.last_update_size = 0          # coordinates the last applied update changed
         self.load_snapshot(snapshot)
+
+    @classmethod
+    def of_model(cls, architecture: str, model: torch.nn.Module, device: torch.device | str = "cpu") -> "ModelHolder":
+        """A holder for a model in hand (benchmarks, tests), through the same snapshot path as the trainer's."""
+        names = [n for n, _ in model.named_parameters()]
+        return cls(encode_snapshot("local", 0, architecture, student_config_dict(model), model.state_dict(), names), device)
 
     def load_snapshot(self, snapshot: streaming_pb2.ModelSnapshot) -> None:
         """Replace the model with a full snapshot (first contact, or catch-up)."""

@@ -3,6 +3,8 @@ split into training clips (bikes, the first halves of carphone and bigbuckbunny)
 clips (the second halves, with their frame period)."""
 from __future__ import annotations
 
+import torch
+
 from edge_client.video_source import file_duration
 from scripts.train_lowlatency import label_clips
 
@@ -12,6 +14,12 @@ NAMES = ("bikes", "carphone_pristine", "bigbuckbunny")
 
 def size_name(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for a GPU's queued work, so a wall-clock reading covers it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -32,5 +40,3 @@ def load_data(sizes: list[tuple[int, int]]) -> dict:
             test.append((frames[half:], labels[half:], period))
         data[size] = {"train": train, "test": test}
     return data
-
-

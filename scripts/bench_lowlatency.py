@@ -39,25 +39,18 @@ import time
 import numpy as np
 import torch
 
-from ams.models import build_student, class_map, frame_tensor, resolve_device, student_config_dict
-from ams.update_codec import encode_snapshot
+from ams.models import build_student, class_map, frame_tensor, resolve_device
+from ams.models.lowlatency import PROPAGATION_PARTS
 from edge_client.evaluation import Confusion, FlipRate
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
-from scripts.pretrain import CropSampler, save_checkpoint, train_student
-from scripts.bench_data import load_data, parse_size, size_name
+from scripts.bench_data import load_data, parse_size, size_name, sync
+from scripts.pretrain import CropSampler, cached_student, train_student
 from scripts.readme import parse_bench_args
 from scripts.train_lowlatency import DEFAULT_CONFIG, train_lowlatency, train_propagation
 
 CROP = (144, 256)
 ABLATIONS = {"unified": {"propagation": "unified"}, "copy": {"propagation": "copy"}, "no fuse": {"fuse": False}}
-
-
-def _load(path: str) -> torch.nn.Module:
-    ckpt = torch.load(path, weights_only=True)
-    model = build_student("lowlatency", ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
 
 
 def train_models(sampler: CropSampler, cache_dir: str, retrain: bool, steps: tuple[int, int, int],
@@ -67,13 +60,7 @@ def train_models(sampler: CropSampler, cache_dir: str, retrain: bool, steps: tup
     models = {}
 
     def cached(name: str, train) -> torch.nn.Module:
-        path = os.path.join(cache_dir, f"{name.replace(' ', '_')}.pt")
-        if os.path.exists(path) and not retrain:
-            return _load(path)
-        model, meta = train()
-        save_checkpoint(path, "lowlatency", model, meta)
-        print(f"trained {name} in {meta.get('train_seconds', '?')} s", flush=True)
-        return model.eval()
+        return cached_student(os.path.join(cache_dir, f"{name.replace(' ', '_')}.pt"), "lowlatency", train, retrain)
 
     models["main"] = cached("multiscale", lambda: train_lowlatency(sampler, DEFAULT_CONFIG, steps, log=lambda *_: None))
     if not ablations:
@@ -83,7 +70,7 @@ def train_models(sampler: CropSampler, cache_dir: str, retrain: bool, steps: tup
             started = time.time()
             model = build_student("lowlatency", {**DEFAULT_CONFIG, **change})
             shared = {k: v for k, v in models["main"].state_dict().items() if k in model.state_dict()
-                      and not k.startswith(("kernels.", "adapt.", "fuse."))}
+                      and k.split(".")[0] not in PROPAGATION_PARTS}
             model.load_state_dict(shared, strict=False)
             loss = train_propagation(model, sampler, steps[1], 8, np.random.default_rng(1), log=lambda *_: None)
             return model, {"propagation_loss": loss, "train_seconds": round(time.time() - started, 1), **change}
@@ -94,9 +81,7 @@ def train_models(sampler: CropSampler, cache_dir: str, retrain: bool, steps: tup
 
 
 def make_holder(model: torch.nn.Module, device: torch.device) -> ModelHolder:
-    names = [n for n, _ in model.named_parameters()]
-    return ModelHolder(encode_snapshot("bench", 0, "lowlatency", student_config_dict(model), model.state_dict(), names),
-                       device)
+    return ModelHolder.of_model("lowlatency", model, device)
 
 
 def run_scheme(holder: ModelHolder, clips, scheme: str, threshold: float = 0.05, interval: int = 5,
@@ -246,17 +231,16 @@ def part_costs(model, rgb: np.ndarray, device, runs: int = 20) -> dict:
     high = model.upper(low)
     parts = {"S_l": lambda: model.lower(x), "S_h": lambda: model.upper(low),
              "propagation": lambda: model.propagate(high, low, low), "deviation": lambda: model.deviation(low, low)}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {}
     for name, fn in parts.items():
         for _ in range(3):
             fn()
         times = []
         for _ in range(runs):
-            sync()
+            sync(device)
             t = time.perf_counter()
             fn()
-            sync()
+            sync(device)
             times.append((time.perf_counter() - t) * 1000)
         out[name] = round(float(np.median(times)), 2)
     out["S_l_share_of_full"] = round(out["S_l"] / (out["S_l"] + out["S_h"]), 3)

@@ -28,14 +28,13 @@ import time
 import numpy as np
 import torch
 
-from ams.models import build_student, class_map, frame_tensor, inference_copy, resolve_device, student_config_dict
+from ams.models import build_student, class_map, frame_tensor, inference_copy, resolve_device
 from ams.synthetic import SyntheticScene
-from ams.update_codec import encode_snapshot
 from edge_client.evaluation import Confusion, FlipRate, bootstrap_miou
 from edge_client.model_holder import ModelHolder
 from edge_client.segmenters import StreamDEQSegmenter
-from scripts.bench_data import load_data, parse_size, size_name
-from scripts.pretrain import CropSampler, save_checkpoint, train_student
+from scripts.bench_data import load_data, parse_size, size_name, sync
+from scripts.pretrain import CropSampler, cached_student, train_student
 from scripts.readme import parse_bench_args
 
 WINDOW, M_VALUES = 20, (1, 2, 4, 8)
@@ -72,16 +71,8 @@ def real_dataset(sizes, strides) -> dict:
 
 def train_cached(path: str, architecture: str, config: dict, sampler: CropSampler, steps: int, retrain: bool,
                  seed: int = 0):
-    if os.path.exists(path) and not retrain:
-        ckpt = torch.load(path, weights_only=True)
-        model = build_student(architecture, ckpt["config"])
-        model.load_state_dict(ckpt["state_dict"])
-        return model.eval()
-    model, meta = train_student([], [], architecture, config, steps, batch=8, lr=2e-3, seed=seed, log=lambda *_: None,
-                                sampler=sampler)
-    save_checkpoint(path, architecture, model, meta)
-    print(f"trained {os.path.basename(path)} in {meta['train_seconds']} s (final loss {meta['final_loss']:.3f})", flush=True)
-    return model.eval()
+    return cached_student(path, architecture, lambda: train_student(
+        [], [], architecture, config, steps, batch=8, lr=2e-3, seed=seed, log=lambda *_: None, sampler=sampler), retrain)
 
 
 def deq_config(variant: str, n_iters: int) -> dict:
@@ -95,14 +86,7 @@ def ff_config(width: float) -> dict:
 
 
 def make_holder(architecture: str, model: torch.nn.Module, device) -> ModelHolder:
-    names = [n for n, _ in model.named_parameters()]
-    return ModelHolder(encode_snapshot("bench", 0, architecture, student_config_dict(model), model.state_dict(), names),
-                       device)
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return ModelHolder.of_model(architecture, model, device)
 
 
 class Tally:
@@ -148,7 +132,7 @@ def evaluate(model, windows, mode: str, iters: int, solver: str, device, tol: fl
     for frames, labels in windows:
         z = None
         for t, (rgb, label) in enumerate(zip(frames, labels)):
-            _sync(device)
+            sync(device)
             started = time.perf_counter()
             x = frame_tensor(rgb, device)
             injection = model.inject(x)
@@ -164,7 +148,7 @@ def evaluate_ff(model, windows, device) -> Tally:
     tally = Tally()
     for frames, labels in windows:
         for t, (rgb, label) in enumerate(zip(frames, labels)):
-            _sync(device)
+            sync(device)
             started = time.perf_counter()
             pred = class_map(model(frame_tensor(rgb, device))[0])
             tally.add(t, pred, label, (time.perf_counter() - started) * 1000)
@@ -291,7 +275,7 @@ def pick_ff_width(target_ms: float, device, size) -> tuple[float, dict]:
                 model(x)
             samples = []
             for _ in range(15):
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
                 class_map(model(x)[0])
                 samples.append((time.perf_counter() - t) * 1000)
@@ -407,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
             for size, windows in data["windows"].items():
                 if variant != "SUR" and size[0] * size[1] > all_up_to[0] * all_up_to[1] and name == "real":
                     continue
-                key, res = size_name(size), size_name(size)
+                res = size_name(size)
                 cap = args.max_iters if solver == "unroll" else args.max_iters // 2
                 runs = [("converged", cap)] + [(mode, m) for mode in ("stream", "scratch") for m in M_VALUES]
                 for mode, m in runs:
@@ -415,13 +399,13 @@ def main(argv: list[str] | None = None) -> None:
                     row = {"dataset": name, "resolution": res, "variant": variant, "mode": mode, "M": m,
                            "teacher": data["teacher"], **tally.row()}
                     rows.append(row)
-                    curve_key = f"{name}/{key}/{variant}/{mode}@{m}"
+                    curve_key = f"{name}/{res}/{variant}/{mode}@{m}"
                     result["miou_by_frame"][curve_key] = [round(c.miou() * 100, 2) for c in tally.by_offset]
                     result["residual_by_frame"][curve_key] = [round(float(np.mean(r)), 5) if r else None
                                                               for r in tally.residual]
                     print(json.dumps({k: v for k, v in row.items() if k != "teacher"}), flush=True)
                 if size == sizes[0] or name == "synthetic":
-                    result["iteration_curve"][f"{name}/{key}/{variant}"] = iteration_curve(fast, windows, solver, device)
+                    result["iteration_curve"][f"{name}/{res}/{variant}"] = iteration_curve(fast, windows, solver, device)
                 if name == "real" and size == sizes[0]:
                     result.setdefault("shot_change", {})[variant] = {"resolution": res, **shot_change(
                         holder, fast, data["test"][size], 2, args.tol, cap, device, solver)}
@@ -443,11 +427,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"dataset": name, "resolution": size_name(size), "variant": f"feed-forward (MNv2 ×{width})",
                              "mode": "feed-forward", "M": 0, "teacher": data["teacher"],
                              **evaluate_ff(ff_fast, windows, device).row()})
-    for row in rows:   # relative to the converged model of the same variant, dataset and size
-        conv = next((r for r in rows if r["dataset"] == row["dataset"] and r["resolution"] == row["resolution"]
-                     and r["variant"] == "SUR" and r["mode"] == "converged"), None) if row["mode"] == "feed-forward" else \
-            next(r for r in rows if r["dataset"] == row["dataset"] and r["resolution"] == row["resolution"]
-                 and r["variant"] == row["variant"] and r["mode"] == "converged")
+    converged = {(r["dataset"], r["resolution"], r["variant"]): r for r in rows if r["mode"] == "converged"}
+    for row in rows:   # relative to the converged model of the same variant (the feed-forward one: SUR's)
+        variant = "SUR" if row["mode"] == "feed-forward" else row["variant"]
+        conv = converged.get((row["dataset"], row["resolution"], variant))
         if conv:
             row["compute_vs_converged"] = round(row["ms_per_frame"] / conv["ms_per_frame"], 3)
             row["miou_vs_converged"] = round(row["miou"] - conv["miou"], 2)

@@ -102,14 +102,14 @@ def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architectu
     model = build_student(architecture, config)
     if sampler is None:   # whole frames, drawn as w0 always was (its checkpoints stay reproducible)
         x_all, y_all = batch_tensor(frames), torch.from_numpy(np.stack(labels)).long()
-        sampler = CropSampler([[(frames, labels)]], frames[0].shape[:2])
+        n_frames, crop = len(frames), tuple(frames[0].shape[:2])
 
         def draw(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = torch.from_numpy(rng.integers(0, len(frames), size=n))
             return x_all[idx], y_all[idx]
     else:
-        draw = sampler
-    log(f"training on {sampler.frames} labelled frames, crops of {sampler.crop}")
+        draw, n_frames, crop = sampler, sampler.frames, sampler.crop
+    log(f"training on {n_frames} labelled frames, crops of {crop}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
@@ -124,9 +124,27 @@ def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architectu
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - started:.0f}s")
     model.eval()
-    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "frames": sampler.frames, "crop": list(sampler.crop),
+    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "frames": n_frames, "crop": list(crop),
             "final_loss": float(loss.item()), "train_seconds": round(time.time() - started, 1)}
     return model, meta
+
+
+def load_checkpoint(path: str) -> torch.nn.Module:
+    """The student a checkpoint written by `save_checkpoint` holds, in eval mode."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_student(ckpt["architecture"], ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def cached_student(path: str, architecture: str, train, retrain: bool = False) -> torch.nn.Module:
+    """The student checkpointed at `path`, or `train()` -> (model, meta) run and checkpointed there."""
+    if os.path.exists(path) and not retrain:
+        return load_checkpoint(path)
+    model, meta = train()
+    save_checkpoint(path, architecture, model, meta)
+    print(f"trained {os.path.basename(path)} in {meta.get('train_seconds', '?')} s", flush=True)
+    return model.eval()
 
 
 def save_checkpoint(path: str, architecture: str, model: torch.nn.Module, meta: dict) -> None:

@@ -36,11 +36,6 @@ def build_student(architecture: str, config: dict) -> nn.Module:
     return model_cls(config_cls(**config))
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Where a model's parameters live."""
-    return next(model.parameters()).device
-
-
 def resolve_device(name: str) -> torch.device:
     """`auto` -> cuda when a GPU is visible, else cpu; a named device that is not there is a clear error."""
     if name == "auto":

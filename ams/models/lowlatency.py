@@ -21,6 +21,7 @@ from ams.models.deeplab_mnv2 import ASPPLite, MobileNetV2Features
 
 
 PROPAGATIONS = ("adaptive", "unified", "copy")
+PROPAGATION_PARTS = ("kernels", "unified_kernel", "adapt", "fuse")   # what stage 2 trains (those a config has)
 
 
 @dataclass(frozen=True)
@@ -155,14 +156,9 @@ class LowLatencySegNet(nn.Module):
         """S_h: F_l -> high-level features F_h (B, high_channels, H/8, W/8)."""
         return self.aspp(self.upper_part(low))
 
-    def propagation_modules(self) -> list[nn.Module]:
-        """What stage 2 trains (the kernel predictor or unified kernel, AdaptNet, fusion)."""
-        return [m for m in (getattr(self, "kernels", None), getattr(self, "adapt", None), getattr(self, "fuse", None))
-                if m is not None]
-
     def propagation_parameters(self) -> list[nn.Parameter]:
-        extra = [self.unified_kernel] if self.config.propagation == "unified" else []
-        return [p for m in self.propagation_modules() for p in m.parameters()] + extra
+        """What stage 2 trains: the kernel predictor or unified kernel, AdaptNet and fusion."""
+        return [p for name, p in self.named_parameters() if name.split(".")[0] in PROPAGATION_PARTS]
 
     def propagate(self, high_key: torch.Tensor, low_key: torch.Tensor, low_cur: torch.Tensor) -> torch.Tensor:
         """Non-key frame: spatially variant convolution of F_h^k, fused with the adapted F_l^t. The

@@ -13,6 +13,17 @@ writes deploy/haproxy/haproxy.cfg (compose and Kubernetes: replicas found by DNS
   by a tcp-check (HAProxy 2.6's http-check cannot send the NUL bytes of a gRPC message): a replica
   leaves the rotation when it stops answering SERVING (Redis or the teacher down, draining).
 - **metrics**: HAProxy's Prometheus exporter on :8404/metrics.
+- **limits** (`Limits`): `maxconn` for the process and per listener; per source IP at most
+  `per_source_conns` connections open and `per_source_rate` new ones per 10 s, refused at accept
+  (a stick table, before any TLS work); idle connections end in seconds. HAProxy 2.6 has no
+  `timeout client-hs`; what it applies, measured against 2.6.12 (tests/integration/test_haproxy_limits.py):
+  `timeout client` from accept to the end of the TLS handshake (a socket that never sends a
+  ClientHello, or stops half-way) and to a client that stops reading; `timeout http-request` from
+  the handshake to the first HTTP/2 request; `timeout http-keep-alive` on an HTTP/2 connection with
+  no call open (after its first); an open call whose request is complete (every AMS streaming call
+  is server-streaming: StreamUpdates, Health.Watch) idles under `timeout server` only, so update
+  streams stay open for minutes while handshakes are cut after seconds. (`timeout tunnel` is for
+  TCP mode and HTTP upgrades: not used.)
 """
 from __future__ import annotations
 
@@ -60,6 +71,31 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the balancer, and for how long an idle connection is kept."""
+
+    maxconn: int = 4096                     # connections the process accepts (global maxconn)
+    frontend_maxconn: int = 2048            # per gRPC listener (the metrics listener: 64)
+    per_source_conns: int = 64              # concurrent connections from one source IP
+    per_source_rate: int = 200              # new connections from one source IP per 10 s
+    handshake_s: float = 10                 # accept -> TLS handshake done; handshake -> first request
+    keepalive_s: float = 60                 # an HTTP/2 connection with no call open
+    stream_s: float = 3600                  # an open call with nothing flowing (update streams, Watch)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _duration(seconds: float) -> str:
+    """HAProxy's time format: 1h, 5m, 10s, 250ms."""
+    ms = round(seconds * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+@dataclass(frozen=True)
 class TLSFiles:
     ca: str
     bundle: str                             # the balancer's certificate and key in one PEM (ams-admin issue-proxy)
@@ -84,10 +120,17 @@ def _backend_lines(pool: Pool, balance: list[str], tls: TLSFiles | None) -> list
     return lines
 
 
-def _frontend_lines(pool: Pool, tls: TLSFiles | None, route: bool) -> list[str]:
+def _frontend_lines(pool: Pool, tls: TLSFiles | None, route: bool, limits: Limits) -> list[str]:
     bind = f"  bind :{pool.port} "
     bind += (f"ssl crt {tls.bundle} ca-file {tls.ca} verify required alpn h2" if tls else "proto h2")
-    lines = [f"frontend {pool.name}_in", bind]
+    lines = [f"frontend {pool.name}_in", bind,
+             f"  maxconn {limits.frontend_maxconn}",
+             f"  # per source IP: {limits.per_source_conns} connections open, {limits.per_source_rate} new per 10 s;"
+             " refused at accept, before any TLS work",
+             "  stick-table type ipv6 size 100k expire 60s store conn_cur,conn_rate(10s)",
+             "  tcp-request connection track-sc0 src",
+             f"  tcp-request connection reject if {{ sc0_conn_cur gt {limits.per_source_conns} }}"
+             f" || {{ sc0_conn_rate gt {limits.per_source_rate} }}"]
     if tls:
         lines.append("  http-request set-header ams-client-cert %[ssl_c_der,base64]")
     else:
@@ -98,7 +141,7 @@ def _frontend_lines(pool: Pool, tls: TLSFiles | None, route: bool) -> list[str]:
 
 
 def render(trainers: Pool, teachers: Pool, tls: TLSFiles | None, metrics_port: int = 8404,
-           bind_address: str = "") -> str:
+           bind_address: str = "", limits: Limits = DEFAULT_LIMITS) -> str:
     """The whole haproxy.cfg. `bind_address` (e.g. 127.0.0.1) restricts every listener to it."""
     resolvers = ["resolvers dns", "  parse-resolv-conf", "  hold valid 5s", "  hold obsolete 5s", ""] \
         if trainers.dns or teachers.dns else []
@@ -107,6 +150,7 @@ def render(trainers: Pool, teachers: Pool, tls: TLSFiles | None, metrics_port: i
         "global",
         "  log stdout format raw local0 notice",
         "  tune.ssl.default-dh-param 2048",
+        f"  maxconn {limits.maxconn}",
         "",
         "defaults",
         "  mode http",
@@ -117,17 +161,23 @@ def render(trainers: Pool, teachers: Pool, tls: TLSFiles | None, metrics_port: i
         "  retries 2",
         "  timeout connect 3s",
         "  timeout check 2s",
-        "  timeout client 1h      # update streams are long-lived gRPC calls",
-        "  timeout server 1h",
+        "  # HAProxy 2.6 has no timeout client-hs: client = accept -> TLS handshake done (and a client that stops",
+        "  # reading); http-request = handshake -> first HTTP/2 request; http-keep-alive = no call open; an open",
+        "  # call whose request is complete (server-streaming: update streams, Health.Watch) idles under server only",
+        f"  timeout client {_duration(limits.handshake_s)}",
+        f"  timeout http-request {_duration(limits.handshake_s)}",
+        f"  timeout http-keep-alive {_duration(limits.keepalive_s)}",
+        f"  timeout server {_duration(limits.stream_s)}",
         "  timeout client-fin 5s",
         "",
         *resolvers,
-        *_frontend_lines(trainers, tls, route=True), "",
+        *_frontend_lines(trainers, tls, route=True, limits=limits), "",
         *_backend_lines(trainers, ["  balance hash var(txn.route)", "  hash-type consistent"], tls), "",
-        *_frontend_lines(teachers, tls, route=False), "",
+        *_frontend_lines(teachers, tls, route=False, limits=limits), "",
         *_backend_lines(teachers, ["  balance roundrobin"], tls), "",
         "frontend metrics",
         f"  bind :{metrics_port}",
+        "  maxconn 64",
         "  http-request use-service prometheus-exporter if { path /metrics }",
         "  http-request return status 200 content-type text/plain string ok if { path /healthz }",
         "",

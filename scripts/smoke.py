@@ -69,7 +69,8 @@ def main() -> int:
             if name.endswith(".key"):
                 os.chmod(os.path.join(root, name), 0o644)   # the containers' user (uid 10001) reads them
     env = {"AMS_IMAGE_TAG": "smoke", "AMS_PKI_DIR": pki, "AMS_DATA_DIR": os.path.join(ROOT, "data"),
-           "REDIS_PASSWORD": secrets.token_hex(16), "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
+           "REDIS_TRAINER_PASSWORD": secrets.token_hex(16), "REDIS_TEACHER_PASSWORD": secrets.token_hex(16),
+           "REDIS_ADMIN_PASSWORD": secrets.token_hex(16), "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
            "AMS_EDGE_MODE": "replay", "AMS_T_UPDATE_S": "5"}
     try:
         compose(env, "up", "-d")

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 
 import grpc
 
 from ams import errors
+from ams.config import ConfigError
 from ams.pki import PROXY_ROLE, CertFiles, ForwardedCertificateError, Identity, forwarded_identity, identity_of
+from ams.revocation import normalize_fingerprint
 
 # The header in which the load balancer forwards the client certificate it verified (base64 DER).
 CLIENT_CERT_HEADER = "ams-client-cert"
@@ -65,21 +68,40 @@ def peer_identity(context) -> Identity:
     return identity_of(pem)
 
 
-def caller_identity(context, ca_pem: bytes) -> Identity:
-    """Who is calling: the peer certificate's identity or, when the peer is the load balancer
-    (role ams-proxy), that of the client certificate it verified and forwarded in
-    `CLIENT_CERT_HEADER`, checked again against the CA. A client cannot forge the header: the
-    load balancer overwrites it, and it is read only on a connection from an ams-proxy certificate."""
+def caller_identity(context, ca_pem: bytes, trusted_proxies: frozenset[str]) -> Identity:
+    """Who is calling: the peer certificate's identity or, when the peer is a load balancer (role
+    ams-proxy) whose certificate's SHA-256 is one of `trusted_proxies`, that of the client
+    certificate it verified and forwarded in `CLIENT_CERT_HEADER`, checked again against the CA
+    (its `via` then names the balancer's serial: both are checked for revocation). A client cannot
+    forge the header: the load balancer overwrites it, and it is read only on a connection from a
+    trusted balancer's certificate. Any other ams-proxy certificate is PERMISSION_DENIED, so a
+    proxy bundle is no key to a service that was not told to trust it."""
     peer = peer_identity(context)
     if peer.role != PROXY_ROLE:
         return peer
+    if not trusted_proxies:
+        raise errors.PermissionDenied("an ams-proxy certificate: this service trusts no load balancer "
+                                      "(its TRUSTED_PROXY_SHA256 setting is empty)")
+    if peer.sha256 not in trusted_proxies:
+        raise errors.PermissionDenied("this ams-proxy certificate is not a trusted balancer of this service")
     value = next((v for k, v in context.invocation_metadata() or () if k == CLIENT_CERT_HEADER), "")
     if not value:
         raise errors.Unauthenticated("the load balancer forwarded no client certificate")
     try:
-        return forwarded_identity(base64.b64decode(value, validate=True), ca_pem)
+        forwarded = forwarded_identity(base64.b64decode(value, validate=True), ca_pem)
     except (binascii.Error, ValueError, ForwardedCertificateError) as exc:
         raise errors.Unauthenticated(f"forwarded client certificate refused: {exc}") from exc
+    return dataclasses.replace(forwarded, via=(peer.serial,))
+
+
+def trusted_proxies_of(config) -> frozenset[str]:
+    """The balancers' certificate fingerprints a service trusts (`trusted_proxy_sha256`, comma-
+    separated, colons allowed); empty: no forwarded identity at all. ConfigError on a malformed one."""
+    raw = getattr(config, "trusted_proxy_sha256", "") or ""
+    try:
+        return frozenset(normalize_fingerprint(f) for f in raw.split(",") if f.strip())
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxy_sha256: {exc}") from exc
 
 
 def files_of(config) -> CertFiles | None:

@@ -84,7 +84,7 @@ class Cluster:
         port = self.teacher_ports[i]
         proc = self._spawn(f"teacher{i}", [sys.executable, "-m", "services.teacher"], {
             "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(port), "AMS_TEACHER_METRICS_PORT": "0",
-            **tls_env(self.tls, "AMS_TEACHER_", "teacher"), **self.teacher_env})
+            **tls_env(self.tls, "AMS_TEACHER_", "teacher", trusted_proxy=True, redis_url=self.redis_url), **self.teacher_env})
         if wait:
             _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"teacher{i}", proc)
 
@@ -94,7 +94,7 @@ class Cluster:
             "AMS_TRAINER_HOST": "127.0.0.1", "AMS_TRAINER_PORT": str(port),
             "AMS_TRAINER_METRICS_PORT": str(self.trainer_metrics[i]), "AMS_REDIS_URL": self.redis_url,
             "AMS_TEACHER_ADDR": f"127.0.0.1:{self.lb_teacher_port}", "AMS_REPLICA_ID": f"trainer{i}",
-            **tls_env(self.tls, "AMS_", "trainer"), **self.trainer_env})
+            **tls_env(self.tls, "AMS_", "trainer", trusted_proxy=True), **self.trainer_env})
         if wait:
             _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"trainer{i}", proc)
 

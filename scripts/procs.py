@@ -12,6 +12,7 @@ from typing import Iterator
 
 from ams.healthcheck import check
 from ams.pki import CertFiles, init_pki
+from ams.revocation import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,28 +82,40 @@ def service(module: str, port: int, log_path: str, env: dict, timeout_s: float =
 
 
 def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = ()) -> dict:
-    """CA, trainer/teacher certificates, an `operator` service certificate (probes, evaluation) and
-    one certificate per device, made with ams-admin's code when missing; the `tls` part of stack.json."""
+    """CA, trainer/teacher certificates, an `operator` service certificate (probes, evaluation), the
+    load balancer's `lb` certificate (ams-proxy: trusted only where its fingerprint `lb_sha256` is
+    configured, tls_env(trusted_proxy=True)) and one certificate per device, made with ams-admin's
+    code when missing; the `tls` part of stack.json."""
     ca = init_pki(pki_dir, ["localhost", "127.0.0.1"], ["localhost", "127.0.0.1"])
     def files(name: str, issue) -> dict:
         stem = ca.path(name)
         if not os.path.exists(stem + ".pem"):
             issue()
         return {"cert": stem + ".pem", "key": stem + ".key"}
+    if not os.path.exists(ca.path("lb.bundle.pem")):
+        ca.issue_proxy("lb", ["localhost", "127.0.0.1", "lb"], force=True)
     return {"ca": ca.path("ca.pem"), "dir": pki_dir,
             "servers": {name: files(name, None) for name in ("trainer", "teacher")},   # made by init_pki
             "service": files("operator", lambda: ca.issue_service("operator", [])),
             "lb": ca.path("lb.bundle.pem"),                                # HAProxy's certificate + key (ams-proxy)
+            "lb_sha256": fingerprint(ca.path("lb.pem")),                   # what the replicas behind it trust
             "devices": {d: files(os.path.join("devices", d), lambda d=d: ca.issue_device(d)) for d in devices}}
 
 
-def tls_env(tls: dict | None, prefix: str, name: str) -> dict:
+def tls_env(tls: dict | None, prefix: str, name: str, trusted_proxy: bool = False, redis_url: str = "") -> dict:
     """A service's TLS settings (`prefix` AMS_ or AMS_TEACHER_) for server certificate `name` of a
-    make_pki result, or plain text when `tls` is None."""
+    make_pki result, or plain text when `tls` is None. `trusted_proxy`: the service sits behind the
+    make_pki load balancer and believes the client certificates it forwards; `redis_url`: where the
+    teacher checks revocations (AMS_TEACHER_REDIS_URL; the trainer has AMS_REDIS_URL anyway)."""
     if tls is None:
         return {f"{prefix}INSECURE": "true"}
     files = tls["servers"][name]
-    return {f"{prefix}TLS_CA": tls["ca"], f"{prefix}TLS_CERT": files["cert"], f"{prefix}TLS_KEY": files["key"]}
+    env = {f"{prefix}TLS_CA": tls["ca"], f"{prefix}TLS_CERT": files["cert"], f"{prefix}TLS_KEY": files["key"]}
+    if trusted_proxy:
+        env[f"{prefix}TRUSTED_PROXY_SHA256"] = tls["lb_sha256"]
+    if redis_url:
+        env[f"{prefix}REDIS_URL"] = redis_url
+    return env
 
 
 def device_files(stack: dict, device_id: str) -> CertFiles | None:
@@ -137,7 +150,7 @@ def ams_stack(log_dir: str, teacher_env: dict, trainer_env: dict, redis_url: str
         url = redis_url or stack.enter_context(redis_server(log_dir))
         tls = None if insecure else make_pki(pki_dir or os.path.join(log_dir, "pki"), devices)
         probe = CertFiles(tls["ca"], **tls["service"]) if tls else None
-        teacher_tls, trainer_tls = tls_env(tls, "AMS_TEACHER_", "teacher"), tls_env(tls, "AMS_", "trainer")
+        teacher_tls, trainer_tls = tls_env(tls, "AMS_TEACHER_", "teacher", redis_url=url), tls_env(tls, "AMS_", "trainer")
         tport, tmetrics, sport, smetrics = free_port(), free_port(), free_port(), free_port()
         teacher, teacher_proc = stack.enter_context(service("services.teacher", tport, os.path.join(log_dir, "teacher.log"), {
             "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(tport), "AMS_TEACHER_METRICS_PORT": str(tmetrics),

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         await handles.batcher.stop()
         backend.close()
 
-    asyncio.run(serve_forever(start, stop, config.metrics_port, "teacher"))
+    asyncio.run(serve_forever(start, stop, config.metrics_port, "teacher", config.host))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ams.config import ConfigError, check_tls
+from ams.revocation import normalize_fingerprint
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class TeacherConfig:
     tls_ca: str = field(default="", metadata={"help": "CA certificate: callers' certificates must be signed by it"})
     tls_cert: str = field(default="", metadata={"help": "the teacher's certificate"})
     tls_key: str = field(default="", metadata={"help": "the teacher's private key"})
+    trusted_proxy_sha256: str = field(default="", metadata={"help": "SHA-256 fingerprints (comma-separated; ams-admin "
+                                      "fingerprint) of the load balancers whose forwarded client certificates the "
+                                      "teacher believes; empty: none, an ams-proxy certificate is PERMISSION_DENIED"})
+    redis_url: str = field(default="", metadata={"help": "Redis holding certificate revocations (ams-admin revoke), "
+                           "checked on every call, UNAVAILABLE while it is down; empty: no revocation check "
+                           "(a warning at start)"})
     insecure: bool = field(default=False, metadata={"help": "plain text, any caller: for a local demo only"})
     reflection: bool = field(default=False, metadata={"help": "gRPC server reflection"})
     max_frames_per_request: int = field(default=256, metadata={"help": "frames in one LabelFrames call"})
@@ -33,6 +40,11 @@ class TeacherConfig:
 
     def validate(self) -> None:
         check_tls(self.insecure, self.tls_ca, self.tls_cert, self.tls_key, "AMS_TEACHER_")
+        for fingerprint in (f for f in self.trusted_proxy_sha256.split(",") if f.strip()):
+            try:
+                normalize_fingerprint(fingerprint)
+            except ValueError as exc:
+                raise ConfigError(f"AMS_TEACHER_TRUSTED_PROXY_SHA256: {exc}") from exc
         if self.backend not in ("litert", "oracle", "onnx"):
             raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, oracle or onnx")
         if self.backend == "oracle" and not self.scene:

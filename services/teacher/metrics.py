@@ -1,6 +1,7 @@
 """Prometheus metrics of the teacher service."""
 from prometheus_client import Counter, Gauge, Histogram
 
+from ams.cert_expiry import CERT_EXPIRY  # noqa: F401 - registers ams_tls_certificate_expiry_timestamp_seconds (shared)
 from ams.rpc_metrics import RpcMetrics
 
 FRAMES = Counter("ams_teacher_frames_total", "Frames labelled by the teacher")

@@ -8,9 +8,10 @@ import grpc
 from ams import errors
 import logging
 
-from ams import tls
+from ams import cert_expiry, tls
 from ams.grpc_common import add_health_and_reflection, add_servicer, grpc_errors, server_options, set_serving
 from ams.pki import SERVICE_ROLE
+from ams.revocation import RevocationChecker
 from ams.tensors import decode_frame, to_tensor
 from ams.v1 import teacher_pb2, teacher_pb2_grpc
 from services.teacher import metrics
@@ -24,19 +25,26 @@ SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     def __init__(self, backend: TeacherBackend, batcher: MicroBatcher, max_frames: int, insecure: bool,
-                 ca_pem: bytes = b""):
+                 ca_pem: bytes = b"", trusted_proxies: frozenset[str] = frozenset(),
+                 revocations: RevocationChecker | None = None):
         self.backend, self.batcher, self.max_frames, self.insecure = backend, batcher, max_frames, insecure
-        self.ca_pem = ca_pem
+        self.ca_pem, self.trusted_proxies, self.revocations = ca_pem, trusted_proxies, revocations
 
-    def _check_caller(self, context) -> None:
+    async def _check_caller(self, context) -> None:
         """Only services (the trainer, operator tools) may call the teacher, never a device, directly
-        or through the load balancer."""
-        if not self.insecure and (role := tls.caller_identity(context, self.ca_pem).role) != SERVICE_ROLE:
-            raise errors.PermissionDenied(f"the teacher serves AMS services, not an {role or 'unknown'} certificate")
+        or through a trusted load balancer; with `revocations`, none whose certificate (or the
+        balancer's) is revoked, and none at all while Redis cannot say (UNAVAILABLE)."""
+        if self.insecure:
+            return
+        identity = tls.caller_identity(context, self.ca_pem, self.trusted_proxies)
+        if identity.role != SERVICE_ROLE:
+            raise errors.PermissionDenied(f"the teacher serves AMS services, not an {identity.role or 'unknown'} certificate")
+        if self.revocations is not None:
+            await self.revocations.check(identity.serials)
 
     @grpc_errors
     async def LabelFrames(self, request: teacher_pb2.LabelFramesRequest, context) -> teacher_pb2.LabelFramesResponse:
-        self._check_caller(context)
+        await self._check_caller(context)
         if not request.frames:
             raise errors.InvalidArgument("no frames in request")
         if len(request.frames) > self.max_frames:
@@ -55,7 +63,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
 
     @grpc_errors
     async def DescribeTeacher(self, request, context) -> teacher_pb2.DescribeTeacherResponse:
-        self._check_caller(context)
+        await self._check_caller(context)
         h, w = self.backend.input_size
         return teacher_pb2.DescribeTeacherResponse(backend=self.backend.name, classes=self.backend.classes,
                                                    input_height=h, input_width=w)
@@ -80,8 +88,16 @@ async def create_server(config: TeacherConfig, backend: TeacherBackend) -> Teach
                              interceptors=[metrics.RPC.interceptor()])
     health = add_health_and_reflection(server, [SERVICE_NAME], config.reflection)
     batcher = MicroBatcher(backend, config.max_batch, config.max_wait_ms / 1000.0, config.max_queue)
+    revocations = None
+    if not config.insecure:
+        if config.redis_url:
+            revocations = RevocationChecker(config.redis_url)
+        else:
+            log.warning("teacher: no AMS_TEACHER_REDIS_URL: revoked certificates are NOT refused (ams-admin revoke "
+                        "needs the Redis the trainers use)")
+        cert_expiry.record_of(config, "teacher")
     add_servicer(server, TeacherServicer(backend, batcher, config.max_frames_per_request, config.insecure,
-                                         tls.ca_pem_of(config)),
+                                         tls.ca_pem_of(config), tls.trusted_proxies_of(config), revocations),
                  teacher_pb2.DESCRIPTOR.services_by_name["Teacher"])
     tls.warn_if_insecure(config, log, "teacher")
     port = tls.bind(server, f"{config.host}:{config.port}", tls.files_of(config))

@@ -26,6 +26,10 @@ class ResourceExhausted(AMSError):
     """A limit was hit: message size, number of sessions, queue length."""
 
 
+class OutOfRange(AMSError):
+    """A value past what the state allows (e.g. a clip whose timestamps do not follow the last one's)."""
+
+
 class Unavailable(AMSError):
     """A dependency (Redis, the teacher) is down; retrying later may work."""
 

@@ -5,7 +5,7 @@ For each method (the last part of its path; no peer or session ids as labels):
 exception's INTERNAL, a cancelled stream's CANCELLED); `<prefix>_request_seconds{method}` its
 duration; `<prefix>_streams_active{method}` the server streams open now, and
 `<prefix>_streams_started_total{method}` each one when it starts (a stream that lasts an hour shows
-from its first second, not when it ends). grpc.health.v1's Watch, a synchronous stream, is not counted.
+from its first second, not when it ends). grpc.health.v1's Watch (written with context.write, not yielded) is not counted.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or (
                 handler.unary_stream and not inspect.isasyncgenfunction(handler.unary_stream)):
-            return handler        # no method of ours (grpc.health.v1's Watch is a synchronous stream)
+            return handler        # no method of ours (grpc.health.v1's Watch writes with context.write)
         path = handler_call_details.method
         cached = self._wrapped.get(path)
         if cached is None or cached[0] is not handler:      # wrap each method once, not on every call
@@ -66,7 +66,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         metrics = self.metrics
         if handler.unary_unary:
             behavior = handler.unary_unary
-            is_async = inspect.iscoroutinefunction(behavior)    # grpc.health.v1's Check is synchronous
+            is_async = inspect.iscoroutinefunction(behavior)    # a synchronous handler is awaited only if async
 
             async def unary_unary(request, context):
                 started = time.perf_counter()

@@ -14,12 +14,13 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 async def serve_forever(start: Callable[[], Awaitable[tuple]], stop: Callable[[tuple], Awaitable[None]],
-                        metrics_port: int, name: str) -> None:
-    """Start the metrics endpoint and the server, then run until SIGINT/SIGTERM and stop gracefully."""
+                        metrics_port: int, name: str, metrics_host: str = "0.0.0.0") -> None:
+    """Start the metrics endpoint (on the service's own address: a service bound to loopback keeps
+    its metrics there too) and the server, then run until SIGINT/SIGTERM and stop gracefully."""
     log = logging.getLogger(name)
     if metrics_port:
-        start_http_server(metrics_port)
-        log.info("metrics on :%d/metrics", metrics_port)
+        start_http_server(metrics_port, addr=metrics_host)
+        log.info("metrics on %s:%d/metrics", metrics_host, metrics_port)
     handles = await start()
     log.info("%s serving on port %d", name, handles[1])
     done = asyncio.Event()

@@ -29,7 +29,7 @@ from scripts.eval.playlists import Labels, Playlist
 from scripts.procs import ROOT
 from services.teacher.backends import TeacherBackend, TeacherInput
 from services.trainer.config import TrainerConfig
-from services.trainer.service import snapshot_pb
+from services.trainer.downlink import snapshot_bytes
 from services.trainer.session import Session, resize_frame
 from services.trainer.store import SessionStore
 
@@ -89,7 +89,7 @@ class InProcessTrainer:
         self.store, self.clip_seq = store, 0
 
     def snapshot(self) -> streaming_pb2.ModelSnapshot:
-        return snapshot_pb(self.session)
+        return streaming_pb2.ModelSnapshot.FromString(snapshot_bytes(self.session)[1])
 
     def upload(self, frames: list[np.ndarray], timestamps: list[float]) -> int:
         """Encode the clip as the edge does, decode and label it as the trainer does, buffer it.

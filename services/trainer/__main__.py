@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         await manager.stop()                              # the running phase commits; sessions checkpointed
         await manager.teacher.close()
 
-    asyncio.run(serve_forever(start, stop, config.metrics_port, "trainer"))
+    asyncio.run(serve_forever(start, stop, config.metrics_port, "trainer", config.host))
 
 
 if __name__ == "__main__":

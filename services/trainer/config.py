@@ -1,6 +1,7 @@
 """Trainer service configuration (AMS_* environment variables, CLI overrides)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ams.config import ConfigError, check_tls
@@ -24,6 +25,9 @@ class TrainerConfig:
     tls_ca: str = _f("", "CA certificate: device and teacher certificates must be signed by it")
     tls_cert: str = _f("", "the trainer's certificate (served to devices, presented to the teacher)")
     tls_key: str = _f("", "the trainer's private key")
+    trusted_proxy_sha256: str = _f("", "SHA-256 fingerprints (comma-separated; ams-admin fingerprint) of the load "
+                                       "balancers whose forwarded client certificates this trainer believes; empty: "
+                                       "none, an ams-proxy certificate is PERMISSION_DENIED")
     insecure: bool = _f(False, "plain text, device id from the ams-device-id header: for a local demo only")
     reflection: bool = _f(False, "gRPC server reflection on the device port")
     checkpoint_dir: str = _f("assets/students", "directory of pretrained student checkpoints (*.pt)")
@@ -67,6 +71,18 @@ class TrainerConfig:
     max_clip_scale: float = _f(4.0, "largest uploaded frame, in multiples of the student's input pixels (a clip is "
                                     "refused at its first larger frame)")
     max_message_mb: int = _f(64, "gRPC message size limit")
+    max_buffer_frames: int = _f(0, "frames one session's buffer holds at most, the oldest trimmed first (0 = "
+                                   "⌈r_max × T_horizon⌉ + 16: what an honest device sends, and a margin)")
+    max_upload_fps: float = _f(4.0, "frames per second one device may upload, averaged (token bucket of "
+                                    "max_clip_frames): an honest device sends ≤ r_max")
+    max_calls_per_device: int = _f(8, "calls of one device in flight at once, update streams included (one more is "
+                                      "RESOURCE_EXHAUSTED)")
+    max_streams_per_connection: int = _f(64, "HTTP/2 streams one connection may hold open (grpc.max_concurrent_streams)")
+    snapshot_interval_s: float = _f(10.0, "a session is sent at most 2 snapshots at once, then one per this many "
+                                          "seconds (each is a whole model)")
+    redis_threads: int = _f(8, "threads for Redis calls: a pool of their own, so no other work queues in front")
+    ingest_threads: int = _f(2, "threads decoding, resizing and buffering uploaded clips")
+    encode_threads: int = _f(1, "threads encoding snapshots (once per session and version)")
     torch_threads: int = _f(2, "intra-op threads per training worker")
     train_workers: int = _f(1, "phases of different sessions trained at once (threads); on a CPU box, workers × "
                                "torch_threads = cores (a fleet gets more phases per second from 2 × 1 than 1 × 2)")
@@ -105,8 +121,18 @@ class TrainerConfig:
             raise ConfigError("need 1 ≤ AMS_CHECKPOINT_EVERY ≤ AMS_UPDATES_KEPT (restore replays the kept chain)")
         if self.lease_ttl_s < 1:
             raise ConfigError("AMS_LEASE_TTL_S must be ≥ 1 (renewals every third of it)")
+        if min(self.max_calls_per_device, self.max_streams_per_connection, self.redis_threads, self.ingest_threads,
+               self.encode_threads) < 1 or self.max_buffer_frames < 0:
+            raise ConfigError("the AMS_MAX_CALLS_PER_DEVICE, AMS_MAX_STREAMS_PER_CONNECTION and AMS_*_THREADS limits "
+                              "must be ≥ 1, AMS_MAX_BUFFER_FRAMES ≥ 0")
+        if self.max_upload_fps <= 0 or self.snapshot_interval_s < 0:
+            raise ConfigError("need AMS_MAX_UPLOAD_FPS > 0 and AMS_SNAPSHOT_INTERVAL_S ≥ 0")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")
+
+    def buffer_cap(self) -> int:
+        """Frames one session's buffer may hold (AMS_MAX_BUFFER_FRAMES, or what r_max × T_horizon needs)."""
+        return self.max_buffer_frames or math.ceil(self.r_max * self.t_horizon_s) + 16
 
     def codec_preference(self) -> list[int]:
         """AMS_UPDATE_CODECS as wire values, most preferred first."""

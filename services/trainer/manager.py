@@ -13,17 +13,14 @@ here and its streams end; asked for by another replica -> checkpointed, released
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import json
 import logging
-import math
 import os
 import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
 import torch
@@ -35,25 +32,18 @@ from ams.update_codec import CODEC_NAMES, edge_decodes, pick_codec
 from ams.video import decode_clip
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
+from services.trainer.downlink import Downlink, Event
 from services.trainer.leases import LeaseLost, SessionLeases
-from services.trainer.quotas import OpenRateLimiter
-from services.trainer.session import Control, Session, resize_frame
+from services.trainer.quotas import CallSlots, OpenRateLimiter, TokenBuckets
+from services.trainer.session import Session, check_timestamps, resize_frame
+from services.trainer.redis_client import StoreFull
 from services.trainer.store import SessionStore
 from services.trainer.teacher_client import TeacherClient
 from ams.v1 import streaming_pb2
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"[0-9a-f]{32}")    # uuid4().hex, as `open` makes them
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something to push to a device: an update, a snapshot request or a control change."""
-
-    kind: str                                   # "update" | "control" | "snapshot"
-    processed_clip_seq: int
-    update: streaming_pb2.ModelUpdate | None = None
-    control: Control | None = None
+INGEST_CHUNK = 32                           # frames of a clip labelled and buffered at a time
 
 
 class SessionManager:
@@ -61,11 +51,19 @@ class SessionManager:
                  leases: SessionLeases | None = None):
         self.cfg, self.store, self.teacher, self.leases = cfg, store, teacher, leases
         self.sessions: dict[str, Session] = {}
-        self.subscribers: dict[str, set[asyncio.Queue]] = collections.defaultdict(set)
         self.pending: dict[str, float] = {}   # sid -> wall time of its oldest untrained upload (the EDF key)
         self.device = resolve_device(cfg.device)
         self._wakeup = asyncio.Event()
+        # a bounded pool per kind of blocking work, none of them the loop's default executor: training,
+        # Redis calls, decoding + buffering uploads, encoding snapshots can never queue behind each other
         self._train_executor = ThreadPoolExecutor(max_workers=cfg.train_workers, thread_name_prefix="ams-train")
+        self._redis_pool = ThreadPoolExecutor(max_workers=cfg.redis_threads, thread_name_prefix="ams-redis")
+        self._ingest_pool = ThreadPoolExecutor(max_workers=cfg.ingest_threads, thread_name_prefix="ams-ingest")
+        self._encode_pool = ThreadPoolExecutor(max_workers=cfg.encode_threads, thread_name_prefix="ams-encode")
+        self.downlink = Downlink(self._encode_pool, self._redis, cfg.snapshot_interval_s)
+        self.calls = CallSlots(cfg.max_calls_per_device)          # a device's calls in flight, of any kind
+        self.cert_serials: dict[str, dict[str, float]] = {}       # device id -> certificate serial -> last call
+        self.upload_budget = TokenBuckets(cfg.max_upload_fps, cfg.max_clip_frames, "device uploads frames too fast")
         self.training: set[str] = set()   # sessions whose phase is running (never two at once for one session)
         self._phases: set[asyncio.Task] = set()
         self._engine: asyncio.Task | None = None
@@ -76,6 +74,14 @@ class SessionManager:
         self._set_healthy = None
 
     # --- lifecycle --------------------------------------------------------------------------------
+    async def _redis(self, fn, *args):
+        """`fn(*args)` (a blocking Redis call) on the Redis threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._redis_pool, functools.partial(fn, *args))
+
+    async def _ingest(self, fn, *args):
+        """`fn(*args)` (decoding, resizing, PNG-encoding and buffering a clip) on the ingest threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._ingest_pool, functools.partial(fn, *args))
+
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._engine = loop.create_task(self._run_engine())
@@ -91,15 +97,15 @@ class SessionManager:
             return None
         deadline, asked = time.monotonic() + self.cfg.lease_ttl_s, False
         while True:
-            token = await asyncio.to_thread(self.leases.acquire, sid)
+            token = await self._redis(self.leases.acquire, sid)
             if token is not None:
                 return token
             if not asked:
-                await asyncio.to_thread(self.leases.want, sid)
+                await self._redis(self.leases.want, sid)
                 metrics.HANDOFFS.labels("asked").inc()
                 asked = True
             if time.monotonic() > deadline or self.draining:
-                holder = await asyncio.to_thread(self.leases.holder, sid)
+                holder = await self._redis(self.leases.holder, sid)
                 raise LeaseLost(f"session {sid} is served by replica {holder[0] if holder else '?'}; it is moving "
                                 f"here, retry")
             await asyncio.sleep(0.2)
@@ -109,8 +115,8 @@ class SessionManager:
         device reconnects (through the load balancer, to the session's owner)."""
         self.sessions.pop(sid, None)
         self.pending.pop(sid, None)
-        for queue in self.subscribers.pop(sid, set()):
-            queue.put_nowait(None)
+        self.downlink.end(sid)
+        self.downlink.forget(sid)
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
 
     async def _renew_loop(self) -> None:
@@ -120,14 +126,14 @@ class SessionManager:
         while True:
             await asyncio.sleep(self.cfg.lease_ttl_s / 3)
             try:
-                tokens = await asyncio.to_thread(self.leases.renew, list(self.sessions))
+                tokens = await self._redis(self.leases.renew, list(self.sessions))
                 for sid, token in tokens.items():
                     session = self.sessions.get(sid)
                     if session is not None and token != session.token:
                         log.warning("session %s: lease lost to another replica; dropped here", sid)
                         metrics.HANDOFFS.labels("lost").inc()
                         self._forget(sid)
-                for sid in await asyncio.to_thread(self.leases.wanted, list(self.sessions)):
+                for sid in await self._redis(self.leases.wanted, list(self.sessions)):
                     if sid not in self.training:
                         await self._hand_over(sid)
             except errors.Unavailable as exc:   # Redis down: keep serving what is held; writes fail meanwhile
@@ -139,10 +145,10 @@ class SessionManager:
             return
         self._forget(sid)
         try:
-            await asyncio.to_thread(session.checkpoint)   # the next owner resumes Adam's moments exactly
+            await self._redis(session.checkpoint)   # the next owner resumes Adam's moments exactly
         except errors.AMSError as exc:
             log.warning("session %s: no checkpoint at hand-over (%s)", sid, exc)
-        await asyncio.to_thread(self.leases.release, sid)
+        await self._redis(self.leases.release, sid)
         metrics.HANDOFFS.labels("released").inc()
         log.info("session %s at v%d handed over to the replica that asked for it", sid, session.version)
 
@@ -155,7 +161,7 @@ class SessionManager:
             healthy = None
             while True:
                 try:
-                    redis_ok = await asyncio.to_thread(self.store.ping)
+                    redis_ok = await self._redis(self.store.ping)
                 except errors.Unavailable:
                     redis_ok = False
                 teacher_ok = await self.teacher.healthy()
@@ -183,9 +189,7 @@ class SessionManager:
         self.draining = True
         if self._set_healthy:
             self._set_healthy(False)
-        for queues in self.subscribers.values():
-            for queue in queues:
-                queue.put_nowait(None)
+        self.downlink.end_all()
         log.info("draining: %d sessions held, %d phases in flight", len(self.sessions), len(self._phases))
 
     def _evict_abandoned(self) -> None:
@@ -193,26 +197,38 @@ class SessionManager:
         now = time.monotonic()
         for sid, session in list(self.sessions.items()):
             busy = sid in self.pending or sid in self.training
-            if not self.subscribers.get(sid) and now - session.last_active > self.cfg.session_ttl_s and not busy:
+            if sid not in self.downlink.subscribers and now - session.last_active > self.cfg.session_ttl_s and not busy:
                 log.info("session %s abandoned: evicted", sid)
-                self.sessions.pop(sid, None)
-                self.subscribers.pop(sid, None)   # (its lease, no longer renewed, expires)
+                self.sessions.pop(sid, None)     # (its lease, no longer renewed, expires)
+                self.downlink.forget(sid)
         metrics.SESSIONS_ACTIVE.set(len(self.sessions))
 
-    async def check_not_revoked(self, device_id: str) -> None:
-        """Unauthenticated when the operator has revoked this device (checked on every call)."""
-        if await asyncio.to_thread(self.store.revoked, [device_id]):
-            raise errors.Unauthenticated("this device's certificate has been revoked")
+    async def check_not_revoked(self, device_id: str, serials: Sequence[str]) -> None:
+        """Unauthenticated when the operator has revoked a certificate of this call (the device's, and
+        the load balancer's that forwarded it), checked on every call; Unavailable when Redis cannot
+        say. The serials a device calls with are remembered (`cert_serials`: device id -> serial ->
+        last call), so the watcher ends its sessions, opened, resumed or restored, once one is revoked."""
+        if await self._redis(self.store.revoked, list(serials)):
+            raise errors.Unauthenticated("this certificate has been revoked")
+        seen = self.cert_serials
+        seen.setdefault(device_id, {}).update(dict.fromkeys(serials, time.monotonic()))
 
     async def _drop_revoked(self) -> None:
-        """End the sessions (and update streams) of devices revoked since they connected."""
+        """End the sessions (and update streams) of devices that called with a certificate revoked
+        since; forget the serials of devices without sessions here that have not called for a minute."""
+        seen = self.cert_serials
+        held, now = {s.device_id for s in self.sessions.values()}, time.monotonic()
+        for device_id in [d for d, calls in seen.items() if d not in held and now - max(calls.values(), default=0) > 60]:
+            del seen[device_id]
         try:
-            revoked = await asyncio.to_thread(self.store.revoked, sorted({s.device_id for s in self.sessions.values()}))
+            revoked = await self._redis(self.store.revoked, sorted({s for d in held for s in seen.get(d, ())}))
         except errors.Unavailable:
             return
-        for session in [s for s in self.sessions.values() if s.device_id in revoked]:
-            log.warning("device %s revoked: closing its session %s", session.device_id, session.sid)
-            await self.close(session.sid, session.device_id)
+        for device_id in sorted(d for d in held if revoked & seen.get(d, {}).keys()):
+            seen.pop(device_id, None)        # its next call, with a valid certificate, is remembered anew
+            for session in [s for s in list(self.sessions.values()) if s.device_id == device_id]:
+                log.warning("a certificate of device %s was revoked: closing its session %s", device_id, session.sid)
+                await self.close(session.sid, device_id)
 
     async def stop(self) -> None:
         """Stop training (a phase in flight finishes and commits), then checkpoint every held session,
@@ -225,9 +241,9 @@ class SessionManager:
         self._train_executor.shutdown(wait=True)
         for session in list(self.sessions.values()):
             try:
-                await asyncio.to_thread(session.checkpoint)
+                await self._redis(session.checkpoint)
                 if self.leases:   # the next replica need not wait for the lease to expire
-                    await asyncio.to_thread(self.leases.release, session.sid)
+                    await self._redis(self.leases.release, session.sid)
             except errors.AMSError as exc:
                 log.warning("session %s: no checkpoint at shutdown (%s)", session.sid, exc)
 
@@ -236,6 +252,10 @@ class SessionManager:
             config = json.loads(spec.config_json) if spec.config_json else {}
         except json.JSONDecodeError as exc:
             raise errors.InvalidArgument(f"student config is not JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise errors.InvalidArgument("student config is nested too deeply") from exc
+        if not isinstance(config, dict):
+            raise errors.InvalidArgument("student config must be a JSON object")
         if spec.checkpoint:
             name = os.path.basename(spec.checkpoint)
             path = os.path.join(self.cfg.checkpoint_dir, name + ".pt")
@@ -296,7 +316,7 @@ class SessionManager:
         replaced = own[:max(0, len(own) - self.cfg.max_sessions_per_device + 1)]
         if len(self.sessions) - len(replaced) >= self.cfg.max_sessions:
             raise errors.ResourceExhausted(f"trainer serves at most {self.cfg.max_sessions} sessions")
-        architecture, config, model = await asyncio.to_thread(self._build_model, spec)
+        architecture, config, model = await self._ingest(self._build_model, spec)
         for old in replaced:   # the device's own oldest session makes room (quota: max_sessions_per_device)
             log.info("device %s opens a new session: closing its session %s", device_id, old.sid)
             await self.close(old.sid, device_id)
@@ -304,7 +324,7 @@ class SessionManager:
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
                           codec=codec)
         session.token = await self._take(sid)
-        written = await asyncio.to_thread(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
+        written = await self._redis(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
                                           model.state_dict(), session.adam, session.token)
         metrics.STATE_BYTES.inc(written)
         self.sessions[sid] = session
@@ -321,15 +341,20 @@ class SessionManager:
             raise errors.NotFound("unknown or expired session")
         session = self.sessions.get(sid)
         if session is not None and self.leases is not None:   # still ours? (one round trip; renews the lease)
-            token = await asyncio.to_thread(self.leases.acquire, sid)
+            token = await self._redis(self.leases.acquire, sid)
             if token != session.token:       # taken over meanwhile: what is held here is stale
                 self._forget(sid)
                 session = None
         if session is None:
-            if not await asyncio.to_thread(self.store.exists, sid):
+            owner = await self._redis(self.store.owner, sid)   # whose it is, before any lease or restore
+            if owner is None:
                 raise errors.NotFound("unknown or expired session")
+            if owner != device_id:
+                raise errors.PermissionDenied("session belongs to another device")
             token = await self._take(sid)   # the lease first: nobody else writes while this reads
-            session = await asyncio.to_thread(self._restore, sid, token)
+            session = await self._redis(self._restore, sid, token)
+            if session.last_clip_seq > session.trained_clip_seq:   # clips buffered before the restart: train on them
+                self._schedule(session)
         if session.device_id != device_id:
             raise errors.PermissionDenied("session belongs to another device")
         session.last_active = time.monotonic()
@@ -348,48 +373,84 @@ class SessionManager:
         log.info("restored session %s at version %d from redis (checkpoint v%d + %d updates; Adam state of v%d)",
                  sid, session.version, session.checkpoint_version, session.version - session.checkpoint_version,
                  session.checkpoint_version)
-        if session.last_clip_seq > session.trained_clip_seq:   # clips buffered before the restart: train on them
-            self._schedule(session)
         return session
 
     async def close(self, sid: str, device_id: str) -> None:
         session = await self.get(sid, device_id)
         self._forget(sid)
-        await asyncio.to_thread(self.store.delete, sid, session.token)
+        await self._redis(self.store.delete, sid, session.token)
         if self.leases:
-            await asyncio.to_thread(self.leases.release, sid)
+            await self._redis(self.leases.release, sid)
 
     # --- uplink: Algorithm 1 lines 5-9 ------------------------------------------------------------
     async def upload(self, session: Session, clip_seq: int, codec: str, data: bytes,
                      timestamps: list[float]) -> tuple[int, int]:
-        """Decode, label and buffer one clip; schedule a training phase. Returns (accepted, buffered)."""
+        """Decode, label and buffer one clip; schedule a training phase. Returns (accepted, buffered).
+        Refused before any decoding: timestamps that do not follow the session's (OUT_OF_RANGE), a
+        second upload of the session while one is in flight, or frames beyond the device's upload
+        budget (RESOURCE_EXHAUSTED)."""
         if codec.lower() != "h264":
             raise errors.InvalidArgument(f"unsupported clip codec {codec!r} (want h264)")
         if clip_seq < 1:
             raise errors.InvalidArgument("clip_seq starts at 1")
         if not timestamps or len(timestamps) > self.cfg.max_clip_frames:
             raise errors.InvalidArgument(f"a clip needs 1..{self.cfg.max_clip_frames} timestamps, got {len(timestamps)}")
-        if not all(math.isfinite(t) and t >= 0 for t in timestamps):
-            raise errors.InvalidArgument("timestamps must be finite, non-negative video seconds")
         if clip_seq <= session.last_clip_seq:  # re-delivery after a retry: already buffered
-            return 0, len(await asyncio.to_thread(self.store.frame_keys, session.sid))
+            return 0, len(await self._redis(self.store.frame_keys, session.sid))
+        try:
+            check_timestamps(timestamps, session.latest_ts)
+        except errors.OutOfRange:
+            metrics.QUOTA_REFUSALS.labels("timestamps").inc()
+            raise
+        if session.uploading:
+            metrics.QUOTA_REFUSALS.labels("upload_in_flight").inc()
+            raise errors.ResourceExhausted("this session has an upload in flight: one at a time")
+        try:
+            self.upload_budget.acquire(session.device_id, len(timestamps))
+        except errors.ResourceExhausted:
+            metrics.QUOTA_REFUSALS.labels("upload_rate").inc()
+            raise
+        session.uploading = True
+        try:
+            return await self._upload(session, clip_seq, data, timestamps)
+        finally:
+            session.uploading = False
+
+    async def _upload(self, session: Session, clip_seq: int, data: bytes, timestamps: list[float]) -> tuple[int, int]:
+        """Decode the clip, then label and buffer it INGEST_CHUNK frames at a time: what one upload
+        holds is its decoded frames and one chunk's labels, never the whole clip's probabilities."""
         metrics.UPLOAD_BYTES.inc(len(data))
-        frames = await asyncio.to_thread(self._decode, session, data, len(timestamps))
-        with metrics.TEACHER_SECONDS.time():
-            labelled = await self.teacher.label(frames, timestamps)
-        keep = [i for i, item in enumerate(labelled) if item is not None]
-        pairs = [labelled[i] for i in keep]
+        frames: list = await self._ingest(self._decode, session, data, len(timestamps))
         metrics.FRAMES_RECEIVED.inc(len(frames))
-        if not keep:
+        before, accepted, buffered, labelling_s = session.control(), 0, 0, 0.0
+        for start in range(0, len(frames), INGEST_CHUNK):
+            part, times = frames[start:start + INGEST_CHUNK], timestamps[start:start + INGEST_CHUNK]
+            frames[start:start + INGEST_CHUNK] = [None] * len(part)        # released as soon as buffered
+            started = time.perf_counter()
+            labelled = await self.teacher.label(part, times)
+            labelling_s += time.perf_counter() - started
+            keep = [i for i, item in enumerate(labelled) if item is not None]
+            if not keep:
+                continue
+            pairs = [item for item in labelled if item is not None]
+            try:
+                buffered = await self._ingest(session.ingest_part, [times[i] for i in keep], [part[i] for i in keep],
+                                              [pair[0] for pair in pairs], [pair[1] for pair in pairs])
+            except StoreFull:
+                metrics.QUOTA_REFUSALS.labels("store_full").inc()
+                log.error("session %s: clip %d refused, Redis is at its maxmemory", session.sid, clip_seq)
+                raise
+            accepted += len(keep)
+        metrics.TEACHER_SECONDS.observe(labelling_s)
+        if not accepted:
             raise errors.InvalidArgument("the teacher could not label any frame of this clip")
-        buffered, control_changed = await asyncio.to_thread(
-            session.ingest, clip_seq, [timestamps[i] for i in keep], [frames[i] for i in keep],
-            [pair[0] for pair in pairs if pair], [pair[1] for pair in pairs if pair])
-        if control_changed:
-            self._publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
+        await self._ingest(session.end_clip, clip_seq, timestamps)
+        metrics.BUFFERED_FRAMES.observe(buffered)
+        if session.control() != before:
+            self.downlink.publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
         session.upload_times.setdefault(clip_seq, time.monotonic())
         self._schedule(session)
-        return len(keep), buffered
+        return accepted, buffered
 
     def _decode(self, session: Session, data: bytes, count: int) -> list:
         """Decode a clip, bringing each frame to the student's input size as it is decoded: the
@@ -476,68 +537,11 @@ class SessionManager:
                 metrics.UPDATE_LAG.observe(now - uploaded)
         if session.sid in self.pending and session.upload_times:   # queued again meanwhile: its deadline moves on
             self.pending[session.sid] = min(session.upload_times.values())
-        self._publish(session.sid, event)
+        self.downlink.publish(session.sid, event)
 
-    # --- downlink ---------------------------------------------------------------------------------
-    def _publish(self, sid: str, event: Event) -> None:
-        for queue in self.subscribers.get(sid, ()):
-            queue.put_nowait(event)
-
-    async def catch_up(self, session: Session, held_version: int) -> list[streaming_pb2.ModelUpdate | None]:
-        """The stored updates that bring `held_version` to the current version, or [None] if a
-        snapshot is needed (the chain is incomplete or the device is ahead of this trainer)."""
-        current = session.version
-        if held_version == current:
-            return []
-        if held_version > current:
-            return [None]
-        chain = {}
-        for raw in await asyncio.to_thread(self.store.load_updates, session.sid):
-            msg = streaming_pb2.ModelUpdate.FromString(raw)
-            chain[msg.base_version] = msg
-        out, version = [], held_version
-        while version < current:
-            if version not in chain:
-                return [None]
-            out.append(chain[version])
-            version = chain[version].new_version
-        return out
-
-    async def subscribe(self, session: Session, held_version: int,
-                        refused_version: int = 0) -> AsyncIterator[Event]:
-        """Catch-up first (updates or a snapshot marker), then live events until the session closes.
-        A device that refused an update gets a snapshot, never the chain it could not apply."""
+    # --- downlink (downlink.py) -------------------------------------------------------------------
+    def subscribe(self, session: Session, held_version: int, refused_version: int = 0) -> AsyncIterator[Event]:
+        """The session's update stream (catch-up, then live events); it ends any stream before it."""
         if self.draining:
             raise errors.Unavailable("this trainer is shutting down; retry")
-        queue: asyncio.Queue = asyncio.Queue()
-        self.subscribers[session.sid].add(queue)
-        if refused_version:
-            metrics.UPDATES_REFUSED.inc()
-            log.warning("session %s: device refused the update to v%d; resyncing it by snapshot", session.sid,
-                        refused_version)
-        try:
-            last_sent = held_version
-            yield Event("control", session.trained_clip_seq, control=session.control())
-            for item in [None] if refused_version else await self.catch_up(session, held_version):
-                if item is None:
-                    version, _ = session.state_dict_copy()
-                    yield Event("snapshot", session.trained_clip_seq)
-                    last_sent = version
-                    break
-                yield Event("update", session.trained_clip_seq, update=item)
-                last_sent = item.new_version
-            while True:
-                event = await queue.get()
-                if event is None:
-                    return
-                if event.kind == "update":
-                    if event.update.new_version <= last_sent:
-                        continue
-                    if event.update.base_version != last_sent:   # a gap: resync with a snapshot
-                        yield Event("snapshot", event.processed_clip_seq)
-                        last_sent = session.version
-                        continue
-                    last_sent = event.update.new_version
-                yield event
-        finally:
-            self.subscribers[session.sid].discard(queue)
+        return self.downlink.subscribe(session, held_version, refused_version, self.store.load_updates)

@@ -33,4 +33,9 @@ FRAMES_RECEIVED = Counter("ams_trainer_frames_received_total", "Frames received 
 HANDOFFS = Counter("ams_trainer_session_handoffs_total", "Session ownership among replicas: asked (another replica "
                    "holds a session whose calls came here), released (handed over on request), lost (taken over "
                    "after this replica's lease expired)", ["event"])
+QUOTA_REFUSALS = Counter("ams_trainer_quota_refusals_total", "Calls refused by a per-device or per-session limit, by "
+                         "quota: calls (in flight per device), upload_rate, upload_in_flight, timestamps (not after "
+                         "the session's last frame), snapshots (per session), store_full (Redis at maxmemory)", ["quota"])
+BUFFERED_FRAMES = Histogram("ams_trainer_buffered_frames", "Frames in a session's buffer after an upload (≤ its cap)",
+                            buckets=(8, 16, 32, 64, 128, 192, 256, 320, 512, 1024))
 RPC = RpcMetrics("ams_trainer", "Trainer")   # requests, latency and streams of every method (server interceptor)

@@ -11,7 +11,7 @@ def phi_score(probs_k: np.ndarray, label_prev: np.ndarray, eps: float = 1e-6) ->
     probabilities, against the teacher's label on frame k-1, (H, W) class ids."""
     c = probs_k.shape[0]
     onehot_prob = np.take_along_axis(probs_k, np.clip(label_prev, 0, c - 1)[None].astype(np.int64), axis=0)[0]
-    return float(-np.log(np.clip(onehot_prob, eps, 1.0)).mean())
+    return float(-np.log(np.clip(onehot_prob.astype(np.float32), eps, 1.0)).mean())   # (float16 in: the teacher's)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import threading
 import time
 import zlib
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ams.errors import Unavailable
+from ams.errors import InvalidArgument, OutOfRange, Unavailable
 from ams.models import batch_tensor, build_student
 from ams.update_codec import (FLOAT16, SparseUpdate, apply_update, decode_update, encode_update, flat_parameters,
                               load_flat_parameters, sparse_update)
@@ -86,7 +87,8 @@ class Session:
         self.lock = threading.Lock()
         self.last_active = time.monotonic()   # for evicting abandoned sessions from memory
         self.opened_at = time.monotonic()     # a device over its session quota loses its oldest
-        self.ingest_lock = threading.Lock()
+        self.ingest_lock = threading.RLock()
+        self.uploading = False              # an upload of this session is in flight (the manager allows one)
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
         self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
 
@@ -102,14 +104,24 @@ class Session:
     def ingest(self, clip_seq: int, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
                probs: list[np.ndarray]) -> tuple[int, bool]:
         """Update φ, ASR and ATR from the teacher's labels, then add the labelled frames to B at the
-        student's input size (not the camera's), trimmed to T_horizon.
+        student's input size (not the camera's), trimmed to T_horizon and the buffer cap.
         Returns (frames in buffer, whether the control values changed). Idempotent per clip_seq."""
         with self.ingest_lock:
             if clip_seq <= self.last_clip_seq:
                 return len(self.store.frame_keys(self.sid)), False
+            check_timestamps(timestamps, self.latest_ts)
             before = self.control()
-            order = np.argsort(timestamps)
-            for i in order:
+            buffered = self.ingest_part(timestamps, frames, labels, probs)
+            self.end_clip(clip_seq, timestamps)
+            return buffered, self.control() != before
+
+    def ingest_part(self, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
+                    probs: list[np.ndarray]) -> int:
+        """`ingest` for consecutive frames of a clip, the clip ended by `end_clip`: the manager ingests
+        a clip a few frames at a time, so that no more than those frames' labels, probabilities and
+        PNGs are ever held. Re-adding a frame is harmless (frames are keyed by their timestamp)."""
+        with self.ingest_lock:
+            for i in np.argsort(timestamps):
                 if self.prev_label is not None and self.prev_label.shape == labels[i].shape:
                     phi = phi_score(probs[i], self.prev_label)
                     if self.asr.observe(timestamps[i], phi):
@@ -120,12 +132,15 @@ class Session:
                 self.prev_label = labels[i]
             if size := self.input_size():   # the manager resizes before labelling; this covers other callers
                 frames, labels = map(list, zip(*[resize_pair(f, lab, size) for f, lab in zip(frames, labels)]))
-            buffered = self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s,
-                                             self.token)
+            return self.store.add_frames(self.sid, list(timestamps), frames, labels, self.cfg.t_horizon_s,
+                                         self.token, max_frames=self.cfg.buffer_cap())
+
+    def end_clip(self, clip_seq: int, timestamps: list[float]) -> None:
+        """The clip is buffered: later clips must start after it, and a re-delivery is a no-op."""
+        with self.ingest_lock:
             self.latest_ts = max(self.latest_ts, max(timestamps))
             self.last_clip_seq = clip_seq
             self.store.save_meta(self.sid, self.ingest_meta(), self.token)
-            return buffered, self.control() != before
 
     # --- training phase (Alg. 1 lines 10–17, Alg. 2) as a transaction -----------------------------
     def _phase_frames(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
@@ -303,6 +318,18 @@ class Session:
         session.atr.slowdown = bool(int(meta.get("slowdown", 0)))
         session.latest_ts = float(meta.get("latest_ts", "-inf"))
         return session
+
+
+def check_timestamps(timestamps: list[float], after: float) -> None:
+    """A clip's capture timestamps: finite video seconds ≥ 0, strictly increasing, and all after
+    `after` (the newest timestamp of the session's earlier clips): OUT_OF_RANGE otherwise, so a
+    device cannot stack frames on one instant or rewind its clock to keep frames in its buffer."""
+    if not all(math.isfinite(t) and t >= 0 for t in timestamps):
+        raise InvalidArgument("timestamps must be finite, non-negative video seconds")
+    if any(b <= a for a, b in zip(timestamps, timestamps[1:])):
+        raise OutOfRange("a clip's timestamps must strictly increase")
+    if timestamps and timestamps[0] <= after:
+        raise OutOfRange(f"clip starts at {timestamps[0]:.3f} s, not after the session's last frame at {after:.3f} s")
 
 
 def resize_frame(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

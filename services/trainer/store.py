@@ -28,7 +28,7 @@ import redis
 import torch
 
 from ams.errors import FailedPrecondition
-from ams.pki import REVOKED_KEY
+from ams.revocation import revoked_serials
 from services.trainer.coordinate_descent import AdamCDState
 from services.trainer.leases import LeaseLost, fence_lua, lease_key
 from services.trainer.redis_client import connect, redis_errors
@@ -107,12 +107,16 @@ class SessionStore(abc.ABC):
         """True when the store answers."""
 
     @abc.abstractmethod
-    def revoked(self, device_ids: list[str]) -> set[str]:
-        """Those of `device_ids` the operator has revoked (`ams-admin revoke`)."""
+    def revoked(self, serials: list[str]) -> set[str]:
+        """Those of these certificate serials (lowercase hex) the operator has revoked (`ams-admin revoke`)."""
 
     @abc.abstractmethod
     def exists(self, sid: str) -> bool:
         """Whether the session's state is still stored (not closed, not expired)."""
+
+    @abc.abstractmethod
+    def owner(self, sid: str) -> str | None:
+        """The device whose session this is (None when it is not stored)."""
 
     @abc.abstractmethod
     def delete(self, sid: str, token: int | None = None) -> None:
@@ -128,8 +132,9 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     def add_frames(self, sid: str, timestamps: list[float], frames: list[np.ndarray], labels: list[np.ndarray],
-                   horizon_s: float, token: int | None = None) -> int:
-        """Buffer (frame, label, timestamp) tuples and trim to the last `horizon_s` seconds; return buffer size."""
+                   horizon_s: float, token: int | None = None, max_frames: int = 0) -> int:
+        """Buffer (frame, label, timestamp) tuples and trim to the last `horizon_s` seconds and, with
+        `max_frames`, to the newest `max_frames` frames; return the buffer size (≤ max_frames)."""
 
     @abc.abstractmethod
     def frame_keys(self, sid: str) -> list[str]:
@@ -202,16 +207,17 @@ class RedisSessionStore(SessionStore):
     def ping(self) -> bool:
         return bool(self.r.ping())
 
-    @redis_errors
-    def revoked(self, device_ids: list[str]) -> set[str]:
-        if not device_ids:
-            return set()
-        flags = self.r.hmget(REVOKED_KEY, device_ids)
-        return {d for d, flag in zip(device_ids, flags) if flag is not None}
+    def revoked(self, serials: list[str]) -> set[str]:
+        return revoked_serials(self.r, serials)     # (Unavailable when Redis is down: callers fail closed)
 
     @redis_errors
     def exists(self, sid: str) -> bool:
         return bool(self.r.exists(self.key(sid, "meta")))
+
+    @redis_errors
+    def owner(self, sid: str) -> str | None:
+        device = self.r.hget(self.key(sid, "meta"), "device_id")
+        return None if device is None else _text(device)
 
     @redis_errors
     def delete(self, sid: str, token: int | None = None) -> None:
@@ -234,17 +240,22 @@ class RedisSessionStore(SessionStore):
 
     # --- frame buffer B ---------------------------------------------------------------------------
     @redis_errors
-    def add_frames(self, sid, timestamps, frames, labels, horizon_s, token=None) -> int:
+    def add_frames(self, sid, timestamps, frames, labels, horizon_s, token=None, max_frames=0) -> int:
         zkey, hkey = self.key(sid, "frames"), self.key(sid, "blobs")
+        scores = {f"{ts:.6f}": ts for ts in timestamps}
+        held: Any = self.r.zrange(zkey, 0, -1, withscores=True)   # [(member, score)], oldest first
+        buffer = sorted({**{_text(k): float(v) for k, v in held}, **scores}.items(), key=lambda kv: kv[1])
+        newest = buffer[-1][1]
+        recent = [k for k, ts in buffer if ts >= newest - horizon_s]
+        keep = set(recent[-max_frames:] if max_frames else recent)
+        stale = [k for k, _ in buffer if k not in keep and k not in scores]
         blobs: dict[Any, Any] = {}          # (redis-py's hset wants a Mapping over its own key union)
-        scores: dict[str, float] = {}
         for ts, rgb, label in zip(timestamps, frames, labels):
             fk = f"{ts:.6f}"
-            blobs[f"f:{fk}"] = _png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            blobs[f"l:{fk}"] = _png(label)
-            scores[fk] = ts
-        newest = max(timestamps)
-        stale = [_text(k) for k in self.r.zrangebyscore(zkey, "-inf", f"({max(newest, self._newest(sid)) - horizon_s}")]
+            if fk in keep:                  # a frame trimmed at once is never encoded nor stored
+                blobs[f"f:{fk}"] = _png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                blobs[f"l:{fk}"] = _png(label)
+        scores = {k: ts for k, ts in scores.items() if k in keep}
 
         def write(pipe):   # one MULTI/EXEC: the buffer never shows a frame without its label
             if blobs:
@@ -274,10 +285,6 @@ class RedisSessionStore(SessionStore):
                     raise LeaseLost(f"session {sid}: the lease changed during a write") from exc
             write(pipe)
             return pipe.execute()
-
-    def _newest(self, sid: str) -> float:
-        top: Any = self.r.zrange(self.key(sid, "frames"), -1, -1, withscores=True)   # [(member, score)]
-        return float(top[0][1]) if top else float("-inf")
 
     @redis_errors
     def frame_keys(self, sid: str) -> list[str]:

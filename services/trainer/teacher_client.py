@@ -57,5 +57,6 @@ class TeacherClient:
                     log.warning("teacher could not label a frame: %s", label.error)
                     out.append(None)
                 else:
-                    out.append((from_tensor(label.class_map), from_tensor(label.probabilities).astype(np.float32)))
+                    # probabilities stay float16, as sent: a clip's are held until it is ingested
+                    out.append((from_tensor(label.class_map), from_tensor(label.probabilities)))
         return out

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,7 +60,8 @@ DASHBOARD_REQUIRED = {
 REQUIRED_ALERTS = {
     "AmsServiceDown", "AmsJobAbsent", "AmsTeacherNotReady", "AmsRedisUnreachable", "AmsTeacherUnreachable",
     "AmsTrainerFallingBehind", "AmsTrainingPhaseSlow", "AmsRpcErrorRatioHigh", "AmsSessionsNearCap",
-    "AmsTeacherInferenceLatencyHigh", "AmsTrainerSessionFailures",
+    "AmsTeacherInferenceLatencyHigh", "AmsTrainerSessionFailures", "AmsCertificateExpiresSoon", "AmsSessionStoreFull",
+    "AmsDeviceOverQuota",
 }
 
 
@@ -75,12 +77,14 @@ def _tool(name: str) -> str:
 
 
 # The secrets docker-compose.yml requires (an operator's .env provides them).
-COMPOSE_ENV = {"REDIS_PASSWORD": "test-redis-password", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
+COMPOSE_ENV = {"REDIS_TRAINER_PASSWORD": "test-trainer-password", "REDIS_TEACHER_PASSWORD": "test-teacher-password",
+               "REDIS_ADMIN_PASSWORD": "test-admin-password", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
+LB_SHA256 = "ab" * 32     # the balancer's certificate fingerprint, as `ams-admin issue-proxy` prints it
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command from the repo root and capture its output (compose gets COMPOSE_ENV unless `env`)."""
-    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
+    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV and k != "AMS_LB_SHA256"}
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
                           env={**base, **(COMPOSE_ENV if env is None else env)})
 
@@ -256,19 +260,30 @@ def test_only_expected_ports_are_published():
     assert published == PUBLISHED_TARGET_PORTS
 
 
-def test_compose_refuses_to_start_without_its_secrets():
-    proc = _run(_tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "-q", env={})
-    assert proc.returncode != 0 and "REDIS_PASSWORD" in proc.stderr
+@pytest.mark.parametrize("secret", sorted(COMPOSE_ENV))
+def test_compose_refuses_to_start_without_its_secrets(secret):
+    env = {k: v for k, v in COMPOSE_ENV.items() if k != secret}
+    proc = _run(_tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "-q", env=env)
+    assert proc.returncode != 0 and secret in proc.stderr
 
 
 def test_compose_is_hardened():
-    """Redis needs a password and is unpublished; Grafana's admin password comes from the environment;
-    Prometheus listens on the host's loopback only, without its lifecycle API; the services serve
-    mutual TLS with their own certificate (no container sees the CA's key); reflection is off."""
+    """Redis runs as its own user with ACL users (each service its own) and is unpublished; Grafana's
+    admin password comes from the environment; Prometheus listens on the host's loopback only, without
+    its lifecycle API; the services serve mutual TLS with their own certificate (no container sees the
+    CA's key); reflection is off; without a balancer no replica trusts a forwarded certificate."""
     services = _compose_config()["services"]
-    assert "ports" not in services["redis"] and "--requirepass" in " ".join(services["redis"]["command"])
-    assert services["redis"]["environment"]["REDIS_PASSWORD"] == COMPOSE_ENV["REDIS_PASSWORD"]
-    assert f":{COMPOSE_ENV['REDIS_PASSWORD']}@redis:" in services["trainer"]["environment"]["AMS_REDIS_URL"]
+    redis = services["redis"]
+    assert "ports" not in redis and redis["user"] == "999:1000"
+    assert redis["command"][:2] == ["sh", "/etc/ams/redis-start.sh"]
+    assert {k: redis["environment"][k] for k in COMPOSE_ENV if k.startswith("REDIS_")} == \
+        {k: v for k, v in COMPOSE_ENV.items() if k.startswith("REDIS_")}
+    assert services["trainer"]["environment"]["AMS_REDIS_URL"] == \
+        f"redis://trainer:{COMPOSE_ENV['REDIS_TRAINER_PASSWORD']}@redis:6379/0"
+    assert services["teacher"]["environment"]["AMS_TEACHER_REDIS_URL"] == \
+        f"redis://teacher:{COMPOSE_ENV['REDIS_TEACHER_PASSWORD']}@redis:6379/0"
+    assert services["trainer"]["environment"]["AMS_TRUSTED_PROXY_SHA256"] == ""
+    assert services["teacher"]["environment"]["AMS_TEACHER_TRUSTED_PROXY_SHA256"] == ""
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_ENV["GRAFANA_ADMIN_PASSWORD"]
     prometheus = services["prometheus"]
     assert not any("enable-lifecycle" in arg or "enable-admin-api" in arg for arg in prometheus["command"])
@@ -285,6 +300,19 @@ def test_compose_is_hardened():
             assert not source.endswith("ca.key"), f"{name} mounts the CA's private key"
             if target.startswith("/pki/"):
                 assert (volume.get("read_only") if isinstance(volume, dict) else str(volume).endswith(":ro")), target
+
+
+def test_every_container_drops_privileges():
+    """No new privileges and no capabilities anywhere; a read-only root file system (a tmpfs /tmp where
+    a process may write one) for all but Grafana, which writes beside its install."""
+    for config in (_compose_config(), _scale_config()):
+        for name, service in config["services"].items():
+            assert service.get("security_opt") == ["no-new-privileges:true"], name
+            assert service.get("cap_drop") == ["ALL"], name
+            if name != "grafana":
+                assert service.get("read_only") is True, name
+            if name in ("redis", "teacher", "trainer", "edge"):
+                assert "/tmp" in service.get("tmpfs", []), name
 
 
 def test_healthy_dependencies_have_healthchecks():
@@ -383,11 +411,19 @@ def test_stop_grace_periods_leave_room_for_each_services_own_shutdown_grace():
 SCALE_FILE = REPO / "deploy" / "compose.scale.yml"
 
 
+@lru_cache(maxsize=1)
 def _scale_config() -> dict:
     proc = _run(_tool("docker-compose"), "-f", str(COMPOSE_FILE), "-f", str(SCALE_FILE), "config",
-                env={**COMPOSE_ENV, "AMS_TRAINER_PUBLISH_PORT": "127.0.0.1:"})
+                env={**COMPOSE_ENV, "AMS_TRAINER_PUBLISH_PORT": "127.0.0.1:", "AMS_LB_SHA256": LB_SHA256})
     _assert_ok(proc)
     return _yaml_to_data(proc.stdout)
+
+
+def test_scale_override_is_valid_and_refuses_to_start_without_the_balancers_fingerprint():
+    args = (_tool("docker-compose"), "-f", str(COMPOSE_FILE), "-f", str(SCALE_FILE), "config", "-q")
+    _assert_ok(_run(*args, env={**COMPOSE_ENV, "AMS_TRAINER_PUBLISH_PORT": "127.0.0.1:", "AMS_LB_SHA256": LB_SHA256}))
+    proc = _run(*args, env={**COMPOSE_ENV, "AMS_TRAINER_PUBLISH_PORT": "127.0.0.1:"})
+    assert proc.returncode != 0 and "AMS_LB_SHA256" in proc.stderr
 
 
 def test_scale_override_puts_the_balancer_in_front_and_the_replicas_on_loopback():
@@ -396,6 +432,9 @@ def test_scale_override_puts_the_balancer_in_front_and_the_replicas_on_loopback(
     assert [_target_port(p) for p in lb["ports"]] == [50052]
     assert all(str(p.get("host_ip") if isinstance(p, dict) else p).startswith("127.0.0.1") for p in trainer["ports"])
     assert trainer["environment"]["AMS_TEACHER_ADDR"] == "lb:50051"
+    # behind the balancer, the replicas believe the certificates it forwards, and only its
+    assert trainer["environment"]["AMS_TRUSTED_PROXY_SHA256"] == LB_SHA256
+    assert services["teacher"]["environment"]["AMS_TEACHER_TRUSTED_PROXY_SHA256"] == LB_SHA256
     mounts = sorted(str(v["target"] if isinstance(v, dict) else str(v).split(":")[1]) for v in lb["volumes"])
     assert mounts == ["/pki/ca.pem", "/pki/lb.bundle.pem"]
     config = _load_yaml(PROM_DIR / "prometheus.yml")
@@ -409,7 +448,121 @@ def test_the_deployed_haproxy_config_is_generated_and_valid(tmp_path):
 
     text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
     assert text == deployed(), "deploy/haproxy/haproxy.cfg is stale: python -m scripts.haproxy"
+    # the limits (tests/integration/test_haproxy_limits.py proves what each does on a live HAProxy)
+    assert re.search(r"^global$(?:\n  .*)*\n  maxconn \d+$", text, re.M)
+    for frontend in ("trainers_in", "teachers_in"):
+        section = text.split(f"frontend {frontend}\n", 1)[1].split("\n\n", 1)[0]
+        assert re.search(r"^  maxconn \d+$", section, re.M), frontend
+        assert "tcp-request connection track-sc0 src" in section, frontend
+        assert re.search(r"tcp-request connection reject if \{ sc0_conn_cur gt 64 \} \|\| \{ sc0_conn_rate gt \d+ \}",
+                         section), frontend
+    timeouts = dict(re.findall(r"^  timeout (\S+) (\S+)$", text, re.M))
+    assert timeouts["client"] == timeouts["http-request"] == "10s" and timeouts["server"] == "1h"
     pki = make_pki(str(tmp_path / "pki"))
     local = text.replace(DEPLOY_TLS.ca, pki["ca"]).replace(DEPLOY_TLS.bundle, pki["lb"])
     (tmp_path / "haproxy.cfg").write_text(local)
     _assert_ok(_run(_tool("haproxy"), "-c", "-f", str(tmp_path / "haproxy.cfg")))
+
+
+# --------------------------------------------------------------------------- Redis's ACL users, live
+
+def _compose_redis_url(service: str, variable: str, port: int) -> str:
+    """A service's Redis URL from the compose file, pointed at a local redis-server."""
+    return _compose_config()["services"][service]["environment"][variable].replace("@redis:6379/", f"@127.0.0.1:{port}/")
+
+
+def test_redis_acl_users_can_do_their_jobs_and_nothing_more(tmp_path):
+    """deploy/redis/start.sh as compose runs it (its environment and arguments; a local redis-server
+    on a free port): the trainer's URL runs every operation of the session store and the leases (their
+    Lua scripts from a cold script cache too) and reads revocations, but cannot FLUSHALL, CONFIG,
+    KEYS, ... or touch a key outside ams:*; the teacher only reads revocations; admin only manages them;
+    a connection without a user can do nothing; a full Redis refuses writes and evicts nothing; the
+    compose healthcheck passes."""
+    import numpy as np
+    import redis
+    import torch
+
+    from ams.revocation import REVOKED_CERTS_KEY, revoked_serials
+    from scripts.procs import free_port
+    from services.trainer.coordinate_descent import AdamCDState
+    from services.trainer.leases import SessionLeases
+    from services.trainer.redis_client import connect
+    from services.trainer.store import RedisSessionStore
+
+    service = _compose_config()["services"]["redis"]
+    assert service["command"][:2] == ["sh", "/etc/ams/redis-start.sh"]
+    port = free_port()
+    env = {**os.environ, **service["environment"], "REDIS_ACL_FILE": str(tmp_path / "users.acl"), "REDIS_MAXMEMORY": "16mb"}
+    args = [*service["command"][2:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""]
+    proc = subprocess.Popen(["sh", str(REPO / "deploy" / "redis" / "start.sh"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        nobody = redis.Redis(port=port, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                nobody.ping()
+                raise AssertionError("a connection without a user may run commands")
+            except redis.AuthenticationError:
+                break                                              # NOAUTH: up, and the default user is off
+            except redis.ConnectionError:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        acl = (tmp_path / "users.acl").read_text()
+        assert (tmp_path / "users.acl").stat().st_mode & 0o077 == 0 and "password" not in acl   # hashes only
+
+        trainer_url = _compose_redis_url("trainer", "AMS_REDIS_URL", port)
+        store = RedisSessionStore(trainer_url, ttl_s=60, updates_kept=3)
+        leases = SessionLeases(connect(trainer_url), "trainer-a", ttl_s=5)
+        token = leases.acquire("s1")
+        assert token is not None and leases.renew(["s1"]) == {"s1": token} and leases.holder("s1") == ("trainer-a", token)
+        leases.want("s2")
+        assert leases.wanted(["s2"]) == set()
+        state = {"w": torch.arange(6.0)}
+        store.create("s1", {"device_id": "dev-a", "config_json": "{}"}, state, AdamCDState.zeros(6), token=token)
+        store.save_meta("s1", {"last_clip_seq": 1}, token=token)
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 255, (8, 12, 3), dtype=np.uint8) for _ in range(3)]
+        labels = [rng.integers(0, 2, (8, 12), dtype=np.uint8) for _ in range(3)]
+        assert store.add_frames("s1", [0.0, 1.0, 2.0], frames, labels, horizon_s=1.5, token=token) == 2
+        keys = store.frame_keys("s1")
+        assert store.frame_timestamps("s1") == [1.0, 2.0] and set(store.load_frames("s1", keys)) == set(keys)
+        store.commit_phase("s1", 0, {"version": 1, "phase": 1}, b"update-1", None, None, token=token)
+        store.commit_phase("s1", 1, {"version": 2, "phase": 2}, b"update-2", state, AdamCDState.zeros(6), token=token)
+        store.checkpoint("s1", 2, state, AdamCDState.zeros(6), token=token)
+        assert store.load_meta("s1")["version"] == "2" and store.load_checkpoint("s1") is not None
+        assert store.load_updates("s1") == [b"update-1", b"update-2"]
+        assert store.exists("s1") and store.owner("s1") == "dev-a" and store.ping()
+        assert revoked_serials(store.r, ["0a"]) == set()
+        store.delete("s1", token=token)
+        assert not store.exists("s1") and leases.release("s1")
+        for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("DEBUG", "SLEEP", "0"),
+                        ("SHUTDOWN", "NOSAVE"), ("SCAN", "0"), ("ACL", "LIST"), ("SET", "other:key", "1"),
+                        ("HSET", REVOKED_CERTS_KEY, "0a", "{}")):
+            with pytest.raises(redis.ResponseError, match="no permissions|DEBUG command not allowed"):
+                store.r.execute_command(*command)
+
+        admin = redis.Redis(port=port, username="admin", password=service["environment"]["REDIS_ADMIN_PASSWORD"])
+        admin.hset(REVOKED_CERTS_KEY, "0a", '{"name": "dev-a"}')
+        assert set(admin.hgetall(REVOKED_CERTS_KEY)) == {b"0a"} and revoked_serials(store.r, ["0a", "0b"]) == {"0a"}
+        teacher = redis.Redis.from_url(_compose_redis_url("teacher", "AMS_TEACHER_REDIS_URL", port))
+        assert teacher.ping() and revoked_serials(teacher, ["0a", "0b"]) == {"0a"}
+        for client, command in ((teacher, ("HSET", REVOKED_CERTS_KEY, "0b", "{}")), (teacher, ("HDEL", REVOKED_CERTS_KEY, "0a")),
+                                (teacher, ("HGETALL", "ams:s:s1:meta")), (teacher, ("FLUSHALL",)),
+                                (admin, ("HGETALL", "ams:s:s1:meta")), (admin, ("FLUSHALL",)), (admin, ("KEYS", "*"))):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.execute_command(*command)
+        assert admin.hdel(REVOKED_CERTS_KEY, "0a") == 1
+
+        healthcheck = service["healthcheck"]["test"][1].replace("$$", "$").replace("redis-cli ", f"redis-cli -p {port} ")
+        assert subprocess.run(["sh", "-c", healthcheck], env=env, timeout=10).returncode == 0
+
+        blob = b"x" * 512 * 1024                              # fill it: writes fail, nothing is evicted
+        with pytest.raises(redis.ResponseError, match="used memory > .maxmemory."):
+            for i in range(64):
+                store.r.set(f"ams:s:fill{i}:blobs", blob)
+        assert store.r.exists("ams:s:fill0:blobs") and store.r.delete(*[f"ams:s:fill{i}:blobs" for i in range(64)])
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ams.errors import FailedPrecondition, Unavailable
+from ams.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from services.trainer.coordinate_descent import AdamCDState
 from services.trainer.store import RedisSessionStore
 
@@ -28,6 +28,31 @@ def test_buffer_round_trip_and_horizon_trimming(redis_url):
     assert set(store.load_frames("a", ["0.000000", keys[2]])) == {keys[2]}
     # trimmed frames' blobs are gone too, not just their index entries
     assert store.r.hlen(store.key("a", "blobs")) == 6
+
+
+def test_the_buffer_keeps_at_most_max_frames_the_newest(redis_url):
+    store = RedisSessionStore(redis_url, ttl_s=60)
+    frames, labels = _frames(10)
+    assert store.add_frames("a", [0.0, 0.001, 0.002, 0.003], frames[:4], labels[:4], horizon_s=60, max_frames=3) == 3
+    assert store.add_frames("a", [float(t) for t in range(1, 7)], frames[4:], labels[4:], horizon_s=60, max_frames=3) == 3
+    assert store.frame_timestamps("a") == [4.0, 5.0, 6.0]
+    assert store.r.hlen(store.key("a", "blobs")) == 6             # frame + label of the 3 kept, nothing else
+
+
+def test_a_full_redis_refuses_writes_as_resource_exhausted_and_evicts_nothing(redis_url):
+    store = RedisSessionStore(redis_url, ttl_s=60)
+    frames, labels = _frames(2, h=64, w=64)
+    store.add_frames("a", [0.0], frames[:1], labels[:1], horizon_s=60)
+    store.r.config_set("maxmemory-policy", "noeviction")
+    store.r.config_set("maxmemory", max(1, int(store.r.info("memory")["used_memory"]) - 1024))
+    try:
+        with pytest.raises(ResourceExhausted, match="maxmemory"):
+            store.add_frames("a", [1.0], frames[1:], labels[1:], horizon_s=60)
+        with pytest.raises(ResourceExhausted):
+            store.save_meta("a", {"last_clip_seq": 2})
+        assert store.frame_timestamps("a") == [0.0]                # reads go on; nothing was evicted
+    finally:
+        store.r.config_set("maxmemory", 0)
 
 
 def test_sessions_are_namespaced_and_expire(redis_url):

@@ -141,9 +141,12 @@ eval-quick: install assets redis eval-videos
 # The lock files (pip-tools) the venv and the images install from: requirements/teacher.txt (no torch),
 # trainer.txt (trainer and edge) and dev.txt (everything). torch is pinned without its local build
 # label, so the CPU or a CUDA wheel of that version satisfies it (the images take it from PyTorch's index).
+# teacher.txt carries every file's SHA-256 (the teacher image installs it with --require-hashes); the
+# trainer's and dev locks cannot yet: their torch comes from different indexes (PyTorch's CPU index in
+# the image, a local wheel here) whose files have different hashes.
 LOCK := $(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras --no-header
 lock: install
-	$(LOCK) --extra teacher -o requirements/teacher.txt pyproject.toml
+	$(LOCK) --generate-hashes --extra teacher -o requirements/teacher.txt pyproject.toml
 	$(LOCK) --extra trainer -o requirements/trainer.txt pyproject.toml
 	$(LOCK) --all-extras -o requirements/dev.txt pyproject.toml
 	sed -i -E 's/^(torch==[0-9.]+)\+[a-z0-9]+$$/\1/' requirements/*.txt

@@ -98,9 +98,17 @@ def test_the_teacher_image_carries_no_torch():
 def test_lock_files_pin_what_pyproject_asks_for(extra):
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"][extra]
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (REPO / "requirements" / f"{extra}.txt").read_text(),
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", (REPO / "requirements" / f"{extra}.txt").read_text(),
                            re.MULTILINE))
     pins = {name.lower().replace("_", "-"): version for name, version in pins.items()}
     for requirement in wanted:
         name, version = requirement.split("==")
         assert pins.get(name.lower().replace("_", "-")) == version, f"requirements/{extra}.txt: {requirement} (run make lock)"
+
+
+def test_the_teacher_lock_carries_a_hash_for_every_pin():
+    """The teacher image installs with --require-hashes: a pin without its files' SHA-256 would fail the build."""
+    text = (REPO / "requirements" / "teacher.txt").read_text()
+    pins = re.findall(r"^[A-Za-z0-9_.-]+==[^\s\\]+ \\\n((?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", text, re.MULTILINE)
+    assert len(pins) == len(re.findall(r"^[A-Za-z0-9_.-]+==", text, re.MULTILINE)) > 10
+    assert "--require-hashes -r requirements/teacher.txt" in (REPO / "deploy" / "python" / "Dockerfile").read_text()

@@ -26,6 +26,7 @@ TRAINER_ENV = {
     "AMS_T_UPDATE_S": "5", "AMS_T_HORIZON_S": "30", "AMS_K_ITERS": "10", "AMS_BATCH_SIZE": "4",
     "AMS_LR": "0.001", "AMS_GAMMA": "0.05", "AMS_R_INIT": "2.0", "AMS_R_MAX": "2.0", "AMS_R_MIN": "0.2",
     "AMS_ASR_DELTA_T_S": "5", "AMS_CHECKPOINT_DIR": "assets/students",
+    "AMS_MAX_UPLOAD_FPS": "1000",   # replay plays video faster than real time: a live device's budget does not fit it
 }
 
 

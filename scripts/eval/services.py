@@ -30,7 +30,8 @@ def run_services(student: str, out_dir: str, playlist: Playlist | str = "real", 
         teacher_env = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": pl.sources[0]}
     else:
         teacher_env = {"AMS_TEACHER_BACKEND": "litert", "AMS_TEACHER_MODEL_PATH": TEACHER_MODEL, "AMS_TEACHER_THREADS": "1"}
-    env = trainer_env({**(settings or PAPER), "checkpoint_dir": "assets/students"})
+    # replay plays video faster than real time: a live device's upload budget (frames per wall second) does not fit it
+    env = trainer_env({**(settings or PAPER), "checkpoint_dir": "assets/students", "max_upload_fps": 1000})
     with ams_stack(os.path.join(out, "logs"), teacher_env, env, devices=(DEVICE_ID,)) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
                "--mode", "replay", "--out", out, "--threads", "1", "--no-overlay", "--quiet",

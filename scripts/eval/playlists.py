@@ -52,8 +52,12 @@ class Playlist:
     def scored(self, frame: Frame) -> bool:
         return frame.index % self.eval_every == 0
 
+    def definition(self) -> dict:
+        """What the playlist plays and how (everything but its note): what its runs and labels depend on."""
+        return {k: v for k, v in asdict(self).items() if k != "note"}
+
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha1(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def synthetic(seed: int, duration: float, **extra) -> str:

@@ -1,7 +1,7 @@
 """Runs of the evaluation: what each one is (`RunSpec`), how it executes, and its cache on disk.
 
 A run is one scheme × student × playlist with its settings; its result is cached under
-out/eval/runs/<key>.json, keyed by the spec and `EVAL_VERSION`, so an interrupted `make eval`
+out/eval/runs/<key>.json, keyed by the spec, the playlist's definition and `EVAL_VERSION`, so an interrupted `make eval`
 resumes where it stopped and a finished one re-renders the report without training again.
 """
 from __future__ import annotations
@@ -46,8 +46,10 @@ class RunSpec:
     params: tuple = ()              # scheme parameters, as sorted (name, value) pairs
 
     def key(self) -> str:
-        """Names the run's cache file: the spec, the student's segmenter options and EVAL_VERSION."""
-        raw = json.dumps([EVAL_VERSION, dataclasses.asdict(self), STUDENTS[self.student][1]], sort_keys=True)
+        """Names the run's cache file: the spec, the playlist's definition (its clips, time scale, teacher,
+        scoring: not only its name), the student's segmenter options and EVAL_VERSION."""
+        raw = json.dumps([EVAL_VERSION, dataclasses.asdict(self), STUDENTS[self.student][1],
+                          PLAYLISTS[self.playlist].definition()], sort_keys=True)
         return f"{self.scheme}-{self.playlist}-{self.student}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
     def config(self) -> dict:

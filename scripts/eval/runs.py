@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from scripts.eval.baselines import JustInTime, RemoteTracking
+from scripts.eval.ceiling import Ceiling
 from scripts.eval.harness import STUDENTS, InProcessTrainer, play, student_size
 from scripts.eval.playlists import PLAYLISTS, teacher_labels
 from scripts.eval.schemes import AMS, NoCustomization, OneTime, one_time_config
@@ -70,10 +71,16 @@ def trainer_config(values: dict) -> TrainerConfig:
 def execute(run: RunSpec, redis_url: str, cache_dir: str) -> dict:
     """Play one run in-process and return its JSON record."""
     playlist = PLAYLISTS[run.playlist]
-    size = student_size(run.student)
+    params = dict(run.params)
+    scale = int(params.get("scale", 1)) if run.scheme == "ceiling" else 1
+    size = tuple(scale * n for n in student_size(run.student))
     labels = teacher_labels(playlist, size, cache_dir)
     torch.manual_seed(0)
-    params = dict(run.params)
+    if run.scheme == "ceiling":   # a diagnostic, not a streaming scheme (ceiling.py): no trainer, no teacher
+        frames = [(f.index, f.rgb) for f in playlist.frames(size) if playlist.scored(f) and not f.repeat]
+        scheme = Ceiling(run.student, [rgb for _, rgb in frames], [labels.by_index[i] for i, _ in frames], **params)
+        return {"spec": dataclasses.asdict(run), "config": run.config(),
+                "result": play(playlist, size, labels, scheme).to_json()}
     cfg = trainer_config(run.config())
     teacher = playlist.backend()
     store = RedisSessionStore(redis_url, ttl_s=3600, updates_kept=cfg.updates_kept)

@@ -102,3 +102,23 @@ def test_a_phase_leaves_no_flush_to_zero_behind(tmp_path, store):
 
     _run(SHIFTS, lambda tr: AMS(tr, STUDENT), tmp_path, store)
     assert torch.tensor([1e-40], dtype=torch.float32).item() != 0.0
+
+
+def test_the_ceiling_fits_the_scored_frames_and_beats_the_frozen_w0(tmp_path, store):
+    """issue 23's ceiling: w0 fitted offline to the playlist's own labelled frames must score well above
+    w0 itself on them (at the input size, and with the same weights at twice the input size)."""
+    from scripts.eval.ceiling import Ceiling
+    labels = teacher_labels(SHIFTS, SIZE, str(tmp_path))
+    frames = [(f.index, f.rgb) for f in SHIFTS.frames(SIZE) if SHIFTS.scored(f)]
+    ceiling = Ceiling(STUDENT, [rgb for _, rgb in frames], [labels.by_index[i] for i, _ in frames], steps=100, batch=2)
+    fitted = play(SHIFTS, SIZE, labels, ceiling)
+    frozen, *_ = _run(SHIFTS, lambda tr: NoCustomization(tr, STUDENT), tmp_path, store)
+    assert ceiling.fit["loss_last"] < ceiling.fit["loss_first"] and ceiling.fit["frames"] == 100
+    assert fitted.miou > frozen.miou + 0.1 and fitted.traffic.downlink == 0
+    big = (2 * SIZE[0], 2 * SIZE[1])
+    labels2 = teacher_labels(SHIFTS, big, str(tmp_path))
+    frames2 = [(f.index, f.rgb) for f in SHIFTS.frames(big) if SHIFTS.scored(f)]
+    ceiling2 = Ceiling(STUDENT, [rgb for _, rgb in frames2], [labels2.by_index[i] for i, _ in frames2], steps=1,
+                       batch=1, scale=2)
+    assert (ceiling2.holder.config["input_height"], ceiling2.holder.config["input_width"]) == big
+    assert play(SHIFTS, big, labels2, ceiling2).frames_scored == 100

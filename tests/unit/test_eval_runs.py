@@ -1,0 +1,20 @@
+"""The evaluation's run cache: a run is keyed by what the playlist plays, not only by its name, so a
+changed clip list or time scale is never answered from an old run."""
+import dataclasses
+
+from scripts.eval import runs
+from scripts.eval.playlists import PLAYLISTS
+
+
+def test_a_run_key_changes_with_the_playlists_definition_not_its_note(monkeypatch):
+    name = next(iter(PLAYLISTS))
+    run = runs.spec("ams", name)
+    key = run.key()
+    assert key == runs.spec("ams", name).key()
+    original = PLAYLISTS[name]
+    for change in ({"time_scale": original.time_scale * 2}, {"sources": original.sources + ("other.mp4",)},
+                   {"eval_every": original.eval_every + 1}, {"loops": original.loops + 1}):
+        monkeypatch.setitem(PLAYLISTS, name, dataclasses.replace(original, **change))
+        assert run.key() != key, f"{change} did not change the run's key"
+    monkeypatch.setitem(PLAYLISTS, name, dataclasses.replace(original, note=original.note + " (reworded)"))
+    assert run.key() == key

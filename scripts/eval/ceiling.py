@@ -24,7 +24,7 @@ from edge_client.segmenters import make_segmenter
 from scripts.eval.harness import STUDENTS, Traffic, load_student
 from scripts.pretrain import _augment
 
-DEFAULTS = {"steps": 600, "batch": 8, "lr": 1e-3, "scale": 1, "bn": "frozen", "seed": 0}
+DEFAULTS = {"steps": 600, "batch": 8, "lr": 1e-3, "scale": 1, "bn": "frozen", "augment": 0, "seed": 0}
 
 
 def scaled_student(student: str, scale: int) -> tuple[str, dict, torch.nn.Module]:
@@ -39,9 +39,12 @@ def scaled_student(student: str, scale: int) -> tuple[str, dict, torch.nn.Module
 
 
 def fit(model: torch.nn.Module, frames: list[np.ndarray], labels: list[np.ndarray], steps: int, batch: int, lr: float,
-        bn: str, seed: int) -> dict:
-    """Adam on every parameter (cosine schedule, flips, scale-crops and colour jitter), the student's
-    own loss where it defines one; batch-norm statistics frozen (`bn="frozen"`) or updated ("train")."""
+        bn: str, augment: bool, seed: int) -> dict:
+    """Adam on every parameter (cosine schedule; with `augment`, flips, scale-crops and colour jitter),
+    the student's own loss where it defines one; batch-norm statistics frozen (`bn="frozen"`, as the
+    trainer trains) or updated ("train"). Without augmentation: the frames it is scored on are the
+    frames it fits, which is the point of a ceiling (with it, at lr 1e-3 and frozen statistics, the
+    DeeplabV3-MNv2 student collapses to the background prior on real_people)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     x_all, y_all = batch_tensor(frames), torch.from_numpy(np.stack(labels)).long()
@@ -52,7 +55,7 @@ def fit(model: torch.nn.Module, frames: list[np.ndarray], labels: list[np.ndarra
     started, losses = time.perf_counter(), []
     for _ in range(steps):
         idx = torch.from_numpy(rng.integers(0, len(frames), size=batch))
-        x, y = _augment(x_all[idx], y_all[idx], rng)
+        x, y = _augment(x_all[idx], y_all[idx], rng) if augment else (x_all[idx], y_all[idx])
         loss = student_loss(x, y) if student_loss else F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -73,7 +76,7 @@ class Ceiling:
         p = {**DEFAULTS, **params}
         architecture, _, model = scaled_student(student, int(p["scale"]))
         self.fit = fit(model, frames, labels, int(p["steps"]), int(p["batch"]), float(p["lr"]), str(p["bn"]),
-                       int(p["seed"]))
+                       bool(p["augment"]), int(p["seed"]))
         self.holder = ModelHolder.of_model(architecture, model)
         self.segmenter = make_segmenter(self.holder, "auto", **STUDENTS[student][1])
         self.stateful = self.segmenter.stateful

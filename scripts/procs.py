@@ -15,6 +15,11 @@ from ams.pki import CertFiles, init_pki
 from ams.revocation import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What the images set for every service (deploy/python/Dockerfile): glibc's malloc with 2 arenas, not 8
+# per core. With a thread pool per kind of work, an arena per thread keeps each pool's transient buffers
+# resident apart; under issue 22's attack the trainer's peak RSS grew 56–221 MB with the default and
+# 2–79 MB with 2 arenas, from a lower baseline (tests/integration/test_hostile_device.py).
+SERVICE_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 def free_port() -> int:
@@ -75,7 +80,7 @@ def redis_server(log_dir: str) -> Iterator[str]:
 def service(module: str, port: int, log_path: str, env: dict, timeout_s: float = 60,
             tls: CertFiles | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """`python -m <module>` with env; waits for grpc.health SERVING (probing with `tls`); yields (host:port, process)."""
-    with process([sys.executable, "-m", module], log_path, env) as proc:
+    with process([sys.executable, "-m", module], log_path, {**SERVICE_ENV, **env}) as proc:
         address = f"127.0.0.1:{port}"
         _wait(lambda: check(address, timeout_s=1, tls=tls), timeout_s, module, proc)
         yield address, proc

@@ -67,7 +67,8 @@ class TrainerConfig:
                                             "the two limits below); otherwise only on installed checkpoints")
     max_student_params: int = _f(5_000_000, "largest custom student (parameters)")
     max_student_pixels: int = _f(512 * 1024, "largest custom student input (input_height × input_width)")
-    max_clip_frames: int = _f(256, "frames in one uploaded clip")
+    max_clip_frames: int = _f(128, "frames in one uploaded clip: twice what an honest device sends at most (r_max × "
+                                   "the longest T_update, 1 fps × 60 s, at the defaults)")
     max_clip_scale: float = _f(4.0, "largest uploaded frame, in multiples of the student's input pixels (a clip is "
                                     "refused at its first larger frame)")
     max_message_mb: int = _f(64, "gRPC message size limit")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 
@@ -66,3 +67,19 @@ def tls_config(pki: dict, name: str) -> dict:
     """TrainerConfig/TeacherConfig fields serving mutual TLS with `name`'s certificate."""
     files = service_tls(pki, name)
     return {"tls_ca": files.ca, "tls_cert": files.cert, "tls_key": files.key}
+
+
+@contextlib.contextmanager
+def oracle_teacher(loop_thread: LoopThread, pki: dict, scene):
+    """An in-process teacher (mutual TLS) serving `scene`'s exact labels; yields its address."""
+    from services.teacher.backends import make_backend
+    from services.teacher.config import TeacherConfig
+    from services.teacher.service import create_server as create_teacher
+    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=scene.spec(),
+                        **tls_config(pki, "teacher"))
+    server = loop_thread.run(create_teacher(cfg, make_backend("oracle", scene_spec=scene.spec())))
+    try:
+        yield f"127.0.0.1:{server[1]}"
+    finally:
+        loop_thread.run(server[0].stop(0))
+        loop_thread.run(server[2].stop())

@@ -8,6 +8,7 @@ DEADLINE_EXCEEDED), the unread streams took the trainer from 390 to 1071 MB, and
 grew a's buffer to 1024 frames."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -26,11 +27,8 @@ from ams.synthetic import SyntheticScene
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from ams.video import encode_clip
 from edge_client.link import TrainerLink
-from services.teacher.backends import make_backend
-from services.teacher.config import TeacherConfig
 from scripts.procs import SERVICE_ENV, free_port
-from services.teacher.service import create_server as create_teacher
-from tests.conftest import TINY_STUDENT, device_tls, tls_config
+from tests.conftest import oracle_teacher, TINY_STUDENT, device_tls
 from tests.integration.test_trainer_crash import _start_trainer, _trainer_setup
 
 SCENE = SyntheticScene(seed=8, w=256, h=144, fps=10, duration=600, shift=300)
@@ -54,12 +52,8 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture
 def teacher(loop_thread, pki):
-    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec(),
-                        **tls_config(pki, "teacher"))
-    server = loop_thread.run(create_teacher(cfg, make_backend("oracle", scene_spec=SCENE.spec())))
-    yield f"127.0.0.1:{server[1]}"
-    loop_thread.run(server[0].stop(0))
-    loop_thread.run(server[2].stop())
+    with oracle_teacher(loop_thread, pki, SCENE) as address:
+        yield address
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -203,10 +197,9 @@ def _code(call) -> grpc.StatusCode:
 def tiny_trainer(loop_thread, redis_url, tmp_path, pki):
     """A trainer process on a tiny student (oracle teacher in-process) with a generous upload budget,
     one call per device in flight, a 20 s horizon (buffer cap ⌈1 × 20⌉ + 16 = 36 frames)."""
-    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=TINY_SCENE.spec(),
-                        **tls_config(pki, "teacher"))
-    teacher = loop_thread.run(create_teacher(cfg, make_backend("oracle", scene_spec=TINY_SCENE.spec())))
-    env, port, probe, log_path = _trainer_setup(f"127.0.0.1:{teacher[1]}", redis_url, tmp_path, pki,
+    stack = contextlib.ExitStack()
+    teacher = stack.enter_context(oracle_teacher(loop_thread, pki, TINY_SCENE))
+    env, port, probe, log_path = _trainer_setup(teacher, redis_url, tmp_path, pki,
                                                 AMS_T_HORIZON_S="20", AMS_MAX_UPLOAD_FPS="1000",
                                                 AMS_MAX_CALLS_PER_DEVICE="1")
     trainer = _start_trainer(env, log_path, probe)
@@ -219,8 +212,7 @@ def tiny_trainer(loop_thread, redis_url, tmp_path, pki):
     for channel in channels:
         channel.close()
     _stop(trainer)
-    loop_thread.run(teacher[0].stop(0))
-    loop_thread.run(teacher[2].stop())
+    stack.close()
 
 
 TINY_SCENE = SyntheticScene(seed=9, w=64, h=36, fps=10, duration=600, shift=300)

@@ -15,10 +15,7 @@ from ams.v1 import streaming_pb2
 from ams.video import encode_clip
 from edge_client.link import TrainerLink
 from scripts.procs import ROOT, free_port
-from services.teacher.backends import make_backend
-from services.teacher.config import TeacherConfig
-from services.teacher.service import create_server as create_teacher
-from tests.conftest import TINY_STUDENT, device_tls, service_tls, tls_config
+from tests.conftest import oracle_teacher, TINY_STUDENT, device_tls, service_tls, tls_config
 
 SCENE = SyntheticScene(seed=5, w=64, h=36, fps=10, duration=30, shift=15)
 
@@ -61,12 +58,8 @@ def _link(port: int, device_id: str, pki) -> TrainerLink:
 
 @pytest.fixture
 def teacher(loop_thread, pki):
-    cfg = TeacherConfig(host="127.0.0.1", port=0, metrics_port=0, backend="oracle", scene=SCENE.spec(),
-                        **tls_config(pki, "teacher"))
-    server = loop_thread.run(create_teacher(cfg, make_backend("oracle", scene_spec=SCENE.spec())))
-    yield f"127.0.0.1:{server[1]}"
-    loop_thread.run(server[0].stop(0))
-    loop_thread.run(server[2].stop())
+    with oracle_teacher(loop_thread, pki, SCENE) as address:
+        yield address
 
 
 def test_sigkilled_trainer_restarts_and_the_device_continues_from_its_version(teacher, redis_url, tmp_path, pki):

@@ -55,7 +55,8 @@ TEACHER_ENV = {"AMS_TEACHER_BACKEND": "litert", "AMS_TEACHER_MODEL_PATH": "asset
                "AMS_TEACHER_THREADS": "1"}
 TRAINER_ENV = {"AMS_T_UPDATE_S": "10", "AMS_K_ITERS": "20", "AMS_GAMMA": "0.05", "AMS_R_INIT": "1", "AMS_R_MAX": "1",
                "AMS_BATCH_SIZE": "4", "AMS_T_HORIZON_S": "30", "AMS_ATR": "false", "AMS_CHECKPOINT_DIR": "assets/students",
-               "AMS_TRAIN_WORKERS": "2", "AMS_TORCH_THREADS": "1"}   # 2 phases at once, 1 core each: most phases/s here
+               "AMS_TRAIN_WORKERS": "2", "AMS_TORCH_THREADS": "1",   # 2 phases at once, 1 core each: most phases/s here
+               "AMS_T_FAST_S": "0"}   # the paper's fixed pace (as measured); fast start's capacity is issue 23's open item
 
 
 class Playlist:

@@ -58,6 +58,14 @@ class TrainerConfig:
     atr: bool = _f(True, "adapt T_update (slowdown mode for stationary scenes)")
     atr_delta_s: float = _f(2.0, "Δ: T_update growth per decision in slowdown mode")
     atr_max_s: float = _f(60.0, "largest T_update in slowdown mode")
+    # fast start and scene changes (services/trainer/pace.py)
+    t_fast_s: float = _f(1.0, "fast start and scene changes (pace.py): the device uploads a clip every this many "
+                              "seconds and every clip gets a phase while the session is unsettled (from its first clip "
+                              "until the held model's mIoU on new frames reaches settle_miou, and again after a drop); "
+                              "settled, a phase runs every T_update (0 = off: the paper's fixed T_update)")
+    settle_miou: float = _f(0.9, "newest-frames mIoU (held model vs teacher) at which a session is settled")
+    change_jump: float = _f(0.15, "a drop of the newest-frames mIoU this far below its running level is a scene change")
+    recent_share: float = _f(0.5, "after a scene change, the share of each mini-batch drawn from frames since it")
     # limits and operations
     session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
     max_sessions: int = _f(16, "sessions served at once")
@@ -128,6 +136,8 @@ class TrainerConfig:
                               "must be ≥ 1, AMS_MAX_BUFFER_FRAMES ≥ 0")
         if self.max_upload_fps <= 0 or self.snapshot_interval_s < 0:
             raise ConfigError("need AMS_MAX_UPLOAD_FPS > 0 and AMS_SNAPSHOT_INTERVAL_S ≥ 0")
+        if self.t_fast_s < 0 or not 0 <= self.recent_share <= 1 or not 0 < self.settle_miou <= 1 or self.change_jump <= 0:
+            raise ConfigError("need AMS_T_FAST_S ≥ 0, 0 ≤ AMS_RECENT_SHARE ≤ 1, 0 < AMS_SETTLE_MIOU ≤ 1, AMS_CHANGE_JUMP > 0")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")
 

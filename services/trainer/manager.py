@@ -501,7 +501,7 @@ class SessionManager:
 
     async def _train_once(self, loop: asyncio.AbstractEventLoop, session: Session) -> None:
         """One transactional phase; a failure is counted and leaves the session as it was."""
-        seq_before = session.last_clip_seq
+        seq_before, control_before = session.last_clip_seq, session.control()
         try:
             with metrics.PHASE_SECONDS.time():
                 outcome = await loop.run_in_executor(self._train_executor, session.run_phase)
@@ -526,6 +526,14 @@ class SessionManager:
                  "stored)", session.sid, message.phase, message.new_version, stats["frames"], stats["loss_first"],
                  stats["loss_last"], stats["seconds"], stats["load_seconds"], stats["state_bytes"])
         self._processed(session, outcome.seq_seen, Event("update", outcome.seq_seen, update=message), lag=True)
+        if stats.get("newest_miou") is not None:
+            metrics.NEWEST_MIOU.observe(stats["newest_miou"])
+        if stats.get("scene_change"):
+            metrics.PACE_EVENTS.labels("scene_change").inc()
+        elif session.pace.enabled and not session.pace.unsettled and session.control() != control_before:
+            metrics.PACE_EVENTS.labels("settled").inc()
+        if session.control() != control_before:   # the pace controller settled the session, or saw a scene change
+            self.downlink.publish(session.sid, Event("control", outcome.seq_seen, control=session.control()))
 
     def _processed(self, session: Session, seq: int, event: Event, lag: bool = False) -> None:
         """Clips up to `seq` are done with (the device keeps its model if no update came of them)."""

@@ -22,6 +22,12 @@ UPDATE_LAG = Histogram("ams_trainer_update_lag_seconds",
                        "Wall seconds from a clip's upload to the publication of the update trained on it",
                        buckets=_LAG_SECONDS)
 TEACHER_SECONDS = Histogram("ams_trainer_teacher_seconds", "Seconds labelling one uploaded clip", buckets=_SECONDS)
+PACE_EVENTS = Counter("ams_trainer_pace_events_total", "Pace changes of sessions (AMS_T_FAST_S > 0): settled (the "
+                      "held model reached AMS_SETTLE_MIOU on new frames: the paper's T_update from now), scene_change "
+                      "(its mIoU on new frames dropped: short intervals again)", ["event"])
+NEWEST_MIOU = Histogram("ams_trainer_newest_frames_miou", "mIoU of the model a device holds on the frames new to a "
+                        "phase, against the teacher (before training on them; AMS_T_FAST_S > 0)",
+                        buckets=(0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0))
 UPDATES = Counter("ams_trainer_updates_total", "Sparse model updates produced")
 UPDATES_REFUSED = Counter("ams_trainer_updates_refused_total",
                           "Updates devices reported refusing (a resync asked for a snapshot)")

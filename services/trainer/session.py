@@ -30,10 +30,19 @@ from ams.update_codec import (FLOAT16, SparseUpdate, apply_update, decode_update
 from ams.v1 import streaming_pb2
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, adam_direction, train_phase
+from services.trainer.pace import PaceController, clip_miou, draw_batches
 from services.trainer.rate_control import ASRController, ATRController, phi_score
 from services.trainer.store import Checkpoint, SessionStore
 
 log = logging.getLogger(__name__)
+
+
+class Skipped:
+    """_phase_frames: no phase now, the pace controller found the held model still good (pace.py)."""
+
+
+SKIPPED = Skipped()
+NEWEST_SCORED = 8    # at most this many of a phase's new frames are scored for the pace controller
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class PhaseResult:
     adam: AdamCDState
     rng: np.random.Generator
     seq_seen: int
+    pace: PaceController
     stats: dict = field(default_factory=dict)
 
 
@@ -79,6 +89,7 @@ class Session:
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(device_id.encode())])  # replay is reproducible
         self.asr = ASRController(cfg.r_init, cfg.asr_eta, cfg.phi_target, cfg.r_min, cfg.r_max, cfg.asr_delta_t_s)
         self.atr = ATRController(cfg.t_update_s, cfg.atr_delta_s, tau_max_s=cfg.atr_max_s)
+        self.pace = PaceController(cfg.t_fast_s, cfg.settle_miou, cfg.change_jump, cfg.recent_share)
         self.last_clip_seq = 0         # highest clip seq ingested
         self.trained_clip_seq = 0      # highest clip seq a finished phase has seen
         self.latest_ts = float("-inf")
@@ -94,7 +105,8 @@ class Session:
 
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:
-        return Control(self.asr.rate_fps, self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s)
+        paper = self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s
+        return Control(self.asr.rate_fps, self.pace.interval(paper))
 
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the student trains at, when its config fixes one."""
@@ -143,16 +155,27 @@ class Session:
             self.store.save_meta(self.sid, self.ingest_meta(), self.token)
 
     # --- training phase (Alg. 1 lines 10–17, Alg. 2) as a transaction -----------------------------
-    def _phase_frames(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+    def _phase_frames(self, rng: np.random.Generator, pace: PaceController
+                      ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | Skipped | None:
         """Read the phase's frames up front: X (U, 3, H, W), Y (U, H, W) and picks (K, B), row k the
-        indices into X/Y of mini-batch S_k, drawn uniformly over B and in capture order (students that
-        pair frames rely on it). Frames trimmed between listing and reading are left out and the draw is
+        indices into X/Y of mini-batch S_k, drawn uniformly over B (after a scene change partly from the
+        frames since it, pace.py) and in capture order (students that pair frames rely on it). With the
+        pace controller on, the held model is first scored on the frames new since the last phase
+        (`pace` observes it). Frames trimmed between listing and reading are left out and the draw is
         repeated over the ones read, so buffer churn cannot fail a phase. None when B is empty."""
         keys = self.store.frame_keys(self.sid)
         if not keys:
             return None
+        times = [float(k) for k in keys]        # a frame's key is its capture time (store.add_frames)
+        new = [k for k, t in zip(keys, times) if t > pace.seen_t][-NEWEST_SCORED:] if pace.enabled else []
+        if new:
+            self._observe_newest(pace, new)
+        pace.seen_t = max(pace.seen_t, times[-1])
+        if not pace.due(times[-1], self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s):
+            return SKIPPED
+        pace.trained_t = times[-1]
         shape = (self.cfg.k_iters, self.cfg.batch_size)
-        picks = rng.integers(0, len(keys), size=shape)
+        picks = draw_batches(rng, times, shape, pace.recent_from(times[0]), pace.recent_share)
         wanted = sorted(set(picks.ravel().tolist()))
         loaded = self.store.load_frames(self.sid, [keys[i] for i in wanted])
         if not loaded:
@@ -180,16 +203,36 @@ class Session:
         y = torch.from_numpy(np.stack(labels)).long().to(self.device)
         return x, y, np.sort(picks, axis=1)
 
+    def _observe_newest(self, pace: PaceController, keys: list[str]) -> None:
+        """Score the model the device holds (the published parameters) on frames it never trained on."""
+        loaded = self.store.load_frames(self.sid, keys)
+        keys = [k for k in keys if k in loaded]
+        if not keys:
+            return
+        size = self.input_size()
+        pairs = [resize_pair(*loaded[k], size) if size else loaded[k] for k in keys]
+        torch.set_num_threads(self.cfg.torch_threads)
+        with torch.no_grad():
+            logits = self.model(batch_tensor([f for f, _ in pairs]).to(self.device))
+        pred = logits.argmax(1).cpu().numpy()
+        if pace.observe(clip_miou(pred, np.stack([lab for _, lab in pairs]), logits.shape[1]), float(keys[0])):
+            log.info("session %s: scene change at %.1fs (newest-frames mIoU %.3f)", self.sid, float(keys[0]),
+                     pace.last_miou)
+
     def train_phase(self) -> PhaseResult | None:
         """K masked Adam iterations on scratch copies of the optimizer state and RNG. The model's
         parameters move during the phase; on any error they are put back before the error propagates.
         None when there is nothing to train on."""
         seq_seen = self.last_clip_seq
-        rng = copy.deepcopy(self.rng)
+        rng, pace = copy.deepcopy(self.rng), copy.deepcopy(self.pace)
         started = time.perf_counter()
         try:
-            data = self._phase_frames(rng)
+            data = self._phase_frames(rng, pace)
             if data is None:
+                return None
+            if isinstance(data, Skipped):   # nothing to send: the clips count as processed, the pace state is kept
+                with self.lock:
+                    self.pace = pace
                 return None
             x, y, picks = data
             loaded_s = time.perf_counter() - started
@@ -219,9 +262,10 @@ class Session:
             raise
         finally:
             torch.set_flush_denormal(False)
-        return PhaseResult(update, flat, adam, rng, seq_seen, {
-            "frames": len(x), "loss_first": losses[0], "loss_last": losses[-1], "load_seconds": loaded_s,
-            "seconds": time.perf_counter() - started})
+        return PhaseResult(update, flat, adam, rng, seq_seen, pace, {
+            "frames": len(x), "newest_miou": pace.last_miou if pace.enabled else None,
+            "scene_change": pace.changes > self.pace.changes, "loss_first": losses[0], "loss_last": losses[-1],
+            "load_seconds": loaded_s, "seconds": time.perf_counter() - started})
 
     def discard(self) -> None:
         """Undo an uncommitted phase: the model's parameters back to the published ones."""
@@ -247,6 +291,7 @@ class Session:
         with self.lock:
             self.version, self.phase, self.flat = result.update.new_version, result.update.phase, result.flat
             self.adam, self.rng, self.trained_clip_seq = result.adam, result.rng, result.seq_seen
+            self.pace = result.pace
             if checkpoint:
                 self.checkpoint_version = self.version
         return PhaseOutcome(message, result.seq_seen, {**result.stats, "state_bytes": written})
@@ -282,7 +327,8 @@ class Session:
 
     def training_meta(self, result: PhaseResult) -> dict:
         return {"version": result.update.new_version, "phase": result.update.phase,
-                "trained_clip_seq": result.seq_seen, "rng": json.dumps(result.rng.bit_generator.state)}
+                "trained_clip_seq": result.seq_seen, "rng": json.dumps(result.rng.bit_generator.state),
+                "pace": json.dumps(result.pace.state())}
 
     @classmethod
     def from_checkpoint(cls, sid: str, ckpt: Checkpoint, store: SessionStore, cfg: TrainerConfig,
@@ -312,6 +358,8 @@ class Session:
         session.trained_clip_seq = int(meta.get("trained_clip_seq", 0))
         if "rng" in meta:
             session.rng.bit_generator.state = json.loads(meta["rng"])
+        if "pace" in meta:
+            session.pace.restore(json.loads(meta["pace"]))
         session.last_clip_seq = int(meta.get("last_clip_seq", 0))
         session.asr.rate_fps = float(meta.get("rate_fps", session.asr.rate_fps))
         session.atr.update_interval_s = float(meta.get("update_interval_s", session.atr.update_interval_s))

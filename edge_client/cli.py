@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="play video files this many times slower on the algorithm's clock (the evaluation's slow "
                         "motion: the paper's time constants over short clips); synthetic scenes keep their own time")
     p.add_argument("--mode", choices=["replay", "live"], default="replay")
+    p.add_argument("--update-delay-s", type=float, default=0.0,
+                   help="replay: apply each update this many seconds of video after the interval it was trained on "
+                        "ended (the latency a live device sees; the evaluation uses 1.0); 0 = on arrival")
     p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq", "lowlatency"], default="auto",
                    help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
                         "per frame; lowlatency = adaptive key frames + feature propagation; auto = by the student")
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
                               progress=not args.quiet, baseline=not args.no_baseline,
                               overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),
-                              segmenter=args.segmenter, segmenter_options=_segmenter_options(args, holder.architecture))
+                              segmenter=args.segmenter, update_delay_s=args.update_delay_s,
+                              segmenter_options=_segmenter_options(args, holder.architecture))
         summary = EdgeRuntime(link, source, options, labeler).run()
     finally:
         link.close()

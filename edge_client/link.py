@@ -68,6 +68,10 @@ class TrainerLink:
         self.stats = LinkStats()
         self.session_id = ""
         self.holder: ModelHolder | None = None
+        # replay only: an update waits this many seconds of video before it applies (the latency a live device
+        # would see: uplink, labelling, the phase, downlink); None applies it on arrival
+        self.update_delay_s: float | None = None
+        self._deferred: deque = deque()     # (video time due, update message), in arrival order
         self.sampling_rate_fps = 1.0
         self.update_interval_s = 10.0
         self.processed_clip_seq = 0
@@ -156,25 +160,11 @@ class TrainerLink:
             metrics.DOWNLINK_BYTES.labels(kind).inc(message.ByteSize())
         if kind == "update":
             self.stats.downlink_bytes += message.ByteSize()
-            try:
-                ok = self.holder.apply(decode_update(message.update, self.holder.flat.size))
-            except UpdateRejected as exc:
-                log.warning("corrupt update refused: %s", exc)
-                self.holder.updates_rejected += 1
-                ok = False
-            if not ok:   # out of step with the trainer: reconnect and ask for a snapshot
-                metrics.UPDATES_REFUSED.inc()
-                self._refused_version = message.update.new_version
-                if self._call is not None:
-                    self._call.cancel()
+            if self.update_delay_s is not None:
+                with self._cond:
+                    self._deferred.append((self.video_time_s + self.update_delay_s, message))
+            elif not self._apply_update(message):
                 return
-            self.stats.updates += 1
-            metrics.UPDATES_APPLIED.inc()
-            metrics.MODEL_VERSION.set(self.holder.version)
-            self.stats.update_bytes.append(message.ByteSize())
-            self.stats.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
-            self.stats.update_values.append(self.holder.last_update_size)
-            self.stats.update_times.append(self.video_time_s)
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()
             try:
@@ -192,6 +182,38 @@ class TrainerLink:
         with self._cond:
             self.processed_clip_seq = max(self.processed_clip_seq, message.processed_clip_seq)
             self._cond.notify_all()
+
+    def _apply_update(self, message: streaming_pb2.ServerMessage) -> bool:
+        try:
+            ok = self.holder.apply(decode_update(message.update, self.holder.flat.size))
+        except UpdateRejected as exc:
+            log.warning("corrupt update refused: %s", exc)
+            self.holder.updates_rejected += 1
+            ok = False
+        if not ok:   # out of step with the trainer: reconnect and ask for a snapshot
+            metrics.UPDATES_REFUSED.inc()
+            self._refused_version = message.update.new_version
+            if self._call is not None:
+                self._call.cancel()
+            return False
+        self.stats.updates += 1
+        metrics.UPDATES_APPLIED.inc()
+        metrics.MODEL_VERSION.set(self.holder.version)
+        self.stats.update_bytes.append(message.ByteSize())
+        self.stats.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
+        self.stats.update_values.append(self.holder.last_update_size)
+        self.stats.update_times.append(self.video_time_s)
+        return True
+
+    def apply_due(self, video_time_s: float) -> None:
+        """Replay with an update delay: apply the deferred updates due by this frame's video time."""
+        while True:
+            with self._cond:
+                if not self._deferred or self._deferred[0][0] > video_time_s + 1e-9:
+                    return
+                _, message = self._deferred.popleft()
+            self.video_time_s = video_time_s
+            self._apply_update(message)
 
     def _stream_loop(self) -> None:
         backoff = resync_backoff = 0.2

@@ -40,6 +40,7 @@ class EdgeOptions:
     overlay_path: str | None = None
     baseline: bool = True                # also run the never-updated w0 on evaluated frames
     segmenter: str = "auto"              # auto | frame | streamdeq | lowlatency
+    update_delay_s: float = 0.0          # replay: video seconds from a clip's interval end to its update applying
     segmenter_options: dict = field(default_factory=dict)   # StreamDEQ: iters, solver, budget_ms, cut_threshold;
                                                             # low-latency: scheme, threshold, interval
 
@@ -115,6 +116,8 @@ class EdgeRuntime:
         conf_ams = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
         conf_base = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
         sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s)
+        if self.opt.mode == "replay" and self.opt.update_delay_s > 0:
+            self.link.update_delay_s = self.opt.update_delay_s
         uploader = threading.Thread(target=self._upload_worker, daemon=True) if self.opt.mode == "live" else None
         if uploader:
             uploader.start()
@@ -123,6 +126,7 @@ class EdgeRuntime:
         for frame in self.source:
             video_t = frame.timestamp_s
             self.link.video_time_s = video_t
+            self.link.apply_due(video_t)
             if t0 is None:
                 t0 = video_t
             if self.opt.mode == "live":

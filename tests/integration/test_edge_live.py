@@ -35,6 +35,7 @@ def servers(loop_thread, redis_url, pki):
     cfg = TrainerConfig(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
                         teacher_addr=f"127.0.0.1:{teacher[1]}", t_update_s=2.0, t_horizon_s=6.0, k_iters=2,
                         batch_size=2, r_init=2.0, r_max=2.0, torch_threads=1, allow_custom_students=True,
+                        t_fast_s=0.0,   # the paper's pace: a clip every T_update (the test counts them)
                         **tls_config(pki, "trainer"))
     trainer = loop_thread.run(create_trainer(cfg))
     yield f"127.0.0.1:{teacher[1]}", f"127.0.0.1:{trainer[1]}"

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ams.models import batch_tensor, build_student, student_config_dict
+from ams.video import decode_clip, encode_clip
 from edge_client.model_holder import ModelHolder
 from edge_client.segmenters import make_segmenter
 from scripts.eval.harness import STUDENTS, Traffic, load_student
 from scripts.pretrain import _augment
+from services.teacher.backends import TeacherInput
 
 DEFAULTS = {"steps": 600, "batch": 8, "lr": 1e-3, "scale": 1, "bn": "frozen", "augment": 0, "seed": 0}
 
@@ -93,6 +95,34 @@ class Ceiling:
 
     def extra(self) -> dict:
         return {**self.segmenter.summary(), "fit": self.fit}
+
+
+class TeacherOnUploads:
+    """The teacher-vs-teacher check: the teacher's label of each scored frame after the trip a training
+    frame takes (one frame of an H.264 clip at the edge's bit rate, decoded at the trainer), scored
+    against its label of the pristine frame. What any scheme that learns from uploaded clips can at
+    best agree with."""
+
+    stateful = False
+
+    def __init__(self, teacher, bit_rate: int = 200_000):
+        self.teacher, self.bit_rate, self.traffic = teacher, bit_rate, Traffic()
+
+    def predict(self, frame):
+        decoded = decode_clip(encode_clip([frame.rgb], bit_rate=self.bit_rate), 1)[0]
+        out = self.teacher.infer_batch([TeacherInput(decoded, frame.timestamp_s)])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out.class_map
+
+    def observe(self, frame) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def extra(self) -> dict:
+        return {"bit_rate": self.bit_rate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,11 @@
 Each keeps the device's student in the edge's own `ModelHolder`, runs it with the edge's segmenter,
 and changes it only by applying update messages made by the trainer's code (`InProcessTrainer`).
 AMS mirrors `ams-edge --mode replay` exactly: frames sampled by `IntervalSampler` at the trainer's
-rate, one clip per update interval, the update trained on it applied before the next frame.
+rate, one clip per update interval, the update trained on it applied `UPDATE_DELAY_S` later.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 from edge_client.model_holder import ModelHolder
@@ -15,6 +16,13 @@ from edge_client.segmenters import make_segmenter
 from edge_client.video_source import Frame
 from scripts.eval.harness import STUDENTS, InProcessTrainer, Traffic, apply
 from services.trainer.config import TrainerConfig
+
+# Video seconds from the end of the interval an update was trained on (AMS, One-Time) or from its sample
+# (Just-In-Time) to the device applying it: uplink, labelling, the phase on a GPU trainer and downlink.
+# Remote+Tracking's labels take RT_DELAY_S (0.4 s: no training). The harness trains synchronously, so
+# without it an update would reach frames captured while it was still being trained.
+UPDATE_DELAY_S = 1.0
+NETWORK_DELAY_S = 0.4   # uplink + teacher + RTT without training (Remote+Tracking's, and a CPU trainer's besides its phase)
 
 
 class Scheme:
@@ -26,8 +34,11 @@ class Scheme:
         self.segmenter = make_segmenter(self.holder, "auto", **STUDENTS[student][1])
         self.stateful = self.segmenter.stateful
         self.traffic = Traffic()
+        self.in_flight: collections.deque = collections.deque()   # (arrival time, message), in order
 
     def predict(self, frame: Frame):
+        while self.in_flight and self.in_flight[0][0] <= frame.timestamp_s + 1e-9:
+            self._apply(*self.in_flight.popleft())
         return self.segmenter.segment(frame.rgb)
 
     def observe(self, frame: Frame) -> None:
@@ -39,15 +50,21 @@ class Scheme:
     def extra(self) -> dict:
         return self.segmenter.summary()
 
-    def _deliver(self, message, t: float) -> None:
-        if message is not None:
-            apply(self.holder, message)
-            self.traffic.downlink += message.ByteSize()
-            self.traffic.updates += 1
-            self.traffic.update_times.append(t)
-            self.traffic.update_values.append(self.holder.last_update_size)
-            self.traffic.update_bytes.append(message.ByteSize())
-            self.traffic.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
+    def _deliver(self, message, t: float, delay_s: float = UPDATE_DELAY_S) -> None:
+        """Send an update made at video time `t`: it counts as sent now, the device applies it
+        `delay_s` later."""
+        if message is None:
+            return
+        self.in_flight.append((t + delay_s, message))
+        self.traffic.downlink += message.ByteSize()
+        self.traffic.updates += 1
+        self.traffic.update_times.append(t + delay_s)
+        self.traffic.update_bytes.append(message.ByteSize())
+        self.traffic.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
+
+    def _apply(self, t: float, message) -> None:
+        apply(self.holder, message)
+        self.traffic.update_values.append(self.holder.last_update_size)
 
 
 class NoCustomization(Scheme):
@@ -55,24 +72,42 @@ class NoCustomization(Scheme):
 
 
 class AMS(Scheme):
-    """Algorithm 1: sample at the ASR rate, upload one clip per T_update, apply the phase's update."""
+    """Algorithm 1: sample at the ASR rate, upload one clip per update interval, apply the phase's
+    update. With `phase_s` the trainer is compute-bound (a CPU box): a phase takes that many seconds of
+    video, the next starts only when it ended (on every clip uploaded meanwhile), and its update
+    applies NETWORK_DELAY_S after the phase ended; without, every clip's phase is done within
+    UPDATE_DELAY_S (a GPU trainer)."""
 
-    def __init__(self, trainer: InProcessTrainer, student: str):
+    def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0):
         super().__init__(trainer, student)
         control = trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
         self.sampler = IntervalSampler(self.rate, self.interval)   # as EdgeRuntime: the clock starts at 0
+        self.phase_s, self.busy_until, self.waiting = phase_s, float("-inf"), False
 
     def observe(self, frame: Frame) -> None:
         t = frame.timestamp_s
         self.sampler.offer(t, frame.rgb)
+        if self.waiting and t >= self.busy_until:   # the trainer is free again: train on what queued
+            self._phase(t)
         if not self.sampler.interval_done(t):
             return
         frames, stamps = self.sampler.take(self.rate, self.interval)
         if not frames:
             return
         self.traffic.uplink += self.trainer.upload(frames, stamps)
-        self._deliver(self.trainer.train(), t)
+        if self.phase_s and t < self.busy_until:
+            self.waiting = True
+        else:
+            self._phase(t)
+
+    def _phase(self, t: float) -> None:
+        self.waiting = False
+        if self.phase_s:
+            self.busy_until = t + self.phase_s
+            self._deliver(self.trainer.train(), t, self.phase_s + NETWORK_DELAY_S)
+        else:
+            self._deliver(self.trainer.train(), t)
         control = self.trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
         self.traffic.control.append((t, self.rate, self.interval))

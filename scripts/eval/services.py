@@ -11,6 +11,7 @@ import sys
 from scripts.eval.harness import DEVICE_ID, STUDENTS
 from scripts.eval.playlists import PLAYLISTS, TEACHER_MODEL, Playlist
 from scripts.eval.runs import PAPER
+from scripts.eval.schemes import UPDATE_DELAY_S
 from scripts.procs import ROOT, ams_stack, edge_tls_args
 
 SEGMENTER = {"deeplabv3_mnv2": "frame", "streamdeq": "streamdeq", "lowlatency": "lowlatency"}
@@ -34,7 +35,8 @@ def run_services(student: str, out_dir: str, playlist: Playlist | str = "real", 
     env = trainer_env({**(settings or PAPER), "checkpoint_dir": "assets/students", "max_upload_fps": 1000})
     with ams_stack(os.path.join(out, "logs"), teacher_env, env, devices=(DEVICE_ID,)) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
-               "--mode", "replay", "--out", out, "--threads", "1", "--no-overlay", "--quiet",
+               "--mode", "replay", "--update-delay-s", str(UPDATE_DELAY_S), "--out", out, "--threads", "1",
+               "--no-overlay", "--quiet",
                "--time-scale", str(pl.time_scale), "--eval-every", str(pl.eval_every), "--loops", str(pl.loops),
                "--segmenter", SEGMENTER[student], "--checkpoint", STUDENTS[student][0], *STUDENTS[student][2],
                *edge_tls_args(stack, DEVICE_ID)]

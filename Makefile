@@ -62,7 +62,7 @@ tools:
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
-demo: install assets redis
+demo: install assets redis eval-videos
 	$(BIN)/python -m scripts.demo
 
 lint: install
@@ -90,7 +90,7 @@ clean:
 bench: install assets
 	$(BIN)/python -m scripts.bench
 
-demo-streamdeq: install assets redis
+demo-streamdeq: install assets redis eval-videos
 	$(BIN)/python -m scripts.demo --segmenter streamdeq --out out/demo-streamdeq
 
 bench-streamdeq: install assets
@@ -101,7 +101,7 @@ bench-lowlatency: install assets
 	$(BIN)/python -m scripts.bench_lowlatency $(BENCH_ARGS)
 	$(BIN)/python -m scripts.bench_lowlatency --readme
 
-demo-lowlatency: install assets redis
+demo-lowlatency: install assets redis eval-videos
 	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency
 
 # The update codecs (float16, int8, int4, structured selection) on the evaluation's protocol, paper

@@ -18,7 +18,8 @@ import time
 from scripts.eval import plan
 from scripts.eval.report import findings, readme_table, write_report
 from scripts.eval.harness import STUDENTS
-from scripts.eval.runs import EVAL_VERSION, PAPER, PLACEHOLDER, RunSpec, cached, run_all
+from scripts.eval.runs import EVAL_VERSION, PLACEHOLDER, RunSpec, cached, run_all
+from scripts.eval.schemes import UPDATE_DELAY_S
 from scripts.procs import ROOT, redis_server
 from scripts.readme import write_block
 
@@ -31,18 +32,19 @@ def services_check(run, students: list[str], out_dir: str) -> list[dict]:
 
     rows = []
     for student in students:
-        key = hashlib.sha1(json.dumps([EVAL_VERSION, student, PAPER, plan.ABLATION_PLAYLIST, STUDENTS[student]],
-                                      sort_keys=True).encode()).hexdigest()[:10]
+        spec = plan.scheme_spec("ams", plan.ABLATION_PLAYLIST, student)   # the system's AMS, as in-process
+        key = hashlib.sha1(json.dumps([EVAL_VERSION, student, spec.config(), plan.ABLATION_PLAYLIST, STUDENTS[student],
+                                       UPDATE_DELAY_S], sort_keys=True).encode()).hexdigest()[:10]
         path = os.path.join(out_dir, "runs", f"services-{student}-{key}.json")
         if not os.path.exists(path):
             log.info("running AMS through the services for %s", student)
-            summary = run_services(student, out_dir, plan.ABLATION_PLAYLIST)
+            summary = run_services(student, out_dir, plan.ABLATION_PLAYLIST, settings=spec.config())
             with open(path, "w") as f:
                 json.dump({k: summary[k] for k in ("ams", "no_customization", "updates", "uplink_kbps", "downlink_kbps",
                                                    "frames", "wall_seconds")}, f)
         with open(path) as f:
             services = json.load(f)
-        local = run(plan.scheme_spec("ams", plan.ABLATION_PLAYLIST, student))
+        local = run(spec)
         rows.append({"student": student, "in_process_miou": local["miou"], "services_miou": services["ams"]["miou"],
                      "difference_points": round(100 * (services["ams"]["miou"] - local["miou"]), 2),
                      "in_process_updates": local["traffic"]["updates"], "services_updates": services["updates"],

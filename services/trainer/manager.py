@@ -501,7 +501,7 @@ class SessionManager:
 
     async def _train_once(self, loop: asyncio.AbstractEventLoop, session: Session) -> None:
         """One transactional phase; a failure is counted and leaves the session as it was."""
-        seq_before, control_before = session.last_clip_seq, session.control()
+        seq_before, control_before, scored_before = session.last_clip_seq, session.control(), session.pace.scored
         try:
             with metrics.PHASE_SECONDS.time():
                 outcome = await loop.run_in_executor(self._train_executor, session.run_phase)
@@ -515,6 +515,8 @@ class SessionManager:
                 self._forget(session.sid)                                 # owner: reload it on next use
             self._processed(session, seq_before, Event("control", seq_before, control=session.control()))
             return
+        if session.pace.scored > scored_before and session.pace.last_miou is not None:
+            metrics.NEWEST_MIOU.observe(session.pace.last_miou)
         if outcome is None:
             self._processed(session, session.trained_clip_seq,
                             Event("control", session.trained_clip_seq, control=session.control()))
@@ -526,8 +528,6 @@ class SessionManager:
                  "stored)", session.sid, message.phase, message.new_version, stats["frames"], stats["loss_first"],
                  stats["loss_last"], stats["seconds"], stats["load_seconds"], stats["state_bytes"])
         self._processed(session, outcome.seq_seen, Event("update", outcome.seq_seen, update=message), lag=True)
-        if stats.get("newest_miou") is not None:
-            metrics.NEWEST_MIOU.observe(stats["newest_miou"])
         if stats.get("scene_change"):
             metrics.PACE_EVENTS.labels("scene_change").inc()
         elif session.pace.enabled and not session.pace.unsettled and session.control() != control_before:

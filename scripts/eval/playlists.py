@@ -77,8 +77,6 @@ PLAYLISTS = {p.name: p for p in (
     Playlist("real_slow", _paths(SAMPLE_CLIPS + PEOPLE_CLIPS), "litert", time_scale=4.0, eval_every=2,
              note="`real` in 4× slow motion (126 s on the algorithm's clock): the earlier headline, kept as a "
                   "sensitivity row"),
-    Playlist("real_people_slow", _paths(PEOPLE_CLIPS), "litert", time_scale=3.0, eval_every=2,
-             note="`real_people` in 3× slow motion (67 s): a sensitivity row"),
     Playlist("synthetic_shifts", (synthetic(21, 180, period=45),), "oracle",
              note="180 s, 5 fps, moving blobs; the palette changes every 45 s to one never seen; exact labels"),
     Playlist("synthetic_still", (synthetic(22, 240, period=1000, still_from=60, still_to=180),), "oracle",

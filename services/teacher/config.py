@@ -14,7 +14,8 @@ class TeacherConfig:
     metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0 = off)"})
     backend: str = field(default="litert", metadata={"help": "litert, oracle or onnx"})
     model_path: str = field(default="assets/teacher/selfie_segmentation_landscape.tflite", metadata={"help": "model file"})
-    scene: str = field(default="", metadata={"help": "synthetic scene spec for the oracle backend"})
+    scene: str = field(default="", metadata={"help": "the oracle backend's truth: a synthetic scene spec or "
+                                                     "labels:PATH (a recorded label track)"})
     classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})
     threads: int = field(default=2, metadata={"help": "inference threads"})
     device: str = field(default="auto", metadata={"env": "AMS_DEVICE", "help": "onnx backend: auto (CUDA when "
@@ -48,7 +49,7 @@ class TeacherConfig:
         if self.backend not in ("litert", "oracle", "onnx"):
             raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, oracle or onnx")
         if self.backend == "oracle" and not self.scene:
-            raise ConfigError("the oracle backend needs AMS_TEACHER_SCENE (a synthetic scene spec)")
+            raise ConfigError("the oracle backend needs AMS_TEACHER_SCENE (a synthetic scene spec or labels:PATH)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"AMS_DEVICE={self.device!r}: want auto, cpu or cuda")
         if self.max_batch < 1 or self.max_wait_ms < 0:

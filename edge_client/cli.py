@@ -15,7 +15,9 @@ from ams.models import resolve_device
 from ams.pki import CertFiles, identity_of
 from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
 from ams.v1 import streaming_pb2
+from ams.video import CLIP_CRF
 from edge_client.evaluation import TeacherLabeler
+from edge_client.label_carrier import HINT_TTL_S
 from edge_client.link import TrainerLink
 from edge_client.runtime import EdgeOptions, EdgeRuntime
 from edge_client.video_source import VideoSource
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--update-delay-s", type=float, default=0.0,
                    help="replay: apply each update this many seconds of video after the interval it was trained on "
                         "ended (the latency a live device sees; the evaluation uses 1.0); 0 = on arrival")
+    p.add_argument("--hint-delay-s", type=float, default=0.0,
+                   help="replay: a label hint arrives this many seconds of video after its clip's upload (the "
+                        "evaluation uses 0.4: uplink, teacher, RTT); 0 = on arrival")
+    p.add_argument("--hint-ttl-s", type=float, default=HINT_TTL_S,
+                   help="show the trainer's label hint, carried by optical flow, instead of the student's output while "
+                        "it is at most this old; 0 = never ask for hints")
     p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq", "lowlatency"], default="auto",
                    help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
                         "per frame; lowlatency = adaptive key frames + feature propagation; auto = by the student")
@@ -73,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"known: {', '.join(CODECS)}); the trainer picks one per session")
     p.add_argument("--metrics-port", type=int, default=int(env("AMS_EDGE_METRICS_PORT", "0")),
                    help="serve Prometheus metrics on this port (AMS_EDGE_METRICS_PORT; 0 = off)")
-    p.add_argument("--clip-bitrate", type=int, default=200_000, help="H.264 target bitrate of uploaded clips (bit/s)")
+    p.add_argument("--clip-bitrate", type=int, default=0, help="H.264 average bitrate of uploaded clips (bit/s); "
+                   "0: constant quality (--clip-crf)")
+    p.add_argument("--clip-crf", type=int, default=CLIP_CRF, help="H.264 constant quality of uploaded clips (x264 CRF)")
     p.add_argument("--out", default="out/edge", help="directory for summary.json and overlay.mp4")
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -134,16 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
                                      config_json="" if args.checkpoint else args.config)
     link = TrainerLink(args.trainer, args.device_id, spec, device_tls, update_codecs=_codecs(args.update_codecs),
-                       device=device)
+                       device=device, label_hints=args.hint_ttl_s > 0)
     labeler = TeacherLabeler(args.eval_teacher, eval_tls) if args.eval_teacher else None
     try:
         holder = link.open()
         size = (holder.config["input_height"], holder.config["input_width"])
         source = VideoSource(args.video, size, loops=args.loops, max_seconds=args.max_seconds, time_scale=args.time_scale)
         options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
+                              clip_crf=args.clip_crf,
                               progress=not args.quiet, baseline=not args.no_baseline,
                               overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),
                               segmenter=args.segmenter, update_delay_s=args.update_delay_s,
+                              hint_delay_s=args.hint_delay_s, hint_ttl_s=args.hint_ttl_s,
                               segmenter_options=_segmenter_options(args, holder.architecture))
         summary = EdgeRuntime(link, source, options, labeler).run()
     finally:

@@ -16,9 +16,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 
 from ams import tls as ams_tls
 from ams.grpc_common import channel_options, device_metadata
+from ams.label_hint import read_hint
 from ams.pki import CertFiles
 from ams.update_codec import CODEC_NAMES, CODECS, UpdateRejected, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
@@ -53,11 +55,12 @@ class LinkStats:
 class TrainerLink:
     def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec, tls: CertFiles | None,
                  max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0,
-                 update_codecs: tuple[str, ...] = tuple(CODECS), device: str = "cpu"):
+                 update_codecs: tuple[str, ...] = tuple(CODECS), device: str = "cpu", label_hints: bool = True):
         """`tls`: the operator's CA and this device's certificate and key (the trainer takes the
         device id from the certificate); None only against a trainer in insecure mode, which
         takes `device_id` from a header. `update_codecs`: the update codecs offered to the trainer.
-        `device`: where the student's inference copy runs (cpu, cuda)."""
+        `device`: where the student's inference copy runs (cpu, cuda). `label_hints`: ask for the
+        trainer's label hints (the runtime carries them forward and shows them while fresh)."""
         self.inference_device = device
         self.address, self.device_id, self.student, self.timeout_s = address, device_id, student, timeout_s
         self.update_codecs = [CODECS[name] for name in update_codecs]
@@ -72,6 +75,10 @@ class TrainerLink:
         # would see: uplink, labelling, the phase, downlink); None applies it on arrival
         self.update_delay_s: float | None = None
         self._deferred: deque = deque()     # (video time due, update message), in arrival order
+        self.label_hints = label_hints
+        self.hint_delay_s = 0.0             # replay: a hint waits this many seconds of video (uplink, teacher, RTT)
+        self.hints: deque = deque(maxlen=8)    # (video time due, capture time, class map): the runtime takes them
+        self.hints_refused = 0
         self.sampling_rate_fps = 1.0
         self.update_interval_s = 10.0
         self.processed_clip_seq = 0
@@ -88,7 +95,7 @@ class TrainerLink:
         """Open a session (or resume the current one) and start the update stream."""
         request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
                                                    held_version=self.holder.version if self.holder else 0,
-                                                   update_codecs=self.update_codecs)
+                                                   update_codecs=self.update_codecs, label_hints=self.label_hints)
         reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=self.timeout_s, wait_for_ready=True)
         self.stats.snapshot_bytes += reply.ByteSize()
         metrics.DOWNLINK_BYTES.labels("snapshot").inc(reply.ByteSize())
@@ -179,9 +186,34 @@ class TrainerLink:
         elif kind == "control":
             self.stats.downlink_bytes += message.ByteSize()
             self._set_control(message.control)
+        elif kind == "hint":
+            self.stats.downlink_bytes += message.ByteSize()
+            self._take_hint(message.hint)
         with self._cond:
             self.processed_clip_seq = max(self.processed_clip_seq, message.processed_clip_seq)
             self._cond.notify_all()
+
+    def _take_hint(self, hint: streaming_pb2.LabelHint) -> None:
+        """Queue a label hint for the runtime; a corrupt or mis-sized one is refused (counted, never shown)."""
+        config = self.holder.config
+        try:
+            label = read_hint(hint, (int(config["input_height"]), int(config["input_width"])),
+                              int(config.get("num_classes", 2)))
+        except (ValueError, KeyError) as exc:
+            self.hints_refused += 1
+            metrics.HINTS_REFUSED.inc()
+            log.warning("label hint of clip %d refused: %s", hint.clip_seq, exc)
+            return
+        with self._cond:
+            self.hints.append((self.video_time_s + self.hint_delay_s, hint.capture_time_s, label))
+
+    def due_hints(self, video_time_s: float) -> list[tuple[float, np.ndarray]]:
+        """(capture time, class map) of the hints that have reached the device by this frame."""
+        out = []
+        with self._cond:
+            while self.hints and self.hints[0][0] <= video_time_s + 1e-9:
+                out.append(self.hints.popleft()[1:])
+        return out
 
     def _apply_update(self, message: streaming_pb2.ServerMessage) -> bool:
         try:

@@ -15,3 +15,6 @@ RESYNCS = Counter("ams_edge_resyncs_total", "Resyncs by snapshot after a refused
 UPLINK_BYTES = Counter("ams_edge_uplink_bytes_total", "Bytes of uploaded clips")
 DOWNLINK_BYTES = Counter("ams_edge_downlink_bytes_total", "Bytes received from the trainer, by kind", ["kind"])
 UPLOAD_FAILURES = Counter("ams_edge_upload_failures_total", "Clip uploads that failed (after gRPC's retries)")
+HINTS_REFUSED = Counter("ams_edge_hints_refused_total", "Label hints refused (not a grey PNG of the student's size)")
+FRAMES_SHOWN_HINT = Counter("ams_edge_frames_shown_hint_total",
+                            "Frames whose output was the trainer's carried label hint instead of the student's")

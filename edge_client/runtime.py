@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ams.video import encode_clip
+from ams.video import CLIP_CRF, encode_clip
 from edge_client import metrics
 from edge_client.evaluation import Confusion, TeacherLabeler, frame_miou
 from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
+from edge_client.label_carrier import HINT_TTL_S, LabelCarrier
 from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
 from edge_client.video_source import VideoSource
@@ -35,12 +36,15 @@ log = logging.getLogger(__name__)
 class EdgeOptions:
     mode: str = "replay"                 # replay | live
     eval_every: int = 1                  # evaluate every n-th frame (0 = off)
-    clip_bitrate: int = 200_000
+    clip_bitrate: int = 0             # > 0: an average bit rate instead of constant quality
+    clip_crf: int = CLIP_CRF
     progress: bool = True
     overlay_path: str | None = None
     baseline: bool = True                # also run the never-updated w0 on evaluated frames
     segmenter: str = "auto"              # auto | frame | streamdeq | lowlatency
     update_delay_s: float = 0.0          # replay: video seconds from a clip's interval end to its update applying
+    hint_delay_s: float = 0.0            # replay: video seconds from a clip's upload to its label hint arriving
+    hint_ttl_s: float = HINT_TTL_S       # a carried label hint is shown while at most this old (0: never shown)
     segmenter_options: dict = field(default_factory=dict)   # StreamDEQ: iters, solver, budget_ms, cut_threshold;
                                                             # low-latency: scheme, threshold, interval
 
@@ -78,7 +82,7 @@ class EdgeRuntime:
             self._send_clip(*item)
 
     def _send_clip(self, seq: int, frames: list[np.ndarray], timestamps: list[float]) -> None:
-        data = encode_clip(frames, bit_rate=self.opt.clip_bitrate)
+        data = encode_clip(frames, bit_rate=self.opt.clip_bitrate, crf=self.opt.clip_crf)
         h, w = frames[0].shape[:2]
         deadline = time.monotonic() + UPLOAD_RETRY_S
         attempt = 0
@@ -103,6 +107,23 @@ class EdgeRuntime:
             self._uploads.put((self._clip_seq, frames, timestamps))
 
     # --- main loop --------------------------------------------------------------------------------
+    def _segment(self, segmenter, carrier: LabelCarrier | None, video_t: float, rgb: np.ndarray) -> np.ndarray:
+        """The frame's output: the trainer's label hint carried to this frame while it is fresh (a
+        stateful student still sees the frame), else the student's."""
+        if carrier is None:
+            return segmenter.segment(rgb)
+        carrier.step(video_t, rgb)
+        for captured, label in self.link.due_hints(video_t):
+            carrier.receive(captured, label)
+        hint = carrier.fresh(self.opt.hint_ttl_s)
+        if hint is None or segmenter.stateful:
+            pred = segmenter.segment(rgb)
+        if hint is None:
+            return pred
+        self.frames_shown_hint += 1
+        metrics.FRAMES_SHOWN_HINT.inc()
+        return hint
+
     def run(self) -> dict:
         holder = self.link.holder
         segmenter = make_segmenter(holder, self.opt.segmenter, **self.opt.segmenter_options)
@@ -115,9 +136,15 @@ class EdgeRuntime:
         # whose frames the model may have been trained on)
         conf_ams = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
         conf_base = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
-        sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s)
+        # the first frame is a clip of its own, uploaded at once: the trainer's fast start labels it (and
+        # sends its label hint) and trains on it while the next interval fills
+        sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s, first_alone=True)
         if self.opt.mode == "replay" and self.opt.update_delay_s > 0:
             self.link.update_delay_s = self.opt.update_delay_s
+        if self.opt.mode == "replay":
+            self.link.hint_delay_s = self.opt.hint_delay_s
+        carrier = LabelCarrier() if self.link.label_hints and self.opt.hint_ttl_s > 0 else None
+        self.frames_shown_hint = 0
         uploader = threading.Thread(target=self._upload_worker, daemon=True) if self.opt.mode == "live" else None
         if uploader:
             uploader.start()
@@ -138,7 +165,7 @@ class EdgeRuntime:
                     metrics.FRAMES_DROPPED.inc()
                     continue
             started = time.perf_counter()
-            pred = segmenter.segment(frame.rgb)
+            pred = self._segment(segmenter, carrier, video_t, frame.rgb)
             seconds = time.perf_counter() - started
             self.latencies_ms.append(seconds * 1000)
             metrics.FRAMES.inc()
@@ -212,6 +239,7 @@ class EdgeRuntime:
             "mode": self.opt.mode, "frames": frames, "dropped_frames": self.dropped, "video_seconds": round(video_s, 3),
             "wall_seconds": round(wall_s, 2), "updates": s.updates, "updates_rejected": self.link.holder.updates_rejected,
             "final_version": self.link.holder.version, "clips_uploaded": s.clips,
+            "frames_shown_hint": self.frames_shown_hint, "hints_refused": self.link.hints_refused,
             "uplink_kbps": s.uplink_bytes * 8 / 1000 / dur, "downlink_kbps": s.downlink_bytes * 8 / 1000 / dur,
             "uplink_bytes": s.uplink_bytes, "downlink_bytes": s.downlink_bytes, "snapshot_bytes": s.snapshot_bytes,
             "mean_update_bytes": float(np.mean(s.update_bytes)) if s.update_bytes else 0.0,

@@ -5,19 +5,32 @@ import numpy as np
 
 
 class IntervalSampler:
-    """Picks frames at `rate_fps` in video time and closes an interval every `interval_s` seconds."""
+    """Picks frames at `rate_fps` in video time and closes an interval every `interval_s` seconds.
 
-    def __init__(self, rate_fps: float, interval_s: float, start_s: float = 0.0):
+    The frame that closes an interval is offered first, so at a rate of one frame per interval each
+    clip's newest frame is the one at hand when it uploads (a label hint is then as fresh as
+    Remote+Tracking's). An interval in which no frame was due still sends the frame at hand (a clip
+    per interval, whatever the rate), and with `first_alone` the very first frame is a clip of its
+    own, at once (fast start)."""
+
+    def __init__(self, rate_fps: float, interval_s: float, start_s: float = 0.0, first_alone: bool = False):
         self.rate_fps, self.interval_s = rate_fps, interval_s
         self.next_sample_s = start_s
         self.interval_end_s = start_s + interval_s
+        self.first_alone = first_alone
+        self.latest: tuple[float, np.ndarray] | None = None   # the frame at hand, when it was not kept
         self.frames: list[np.ndarray] = []
         self.timestamps: list[float] = []
 
     def offer(self, timestamp_s: float, rgb: np.ndarray) -> bool:
         """Keep the frame if it is due; True when kept."""
-        if timestamp_s + 1e-9 < self.next_sample_s:
+        if self.first_alone:   # the first frame: its own clip, now; the next interval starts from it
+            self.first_alone = False
+            self.interval_end_s = self.next_sample_s = timestamp_s
+        elif timestamp_s + 1e-9 < self.next_sample_s:
+            self.latest = (timestamp_s, rgb)
             return False
+        self.latest = None
         self.frames.append(rgb.copy())
         self.timestamps.append(timestamp_s)
         self.next_sample_s = max(self.next_sample_s + 1.0 / self.rate_fps, timestamp_s)
@@ -28,8 +41,11 @@ class IntervalSampler:
 
     def take(self, rate_fps: float, interval_s: float) -> tuple[list[np.ndarray], list[float]]:
         """Hand over the interval's frames and start the next interval with the current rates."""
+        if not self.frames and self.latest is not None:   # nothing was due: the frame at hand goes
+            self.timestamps.append(self.latest[0])
+            self.frames.append(self.latest[1].copy())
         frames, timestamps = self.frames, self.timestamps
-        self.frames, self.timestamps = [], []
+        self.frames, self.timestamps, self.latest = [], [], None
         self.rate_fps, self.interval_s = rate_fps, interval_s
         self.interval_end_s += interval_s
         if timestamps:  # a new rate takes effect from the last sample on

@@ -21,7 +21,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.eval.playlists import PEOPLE_CLIPS, SAMPLE_CLIPS
-from scripts.eval.schemes import UPDATE_DELAY_S
+from scripts.eval.schemes import NETWORK_DELAY_S, UPDATE_DELAY_S
 from scripts.procs import ROOT, ams_stack, edge_tls_args
 
 VIDEOS = list(SAMPLE_CLIPS + PEOPLE_CLIPS)   # make eval's `real` playlist: no loops, no slow motion
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                    "AMS_TEACHER_THREADS": "1"}
     with ams_stack(os.path.join(out, "logs"), teacher_env, TRAINER_ENV, os.environ.get("AMS_REDIS_URL")) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
-               "--mode", "replay", "--update-delay-s", str(UPDATE_DELAY_S), "--out", out, "--threads", "1",
+               "--mode", "replay", "--update-delay-s", str(UPDATE_DELAY_S),
+               "--hint-delay-s", str(NETWORK_DELAY_S), "--out", out, "--threads", "1",
                *edge_tls_args(stack, "demo-edge")]
         cmd += {"streamdeq": ["--segmenter", "streamdeq", "--deq-iters", "2"],
                 "lowlatency": ["--segmenter", "lowlatency", "--ll-scheme", "adaptive_lls"],

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from ams.v1 import common_pb2 as ams_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ms/v1/streaming.proto\x12\x06\x61ms.v1\x1a\x13\x61ms/v1/common.proto\"L\n\x0bStudentSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"\xa1\x01\n\rModelSnapshot\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x07student\x18\x03 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\r\n\x05names\x18\x04 \x03(\t\x12\x1f\n\x07tensors\x18\x05 \x03(\x0b\x32\x0e.ams.v1.Tensor\x12\x15\n\rparams_sha256\x18\x06 \x01(\x0c\"P\n\x0eQuantisedDelta\x12\x0c\n\x04\x62its\x18\x01 \x01(\x05\x12\r\n\x05\x62lock\x18\x02 \x01(\x05\x12\x12\n\nscales_f16\x18\x03 \x01(\x0c\x12\r\n\x05q_ans\x18\x04 \x01(\x0c\"\xa5\x02\n\x0bModelUpdate\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x13\n\x0bnew_version\x18\x03 \x01(\x03\x12\x12\n\nnum_params\x18\x04 \x01(\x03\x12\x15\n\rindex_mask_gz\x18\x05 \x01(\x0c\x12\x12\n\nvalues_f16\x18\x06 \x01(\x0c\x12\x15\n\rparams_sha256\x18\x07 \x01(\x0c\x12\r\n\x05phase\x18\x08 \x01(\x03\x12\x14\n\x0cvideo_time_s\x18\t \x01(\x01\x12\"\n\x05\x63odec\x18\n \x01(\x0e\x32\x13.ams.v1.UpdateCodec\x12\x11\n\tindex_ans\x18\x0b \x01(\x0c\x12%\n\x05\x64\x65lta\x18\x0c \x01(\x0b\x32\x16.ams.v1.QuantisedDelta\"?\n\x07\x43ontrol\x12\x19\n\x11sampling_rate_fps\x18\x01 \x01(\x01\x12\x19\n\x11update_interval_s\x18\x02 \x01(\x01\"\xa9\x01\n\rServerMessage\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x13.ams.v1.ModelUpdateH\x00\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshotH\x00\x12\"\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.ControlH\x00\x12\x1a\n\x12processed_clip_seq\x18\n \x01(\x03\x42\x06\n\x04\x62ody\"\x97\x01\n\x12OpenSessionRequest\x12$\n\x07student\x18\x01 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\x19\n\x11resume_session_id\x18\x02 \x01(\t\x12\x14\n\x0cheld_version\x18\x03 \x01(\x03\x12*\n\rupdate_codecs\x18\x04 \x03(\x0e\x32\x13.ams.v1.UpdateCodec\"\xb0\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshot\x12 \n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.Control\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\x12)\n\x0cupdate_codec\x18\x05 \x01(\x0e\x32\x13.ams.v1.UpdateCodec\"\\\n\x11UploadClipRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lip_seq\x18\x02 \x01(\x03\x12!\n\x04\x63lip\x18\x03 \x01(\x0b\x32\x13.ams.v1.EncodedClip\"F\n\x12UploadClipResponse\x12\x17\n\x0f\x66rames_accepted\x18\x01 \x01(\x05\x12\x17\n\x0f\x66rames_buffered\x18\x02 \x01(\x05\"Y\n\x14StreamUpdatesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cheld_version\x18\x02 \x01(\x03\x12\x17\n\x0frefused_version\x18\x03 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse*\x7f\n\x0bUpdateCodec\x12\x1c\n\x18UPDATE_CODEC_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_CODEC_FLOAT16\x10\x01\x12\x1b\n\x17UPDATE_CODEC_INT8_DELTA\x10\x02\x12\x1b\n\x17UPDATE_CODEC_INT4_DELTA\x10\x03\x32\xb0\x02\n\x0eModelStreaming\x12\x46\n\x0bOpenSession\x12\x1a.ams.v1.OpenSessionRequest\x1a\x1b.ams.v1.OpenSessionResponse\x12\x43\n\nUploadClip\x12\x19.ams.v1.UploadClipRequest\x1a\x1a.ams.v1.UploadClipResponse\x12\x46\n\rStreamUpdates\x12\x1c.ams.v1.StreamUpdatesRequest\x1a\x15.ams.v1.ServerMessage0\x01\x12I\n\x0c\x43loseSession\x12\x1b.ams.v1.CloseSessionRequest\x1a\x1c.ams.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ms/v1/streaming.proto\x12\x06\x61ms.v1\x1a\x13\x61ms/v1/common.proto\"L\n\x0bStudentSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"\xa1\x01\n\rModelSnapshot\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x07student\x18\x03 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\r\n\x05names\x18\x04 \x03(\t\x12\x1f\n\x07tensors\x18\x05 \x03(\x0b\x32\x0e.ams.v1.Tensor\x12\x15\n\rparams_sha256\x18\x06 \x01(\x0c\"P\n\x0eQuantisedDelta\x12\x0c\n\x04\x62its\x18\x01 \x01(\x05\x12\r\n\x05\x62lock\x18\x02 \x01(\x05\x12\x12\n\nscales_f16\x18\x03 \x01(\x0c\x12\r\n\x05q_ans\x18\x04 \x01(\x0c\"\xa5\x02\n\x0bModelUpdate\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x13\n\x0bnew_version\x18\x03 \x01(\x03\x12\x12\n\nnum_params\x18\x04 \x01(\x03\x12\x15\n\rindex_mask_gz\x18\x05 \x01(\x0c\x12\x12\n\nvalues_f16\x18\x06 \x01(\x0c\x12\x15\n\rparams_sha256\x18\x07 \x01(\x0c\x12\r\n\x05phase\x18\x08 \x01(\x03\x12\x14\n\x0cvideo_time_s\x18\t \x01(\x01\x12\"\n\x05\x63odec\x18\n \x01(\x0e\x32\x13.ams.v1.UpdateCodec\x12\x11\n\tindex_ans\x18\x0b \x01(\x0c\x12%\n\x05\x64\x65lta\x18\x0c \x01(\x0b\x32\x16.ams.v1.QuantisedDelta\"H\n\tLabelHint\x12\x10\n\x08\x63lip_seq\x18\x01 \x01(\x03\x12\x16\n\x0e\x63\x61pture_time_s\x18\x02 \x01(\x01\x12\x11\n\tlabel_png\x18\x03 \x01(\x0c\"?\n\x07\x43ontrol\x12\x19\n\x11sampling_rate_fps\x18\x01 \x01(\x01\x12\x19\n\x11update_interval_s\x18\x02 \x01(\x01\"\xcc\x01\n\rServerMessage\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x13.ams.v1.ModelUpdateH\x00\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshotH\x00\x12\"\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.ControlH\x00\x12!\n\x04hint\x18\x04 \x01(\x0b\x32\x11.ams.v1.LabelHintH\x00\x12\x1a\n\x12processed_clip_seq\x18\n \x01(\x03\x42\x06\n\x04\x62ody\"\xac\x01\n\x12OpenSessionRequest\x12$\n\x07student\x18\x01 \x01(\x0b\x32\x13.ams.v1.StudentSpec\x12\x19\n\x11resume_session_id\x18\x02 \x01(\t\x12\x14\n\x0cheld_version\x18\x03 \x01(\x03\x12*\n\rupdate_codecs\x18\x04 \x03(\x0e\x32\x13.ams.v1.UpdateCodec\x12\x13\n\x0blabel_hints\x18\x05 \x01(\x08\"\xb0\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.ams.v1.ModelSnapshot\x12 \n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x0f.ams.v1.Control\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\x12)\n\x0cupdate_codec\x18\x05 \x01(\x0e\x32\x13.ams.v1.UpdateCodec\"\\\n\x11UploadClipRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lip_seq\x18\x02 \x01(\x03\x12!\n\x04\x63lip\x18\x03 \x01(\x0b\x32\x13.ams.v1.EncodedClip\"F\n\x12UploadClipResponse\x12\x17\n\x0f\x66rames_accepted\x18\x01 \x01(\x05\x12\x17\n\x0f\x66rames_buffered\x18\x02 \x01(\x05\"Y\n\x14StreamUpdatesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cheld_version\x18\x02 \x01(\x03\x12\x17\n\x0frefused_version\x18\x03 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse*\x7f\n\x0bUpdateCodec\x12\x1c\n\x18UPDATE_CODEC_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_CODEC_FLOAT16\x10\x01\x12\x1b\n\x17UPDATE_CODEC_INT8_DELTA\x10\x02\x12\x1b\n\x17UPDATE_CODEC_INT4_DELTA\x10\x03\x32\xb0\x02\n\x0eModelStreaming\x12\x46\n\x0bOpenSession\x12\x1a.ams.v1.OpenSessionRequest\x1a\x1b.ams.v1.OpenSessionResponse\x12\x43\n\nUploadClip\x12\x19.ams.v1.UploadClipRequest\x1a\x1a.ams.v1.UploadClipResponse\x12\x46\n\rStreamUpdates\x12\x1c.ams.v1.StreamUpdatesRequest\x1a\x15.ams.v1.ServerMessage0\x01\x12I\n\x0c\x43loseSession\x12\x1b.ams.v1.CloseSessionRequest\x1a\x1c.ams.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ams.v1.streaming_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATECODEC']._serialized_start=1569
-  _globals['_UPDATECODEC']._serialized_end=1696
+  _globals['_UPDATECODEC']._serialized_start=1699
+  _globals['_UPDATECODEC']._serialized_end=1826
   _globals['_STUDENTSPEC']._serialized_start=55
   _globals['_STUDENTSPEC']._serialized_end=131
   _globals['_MODELSNAPSHOT']._serialized_start=134
@@ -42,24 +42,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUANTISEDDELTA']._serialized_end=377
   _globals['_MODELUPDATE']._serialized_start=380
   _globals['_MODELUPDATE']._serialized_end=673
-  _globals['_CONTROL']._serialized_start=675
-  _globals['_CONTROL']._serialized_end=738
-  _globals['_SERVERMESSAGE']._serialized_start=741
-  _globals['_SERVERMESSAGE']._serialized_end=910
-  _globals['_OPENSESSIONREQUEST']._serialized_start=913
-  _globals['_OPENSESSIONREQUEST']._serialized_end=1064
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=1067
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=1243
-  _globals['_UPLOADCLIPREQUEST']._serialized_start=1245
-  _globals['_UPLOADCLIPREQUEST']._serialized_end=1337
-  _globals['_UPLOADCLIPRESPONSE']._serialized_start=1339
-  _globals['_UPLOADCLIPRESPONSE']._serialized_end=1409
-  _globals['_STREAMUPDATESREQUEST']._serialized_start=1411
-  _globals['_STREAMUPDATESREQUEST']._serialized_end=1500
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1502
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1543
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1545
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1567
-  _globals['_MODELSTREAMING']._serialized_start=1699
-  _globals['_MODELSTREAMING']._serialized_end=2003
+  _globals['_LABELHINT']._serialized_start=675
+  _globals['_LABELHINT']._serialized_end=747
+  _globals['_CONTROL']._serialized_start=749
+  _globals['_CONTROL']._serialized_end=812
+  _globals['_SERVERMESSAGE']._serialized_start=815
+  _globals['_SERVERMESSAGE']._serialized_end=1019
+  _globals['_OPENSESSIONREQUEST']._serialized_start=1022
+  _globals['_OPENSESSIONREQUEST']._serialized_end=1194
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=1197
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=1373
+  _globals['_UPLOADCLIPREQUEST']._serialized_start=1375
+  _globals['_UPLOADCLIPREQUEST']._serialized_end=1467
+  _globals['_UPLOADCLIPRESPONSE']._serialized_start=1469
+  _globals['_UPLOADCLIPRESPONSE']._serialized_end=1539
+  _globals['_STREAMUPDATESREQUEST']._serialized_start=1541
+  _globals['_STREAMUPDATESREQUEST']._serialized_end=1630
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1632
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1673
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1675
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1697
+  _globals['_MODELSTREAMING']._serialized_start=1829
+  _globals['_MODELSTREAMING']._serialized_end=2133
 # @@protoc_insertion_point(module_scope)

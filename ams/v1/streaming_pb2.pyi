@@ -85,6 +85,16 @@ class ModelUpdate(_message.Message):
     delta: QuantisedDelta
     def __init__(self, session_id: _Optional[str] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., num_params: _Optional[int] = ..., index_mask_gz: _Optional[bytes] = ..., values_f16: _Optional[bytes] = ..., params_sha256: _Optional[bytes] = ..., phase: _Optional[int] = ..., video_time_s: _Optional[float] = ..., codec: _Optional[_Union[UpdateCodec, str]] = ..., index_ans: _Optional[bytes] = ..., delta: _Optional[_Union[QuantisedDelta, _Mapping]] = ...) -> None: ...
 
+class LabelHint(_message.Message):
+    __slots__ = ("clip_seq", "capture_time_s", "label_png")
+    CLIP_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    LABEL_PNG_FIELD_NUMBER: _ClassVar[int]
+    clip_seq: int
+    capture_time_s: float
+    label_png: bytes
+    def __init__(self, clip_seq: _Optional[int] = ..., capture_time_s: _Optional[float] = ..., label_png: _Optional[bytes] = ...) -> None: ...
+
 class Control(_message.Message):
     __slots__ = ("sampling_rate_fps", "update_interval_s")
     SAMPLING_RATE_FPS_FIELD_NUMBER: _ClassVar[int]
@@ -94,28 +104,32 @@ class Control(_message.Message):
     def __init__(self, sampling_rate_fps: _Optional[float] = ..., update_interval_s: _Optional[float] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("update", "snapshot", "control", "processed_clip_seq")
+    __slots__ = ("update", "snapshot", "control", "hint", "processed_clip_seq")
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
     PROCESSED_CLIP_SEQ_FIELD_NUMBER: _ClassVar[int]
     update: ModelUpdate
     snapshot: ModelSnapshot
     control: Control
+    hint: LabelHint
     processed_clip_seq: int
-    def __init__(self, update: _Optional[_Union[ModelUpdate, _Mapping]] = ..., snapshot: _Optional[_Union[ModelSnapshot, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ..., processed_clip_seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, update: _Optional[_Union[ModelUpdate, _Mapping]] = ..., snapshot: _Optional[_Union[ModelSnapshot, _Mapping]] = ..., control: _Optional[_Union[Control, _Mapping]] = ..., hint: _Optional[_Union[LabelHint, _Mapping]] = ..., processed_clip_seq: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("student", "resume_session_id", "held_version", "update_codecs")
+    __slots__ = ("student", "resume_session_id", "held_version", "update_codecs", "label_hints")
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_CODECS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_HINTS_FIELD_NUMBER: _ClassVar[int]
     student: StudentSpec
     resume_session_id: str
     held_version: int
     update_codecs: _containers.RepeatedScalarFieldContainer[UpdateCodec]
-    def __init__(self, student: _Optional[_Union[StudentSpec, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., held_version: _Optional[int] = ..., update_codecs: _Optional[_Iterable[_Union[UpdateCodec, str]]] = ...) -> None: ...
+    label_hints: bool
+    def __init__(self, student: _Optional[_Union[StudentSpec, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., held_version: _Optional[int] = ..., update_codecs: _Optional[_Iterable[_Union[UpdateCodec, str]]] = ..., label_hints: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "snapshot", "control", "resumed", "update_codec")

@@ -1,6 +1,7 @@
-"""`make eval` / `make eval-quick`: the paper's schemes, ablation, sweeps and rate control on our data.
+"""`make eval` / `make eval-quick` / `make eval-long`: the paper's schemes, ablation, sweeps and rate
+control on our data; `--long`: every scheme on the 10-minute long-scene playlist.
 
-    python -m scripts.eval [--quick] [--out out/eval] [--readme]
+    python -m scripts.eval [--quick | --long] [--out out/eval] [--readme]
 
 Writes <out>/results.json and <out>/report.md (+ PNG plots); resumes from the runs cached under
 <out>/runs. `--readme` only rewrites README's results table from <out>/results.json.
@@ -52,7 +53,7 @@ def services_check(run, students: list[str], out_dir: str) -> list[dict]:
     return rows
 
 
-def evaluate(quick: bool, out_dir: str, with_services: bool, jobs: int) -> dict:
+def evaluate(quick: bool, out_dir: str, with_services: bool, jobs: int, long: bool = False) -> dict:
     """Plan every run (a dry pass), execute the missing ones in parallel, then assemble the results."""
     started = time.time()
     wanted: list[RunSpec] = []
@@ -61,7 +62,7 @@ def evaluate(quick: bool, out_dir: str, with_services: bool, jobs: int) -> dict:
         wanted.append(spec)
         return PLACEHOLDER
 
-    plan.sections(plan_only, quick)
+    plan.sections(plan_only, quick, long)
     students = list(plan.STUDENTS) if with_services else []
     wanted += [plan.scheme_spec("ams", plan.ABLATION_PLAYLIST, s) for s in students]
     with redis_server(os.path.join(out_dir, "logs")) as url:
@@ -70,10 +71,10 @@ def evaluate(quick: bool, out_dir: str, with_services: bool, jobs: int) -> dict:
         def run(spec: RunSpec) -> dict:
             return cached(spec, url, out_dir)["result"]
 
-        results = plan.sections(run, quick)
+        results = plan.sections(run, quick, long)
         services = services_check(run, students, out_dir)
         compute = sum(run(spec)["wall_seconds"] for spec in set(wanted))
-    return {"protocol": plan.protocol(), "quick": quick, **results, "services_check": services,
+    return {"protocol": plan.protocol(), "quick": quick, "long": long, **results, "services_check": services,
             "runs": len(set(wanted)), "runs_wall_seconds": round(compute, 1),
             "wall_seconds": round(time.time() - started, 1)}
 
@@ -82,24 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the schemes on the people clips, a 2-row ablation, a short "
                                                         "rate-control run")
-    p.add_argument("--out", default=None, help="default out/eval (out/eval-quick with --quick)")
+    p.add_argument("--long", action="store_true", help="every scheme on the long-scene playlist (its own ≈ 40 min)")
+    p.add_argument("--out", default=None, help="default out/eval (out/eval-quick with --quick, out/eval-long with --long)")
     p.add_argument("--services", action=argparse.BooleanOptionalAction, default=None,
                    help="also run AMS through the real services per student (default: on, off with --quick)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default 2)")
     p.add_argument("--readme", action="store_true", help="only rewrite README's results block from <out>/results.json")
     args = p.parse_args(argv)
-    out_dir = os.path.join(ROOT, args.out or ("out/eval-quick" if args.quick else "out/eval"))
+    out_dir = os.path.join(ROOT, args.out or ("out/eval-quick" if args.quick else "out/eval-long" if args.long
+                                              else "out/eval"))
     results_path = os.path.join(out_dir, "results.json")
     if args.readme:
         with open(results_path) as f:
-            write_block("eval", readme_table(json.load(f)), os.path.join(ROOT, "README.md"))
+            write_block("eval-long" if args.long else "eval", readme_table(json.load(f)), os.path.join(ROOT, "README.md"))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("services", "scripts.procs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.makedirs(out_dir, exist_ok=True)
-    services = (not args.quick) if args.services is None else args.services
-    results = evaluate(args.quick, out_dir, services, args.jobs)
+    services = not (args.quick or args.long) if args.services is None else args.services
+    results = evaluate(args.quick, out_dir, services, args.jobs, args.long)
     results["findings"] = findings(results)
     with open(results_path, "w") as f:
         json.dump(results, f, indent=1)

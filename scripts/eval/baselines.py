@@ -17,6 +17,7 @@ from ams.models import batch_tensor
 from ams.update_codec import FLOAT16, encode_update, flat_parameters, load_flat_parameters, sparse_update
 from ams.v1 import streaming_pb2
 from edge_client.evaluation import frame_miou
+from edge_client.label_carrier import LabelCarrier
 from edge_client.video_source import Frame
 from scripts.eval.harness import DEVICE_ID, InProcessTrainer, Traffic
 from scripts.eval.schemes import Scheme
@@ -41,45 +42,24 @@ def label_at_server(teacher: TeacherBackend, rgb: np.ndarray, t: float) -> np.nd
 class RemoteTracking:
     """The teacher labels one frame every 1/`rate_fps` s at the server; the label reaches the device
     `delay_s` later (uplink + teacher + RTT, modelled) and the device carries its newest label to every
-    frame with Farneback optical flow (the paper's settings, the window scaled to our width).
-    Before the first label arrives the device shows background."""
+    frame with Farneback optical flow (`LabelCarrier`: the paper's settings, the window scaled to our
+    width). Before the first label arrives the device shows background."""
 
     stateful = True   # the flow needs every frame
 
     def __init__(self, teacher: TeacherBackend, rate_fps: float, delay_s: float, width: int):
         self.teacher, self.rate, self.delay = teacher, rate_fps, delay_s
-        self.winsize = max(5, round(64 * width / 1024))   # 64 at the paper's 1024 px
+        self.carrier = LabelCarrier()
         self.traffic = Traffic()
-        self.next_sample, self.prev_gray, self.label = None, None, None
-        self.flows: dict[int, np.ndarray] = {}
-        self.pending: collections.deque = collections.deque()   # (arrival time, capture index, label)
-        self.grid: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _warp(self, label: np.ndarray, flow: np.ndarray) -> np.ndarray:
-        gx, gy = self.grid
-        return cv2.remap(label, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        self.next_sample = None
+        self.pending: collections.deque = collections.deque()   # (arrival time, capture time, label)
 
     def predict(self, frame: Frame) -> np.ndarray:
-        gray = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY)
-        if self.grid is None:
-            h, w = gray.shape
-            self.grid = tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
-        if self.prev_gray is not None:   # backward flow: where each pixel of this frame was in the previous one
-            flow = cv2.calcOpticalFlowFarneback(gray, self.prev_gray, None, 0.5, 3, self.winsize, 5, 5, 1.1,
-                                                cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
-            self.flows[frame.index] = flow
-            if self.label is not None:
-                self.label = self._warp(self.label, flow)
-        self.prev_gray = gray
+        self.carrier.step(frame.timestamp_s, frame.rgb)
         while self.pending and self.pending[0][0] <= frame.timestamp_s:
-            _, index, label = self.pending.popleft()
-            for i in range(index + 1, frame.index + 1):   # carry the label from its frame to this one
-                label = self._warp(label, self.flows[i])
-            self.label = label
-        oldest = self.pending[0][1] if self.pending else frame.index
-        for i in [i for i in self.flows if i <= oldest]:
-            del self.flows[i]
-        return self.label if self.label is not None else np.zeros(gray.shape, np.uint8)
+            self.carrier.receive(*self.pending.popleft()[1:])
+        label = self.carrier.label()
+        return label if label is not None else np.zeros(frame.rgb.shape[:2], np.uint8)
 
     def observe(self, frame: Frame) -> None:
         t = frame.timestamp_s
@@ -92,13 +72,13 @@ class RemoteTracking:
         self.traffic.downlink += len(cv2.imencode(".png", label)[1])
         self.traffic.updates += 1
         self.traffic.update_times.append(t + self.delay)
-        self.pending.append((t + self.delay, frame.index, label))
+        self.pending.append((t + self.delay, t, label))
 
     def finish(self) -> None:
         pass
 
     def extra(self) -> dict:
-        return {"delay_s": self.delay, "winsize": self.winsize}
+        return {"delay_s": self.delay, "winsize": self.carrier.winsize}
 
 
 class JustInTime(Scheme):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ams.models import batch_tensor, build_student, student_config_dict
-from ams.video import decode_clip, encode_clip
+from ams.video import CLIP_CRF, decode_clip, encode_clip
 from edge_client.model_holder import ModelHolder
 from edge_client.segmenters import make_segmenter
 from scripts.eval.harness import STUDENTS, Traffic, load_student
@@ -99,13 +99,13 @@ class Ceiling:
 
 class TeacherOnUploads:
     """The teacher-vs-teacher check: the teacher's label of each scored frame after the trip a training
-    frame takes (one frame of an H.264 clip at the edge's bit rate, decoded at the trainer), scored
+    frame takes (one frame of an H.264 clip at the edge's quality, CRF 23, decoded at the trainer), scored
     against its label of the pristine frame. What any scheme that learns from uploaded clips can at
     best agree with."""
 
     stateful = False
 
-    def __init__(self, teacher, bit_rate: int = 200_000):
+    def __init__(self, teacher, bit_rate: int = 0):
         self.teacher, self.bit_rate, self.traffic = teacher, bit_rate, Traffic()
 
     def predict(self, frame):
@@ -122,7 +122,7 @@ class TeacherOnUploads:
         pass
 
     def extra(self) -> dict:
-        return {"bit_rate": self.bit_rate}
+        return {"bit_rate": self.bit_rate, "crf": CLIP_CRF}
 
 
 def main(argv: list[str] | None = None) -> int:

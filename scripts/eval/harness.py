@@ -79,7 +79,7 @@ class InProcessTrainer:
     """One device's AMS session, driven directly: upload a clip, run a phase, hand back the update."""
 
     def __init__(self, store: SessionStore, teacher: TeacherBackend, cfg: TrainerConfig, student: str,
-                 clip_bitrate: int = 200_000):
+                 clip_bitrate: int = 0):
         architecture, config, model = load_student(student)
         self.sid, self.teacher, self.clip_bitrate = uuid.uuid4().hex, teacher, clip_bitrate
         self.session = Session(self.sid, DEVICE_ID, architecture, config, model, store, cfg,
@@ -87,6 +87,7 @@ class InProcessTrainer:
         store.create(self.sid, {**self.session.ingest_meta(), "config_json": json.dumps(config)}, model.state_dict(),
                      self.session.adam)
         self.store, self.clip_seq = store, 0
+        self.newest: tuple[float, np.ndarray] | None = None   # the last clip's newest frame's teacher label
 
     def snapshot(self) -> streaming_pb2.ModelSnapshot:
         return streaming_pb2.ModelSnapshot.FromString(snapshot_bytes(self.session)[1])
@@ -100,6 +101,8 @@ class InProcessTrainer:
         outputs = self.teacher.infer_batch([TeacherInput(f, t) for f, t in zip(decoded, timestamps)])
         keep = [i for i, o in enumerate(outputs) if not isinstance(o, Exception)]
         self.clip_seq += 1
+        if keep:
+            self.newest = (timestamps[keep[-1]], outputs[keep[-1]].class_map)
         self.session.ingest(self.clip_seq, [timestamps[i] for i in keep], [decoded[i] for i in keep],
                             [outputs[i].class_map for i in keep], [outputs[i].probabilities for i in keep])
         request = streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=self.clip_seq)

@@ -21,6 +21,8 @@ from scripts.eval.schemes import UPDATE_DELAY_S
 SCHEMES = ("no_customization", "one_time", "remote_tracking", "just_in_time", "ams_paper", "ams")
 HEADLINE = ("real", "real_people", "synthetic_shifts")     # every playlist at its own pace
 SENSITIVITY = ("real_slow",)                                # slow motion: labelled rows, never a headline
+LONG = "long_scene"         # `make eval-long`: every scheme on the 10-minute playlist (its own ≈ 40 min)
+LONG_STUDENTS = ("lowlatency",)   # and No Customization / the system's AMS for this other student there
 T_FASTS = (2.0, 4.0)
 # 300 Adam steps of 8 frames (ceiling.py's default is 600): at 600, one core took 333 s (DLv3), 252 s (StreamDEQ),
 # 967 s (low-latency) and 1273 s (DLv3 at 2×) in make eval, too long for its hour
@@ -43,7 +45,7 @@ def playlist_seconds(name: str) -> float:
     from ams.synthetic import SyntheticScene
 
     playlist = PLAYLISTS[name]
-    if playlist.teacher == "oracle":
+    if playlist.teacher == "oracle" and not playlist.truth:
         return SyntheticScene.from_spec(playlist.sources[0]).duration
     return sum(file_duration(p) for p in playlist.sources) * playlist.time_scale
 
@@ -120,7 +122,7 @@ def ceiling_section(run: Runner, students: list[str], large: bool) -> list[dict]
     for student, scale in [(s, 1) for s in students] + ([("deeplabv3_mnv2", 2)] if large else []):
         res = run(spec("ceiling", ABLATION_PLAYLIST, student, steps=CEILING_STEPS, **({"scale": scale} if scale > 1 else {})))
         nc = run(scheme_spec("no_customization", ABLATION_PLAYLIST, student))
-        ams = run(scheme_spec("ams", ABLATION_PLAYLIST, student))
+        ams = run(ams_spec(ABLATION_PLAYLIST, student=student))   # the student's online learning, no hints
         out.append({"check": "ceiling", "student": student, "scale": scale, "miou": res["miou"],
                     "nc_miou": nc["miou"], "ams_miou": ams["miou"], "fit": res["extra"].get("fit", {})})
     res = run(spec("teacher_on_uploads", ABLATION_PLAYLIST))
@@ -129,10 +131,16 @@ def ceiling_section(run: Runner, students: list[str], large: bool) -> list[dict]
     return out
 
 
-def ams_spec(playlist: str, paper: bool = False, **trainer) -> RunSpec:
-    """The system's AMS (the paper's with `paper`) with the given departures from its settings."""
-    values = {**({} if paper else OURS), **trainer}
-    return spec("ams", playlist, trainer={k: v for k, v in values.items() if PAPER.get(k, "gradient") != v} or None)
+# The system's pace without what hides the student's own learning (label hints) and with the paper's float16
+# downlink, so that the ablation's and the sweeps' figures measure the coordinates and the schedule
+LEARNING = {**OURS, "hint_miou": 0.0, "update_codecs": PAPER["update_codecs"]}
+HINT_MIOUS = (0.0, 1.0)     # label hints off / always, against the default (the system's AMS row)
+
+
+def ams_spec(playlist: str, paper: bool = False, student: str = "deeplabv3_mnv2", **trainer) -> RunSpec:
+    """The system's AMS learning alone (LEARNING; the paper's with `paper`) with the given departures."""
+    values = {**({} if paper else LEARNING), **trainer}
+    return spec("ams", playlist, student, trainer={k: v for k, v in values.items() if PAPER.get(k, "gradient") != v} or None)
 
 
 def ablation_section(run: Runner, selections, gammas) -> tuple[list[dict], dict]:
@@ -154,8 +162,8 @@ def ablation_section(run: Runner, selections, gammas) -> tuple[list[dict], dict]
 
 
 def sweeps_section(run: Runner, playlists: list[str]) -> list[dict]:
-    """Fig. 4: AMS over T_update (γ 5 %), its fast interval t_fast_s and γ (T_update 10 s), JIT over its
-    threshold, Remote+Tracking over its label rate: mIoU vs downlink."""
+    """Fig. 4: AMS's learning over T_update (γ 5 %), its fast interval t_fast_s and γ (T_update 10 s), the
+    system's AMS over hint_miou, JIT over its threshold, Remote+Tracking over its label rate: mIoU vs downlink."""
     out = []
 
     def point(s: RunSpec, scheme: str, param: str, value: float) -> None:
@@ -169,6 +177,8 @@ def sweeps_section(run: Runner, playlists: list[str]) -> list[dict]:
             point(ams_spec(playlist, t_update_s=t_update), "ams", "t_update_s", t_update)
         for t_fast in (*T_FASTS, OURS["t_fast_s"]):
             point(ams_spec(playlist, t_fast_s=t_fast), "ams", "t_fast_s", t_fast)
+        for hint_miou in HINT_MIOUS:   # the whole system's AMS (int4) with label hints off / always
+            point(spec("ams", playlist, trainer={**OURS, "hint_miou": hint_miou}), "ams", "hint_miou", hint_miou)
         for gamma in (0.01, 0.2):
             point(ams_spec(playlist, gamma=gamma), "ams", "gamma", gamma)
         # a compute-bound trainer (a phase of K 20 at batch 4 takes ≈ 3 s on this 2-core box), both paces
@@ -217,8 +227,17 @@ def rate_control_section(run: Runner, playlist: str) -> dict:
             "miou_delta": a["miou"] - f["miou"]}
 
 
-def sections(run: Runner, quick: bool) -> dict:
-    """Every section of results.json but the services check, running what it needs through `run`."""
+def sections(run: Runner, quick: bool, long: bool = False) -> dict:
+    """Every section of results.json but the services check, running what it needs through `run`
+    (with `long`, only the long-scene playlist's schemes)."""
+    if long:
+        rows, gains = schemes_section(run, [LONG], [], looped=False)
+        for student in LONG_STUDENTS:   # No Customization and the system's AMS only (each AMS run here is ≈ 20 min)
+            base = run(scheme_spec("no_customization", LONG, student))
+            rows += [row(s, scheme_spec(s, LONG, student), run(scheme_spec(s, LONG, student)), base)
+                     for s in ("no_customization", "ams")]
+        return {"schemes": rows, "per_frame_gain": gains, "ablation": [], "ablation_full": {}, "sweeps": [],
+                "variance": [], "ceiling": [], "rate_control": None}
     if quick:
         rows, gains = schemes_section(run, ["real_people"], [], looped=False)
         ablation, full = ablation_section(run, ("gradient", "random"), (0.05,))

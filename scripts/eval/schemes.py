@@ -10,6 +10,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import cv2
+
+from edge_client.label_carrier import LabelCarrier
 from edge_client.model_holder import ModelHolder
 from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
@@ -22,6 +25,7 @@ from services.trainer.config import TrainerConfig
 # Remote+Tracking's labels take RT_DELAY_S (0.4 s: no training). The harness trains synchronously, so
 # without it an update would reach frames captured while it was still being trained.
 UPDATE_DELAY_S = 1.0
+HINT_ENVELOPE = 24      # a label hint's ServerMessage around its PNG: capture time, size, clip_seq, framing
 NETWORK_DELAY_S = 0.4   # uplink + teacher + RTT without training (Remote+Tracking's, and a CPU trainer's besides its phase)
 
 
@@ -80,14 +84,40 @@ class AMS(Scheme):
     update. With `phase_s` the trainer is compute-bound (a CPU box): a phase takes that many seconds of
     video, the next starts only when it ended (on every clip uploaded meanwhile), and its update
     applies NETWORK_DELAY_S after the phase ended; without, every clip's phase is done within
-    UPDATE_DELAY_S (a GPU trainer)."""
+    UPDATE_DELAY_S (a GPU trainer).
+
+    Label hints (the trainer's `hint_miou` > 0, an edge that carries labels): when the trainer wants one
+    (Session.wants_hint), the teacher's label of the clip's newest frame reaches the device
+    NETWORK_DELAY_S after the upload, as PNG; the device carries it by optical flow (`LabelCarrier`)
+    and shows it instead of its student's output while it is at most HINT_TTL_S old."""
 
     def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0):
         super().__init__(trainer, student)
+        self.hints = trainer.session.cfg.hint_miou > 0 and trainer.session.pace.enabled
+        self.carrier = LabelCarrier() if self.hints else None
+        self.stateful = self.stateful or self.hints   # the flow needs every frame
+        self.hint_queue: collections.deque = collections.deque()   # (arrival, capture time, label)
+        self.hints_sent = self.hints_shown = 0
         control = trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
-        self.sampler = IntervalSampler(self.rate, self.interval)   # as EdgeRuntime: the clock starts at 0
+        # as EdgeRuntime: the clock starts at 0; with fast start the first frame goes at once, alone
+        self.sampler = IntervalSampler(self.rate, self.interval, first_alone=trainer.session.pace.enabled)
         self.phase_s, self.busy_until, self.waiting = phase_s, float("-inf"), False
+
+    def predict(self, frame: Frame):
+        if self.carrier is None:
+            return super().predict(frame)
+        self.arrive(frame.timestamp_s)
+        self.carrier.step(frame.timestamp_s, frame.rgb)
+        while self.hint_queue and self.hint_queue[0][0] <= frame.timestamp_s + 1e-9:
+            self.carrier.receive(*self.hint_queue.popleft()[1:])
+        label = self.carrier.fresh()
+        if label is None or self.segmenter.stateful:   # a stateful student sees every frame
+            pred = self.segmenter.segment(frame.rgb)
+        if label is None:
+            return pred
+        self.hints_shown += 1
+        return label
 
     def observe(self, frame: Frame) -> None:
         t = frame.timestamp_s
@@ -100,6 +130,11 @@ class AMS(Scheme):
         if not frames:
             return
         self.traffic.uplink += self.trainer.upload(frames, stamps)
+        if self.hints and self.trainer.newest is not None and self.trainer.session.wants_hint():
+            captured, label = self.trainer.newest
+            self.hint_queue.append((t + NETWORK_DELAY_S, captured, label))
+            self.traffic.downlink += len(cv2.imencode(".png", label)[1]) + HINT_ENVELOPE
+            self.hints_sent += 1
         if self.phase_s and t < self.busy_until:
             self.waiting = True
         else:
@@ -115,6 +150,10 @@ class AMS(Scheme):
         control = self.trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
         self.traffic.control.append((t, self.rate, self.interval))
+
+
+    def extra(self) -> dict:
+        return {**super().extra(), "hints_sent": self.hints_sent, "frames_shown_hint": self.hints_shown}
 
 
 class OneTime(Scheme):

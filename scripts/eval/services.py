@@ -11,7 +11,7 @@ import sys
 from scripts.eval.harness import DEVICE_ID, STUDENTS
 from scripts.eval.playlists import PLAYLISTS, TEACHER_MODEL, Playlist
 from scripts.eval.runs import PAPER
-from scripts.eval.schemes import UPDATE_DELAY_S
+from scripts.eval.schemes import NETWORK_DELAY_S, UPDATE_DELAY_S
 from scripts.procs import ROOT, ams_stack, edge_tls_args
 
 SEGMENTER = {"deeplabv3_mnv2": "frame", "streamdeq": "streamdeq", "lowlatency": "lowlatency"}
@@ -28,14 +28,15 @@ def run_services(student: str, out_dir: str, playlist: Playlist | str = "real", 
     out = os.path.join(out_dir, "services", student)
     os.makedirs(out, exist_ok=True)
     if pl.teacher == "oracle":
-        teacher_env = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": pl.sources[0]}
+        teacher_env = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": pl.truth or pl.sources[0]}
     else:
         teacher_env = {"AMS_TEACHER_BACKEND": "litert", "AMS_TEACHER_MODEL_PATH": TEACHER_MODEL, "AMS_TEACHER_THREADS": "1"}
     # replay plays video faster than real time: a live device's upload budget (frames per wall second) does not fit it
     env = trainer_env({**(settings or PAPER), "checkpoint_dir": "assets/students", "max_upload_fps": 1000})
     with ams_stack(os.path.join(out, "logs"), teacher_env, env, devices=(DEVICE_ID,)) as stack:
         cmd = [sys.executable, "-m", "edge_client", "--trainer", stack["trainer"], "--eval-teacher", stack["teacher"],
-               "--mode", "replay", "--update-delay-s", str(UPDATE_DELAY_S), "--out", out, "--threads", "1",
+               "--mode", "replay", "--update-delay-s", str(UPDATE_DELAY_S),
+               "--hint-delay-s", str(NETWORK_DELAY_S), "--out", out, "--threads", "1",
                "--no-overlay", "--quiet",
                "--time-scale", str(pl.time_scale), "--eval-every", str(pl.eval_every), "--loops", str(pl.loops),
                "--segmenter", SEGMENTER[student], "--checkpoint", STUDENTS[student][0], *STUDENTS[student][2],

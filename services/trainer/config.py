@@ -66,6 +66,10 @@ class TrainerConfig:
     settle_miou: float = _f(0.9, "newest-frames mIoU (held model vs teacher) at which a session is settled")
     change_jump: float = _f(0.15, "a drop of the newest-frames mIoU this far below its running level is a scene change")
     recent_share: float = _f(0.5, "after a scene change, the share of each mini-batch drawn from frames since it")
+    hint_miou: float = _f(0.9, "label hints: while the held student's newest-frames mIoU is below this (or not yet "
+                               "measured), an edge that carries labels (OpenSession's label_hints) gets the teacher's "
+                               "label of each clip's newest frame as soon as it is labelled and shows it, carried by "
+                               "optical flow, instead of its student's output (0 = never; needs t_fast_s > 0)")
     # limits and operations
     session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
     max_sessions: int = _f(16, "sessions served at once")
@@ -136,8 +140,10 @@ class TrainerConfig:
                               "must be ≥ 1, AMS_MAX_BUFFER_FRAMES ≥ 0")
         if self.max_upload_fps <= 0 or self.snapshot_interval_s < 0:
             raise ConfigError("need AMS_MAX_UPLOAD_FPS > 0 and AMS_SNAPSHOT_INTERVAL_S ≥ 0")
-        if self.t_fast_s < 0 or not 0 <= self.recent_share <= 1 or not 0 < self.settle_miou <= 1 or self.change_jump <= 0:
-            raise ConfigError("need AMS_T_FAST_S ≥ 0, 0 ≤ AMS_RECENT_SHARE ≤ 1, 0 < AMS_SETTLE_MIOU ≤ 1, AMS_CHANGE_JUMP > 0")
+        if (self.t_fast_s < 0 or not 0 <= self.recent_share <= 1 or not 0 < self.settle_miou <= 1
+                or not 0 <= self.hint_miou <= 1 or self.change_jump <= 0):
+            raise ConfigError("need AMS_T_FAST_S ≥ 0, 0 ≤ AMS_RECENT_SHARE ≤ 1, 0 < AMS_SETTLE_MIOU ≤ 1, "
+                              "0 ≤ AMS_HINT_MIOU ≤ 1, AMS_CHANGE_JUMP > 0")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")
 

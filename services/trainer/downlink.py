@@ -35,13 +35,14 @@ END_GRACE_S = 2.0         # a stream told to end that is still stuck in a write 
 
 @dataclass(frozen=True)
 class Event:
-    """Something to push to a device: an update, a snapshot request or a control change."""
+    """Something to push to a device: an update, a snapshot request, a control change or a label hint."""
 
-    kind: str                                   # "update" | "control" | "snapshot"
+    kind: str                                   # "update" | "control" | "snapshot" | "hint"
     processed_clip_seq: int
     update: streaming_pb2.ModelUpdate | None = None
     control: Control | None = None
     snapshot: bytes = b""                       # a serialized ModelSnapshot (shared: never copied per stream)
+    hint: streaming_pb2.LabelHint | None = None
 
     def message(self) -> bytes | streaming_pb2.ServerMessage:
         """The ServerMessage to send: a snapshot as bytes framed around the shared ones."""
@@ -51,6 +52,8 @@ class Event:
         message = streaming_pb2.ServerMessage(processed_clip_seq=self.processed_clip_seq)
         if self.kind == "update":
             message.update.CopyFrom(self.update)
+        elif self.kind == "hint":
+            message.hint.CopyFrom(self.hint)
         else:
             assert self.control is not None
             message.control.sampling_rate_fps = self.control.sampling_rate_fps

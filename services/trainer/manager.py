@@ -21,12 +21,13 @@ import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import torch
 
 from ams import errors
 from ams.device import resolve_device
+from ams.label_hint import make_hint
 from ams.models import build_student, student_config_dict
 from ams.update_codec import CODEC_NAMES, edge_decodes, pick_codec
 from ams.video import decode_clip
@@ -294,9 +295,10 @@ class SessionManager:
             raise errors.InvalidArgument(f"student input {h}×{w} is not within 1..{self.cfg.max_student_pixels} pixels")
 
     async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str,
-                   codecs: Sequence[int] = ()) -> tuple[Session, bool]:
+                   codecs: Sequence[int] = (), label_hints: bool = False) -> tuple[Session, bool]:
         """Resume `resume_sid` if it still exists for this device (and its update codec is one the edge
-        decodes), else open a new session whose codec is the first of AMS_UPDATE_CODECS the edge offers."""
+        decodes), else open a new session whose codec is the first of AMS_UPDATE_CODECS the edge offers.
+        `label_hints`: the edge carries label hints (sent while the session wants them)."""
         if self.draining:
             raise errors.Unavailable("this trainer is shutting down; retry")
         codec = pick_codec(self.cfg.codec_preference(), list(codecs))
@@ -307,6 +309,7 @@ class SessionManager:
             try:
                 session = await self.get(resume_sid, device_id)
                 if session.codec in edge_decodes(codecs):
+                    session.accepts_hints = label_hints
                     return session, True
                 log.info("session %s uses a codec the edge no longer decodes; opening a new one", session.sid)
             except errors.NotFound:
@@ -323,6 +326,7 @@ class SessionManager:
         sid = uuid.uuid4().hex
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
                           codec=codec)
+        session.accepts_hints = label_hints
         session.token = await self._take(sid)
         written = await self._redis(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
                                           model.state_dict(), session.adam, session.token)
@@ -423,6 +427,7 @@ class SessionManager:
         frames: list = await self._ingest(self._decode, session, data, len(timestamps))
         metrics.FRAMES_RECEIVED.inc(len(frames))
         before, accepted, buffered, labelling_s = session.control(), 0, 0, 0.0
+        newest: tuple[float, Any] | None = None    # the clip's newest labelled frame: (capture time, class map)
         for start in range(0, len(frames), INGEST_CHUNK):
             part, times = frames[start:start + INGEST_CHUNK], timestamps[start:start + INGEST_CHUNK]
             frames[start:start + INGEST_CHUNK] = [None] * len(part)        # released as soon as buffered
@@ -433,6 +438,9 @@ class SessionManager:
             if not keep:
                 continue
             pairs = [item for item in labelled if item is not None]
+            last = max(range(len(keep)), key=lambda i: times[keep[i]])
+            if newest is None or times[keep[last]] > newest[0]:
+                newest = (times[keep[last]], pairs[last][0])
             try:
                 buffered = await self._ingest(session.ingest_part, [times[i] for i in keep], [part[i] for i in keep],
                                               [pair[0] for pair in pairs], [pair[1] for pair in pairs])
@@ -448,6 +456,9 @@ class SessionManager:
         metrics.BUFFERED_FRAMES.observe(buffered)
         if session.control() != before:
             self.downlink.publish(session.sid, Event("control", session.trained_clip_seq, control=session.control()))
+        if newest is not None and session.accepts_hints and session.wants_hint():
+            hint = await self._ingest(make_hint, clip_seq, *newest)
+            self.downlink.publish(session.sid, Event("hint", session.trained_clip_seq, hint=hint))
         session.upload_times.setdefault(clip_seq, time.monotonic())
         self._schedule(session)
         return accepted, buffered

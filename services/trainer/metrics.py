@@ -33,7 +33,7 @@ UPDATES_REFUSED = Counter("ams_trainer_updates_refused_total",
                           "Updates devices reported refusing (a resync asked for a snapshot)")
 STATE_BYTES = Counter("ams_trainer_state_bytes_total", "Bytes of session state written to Redis (updates, checkpoints)")
 UPDATE_BYTES = Counter("ams_trainer_update_bytes_total", "Downlink bytes sent to devices, by kind: update, snapshot, "
-                       "control (OpenSession replies count as snapshot)", ["kind"])
+                       "control, hint (OpenSession replies count as snapshot)", ["kind"])
 UPLOAD_BYTES = Counter("ams_trainer_upload_bytes_total", "Uplink bytes of uploaded clips")
 FRAMES_RECEIVED = Counter("ams_trainer_frames_received_total", "Frames received in uploaded clips")
 HANDOFFS = Counter("ams_trainer_session_handoffs_total", "Session ownership among replicas: asked (another replica "

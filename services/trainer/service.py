@@ -54,7 +54,7 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         device_id = await self.device(context)
         with self.manager.calls.hold(device_id):
             session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id,
-                                                       list(request.update_codecs))
+                                                       list(request.update_codecs), request.label_hints)
             reply = streaming_pb2.OpenSessionResponse(session_id=session.sid, control=control_pb(session.control()),
                                                       resumed=resumed, update_codec=cast(Any, session.codec))
             if resumed:

@@ -101,6 +101,7 @@ class Session:
         self.opened_at = time.monotonic()     # a device over its session quota loses its oldest
         self.ingest_lock = threading.RLock()
         self.uploading = False              # an upload of this session is in flight (the manager allows one)
+        self.accepts_hints = False          # the device asked for label hints (OpenSession's label_hints)
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
         self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
 
@@ -111,6 +112,12 @@ class Session:
     def _paper_interval(self) -> float:
         """T_update as the paper sets it: ATR's when on, else the configured one."""
         return self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s
+
+    def wants_hint(self) -> bool:
+        """Whether a clip's newest teacher label goes to the device (label hints, issue 23): while the
+        pace controller has not yet scored the held student on new frames, or found it below hint_miou."""
+        miou = self.pace.last_miou
+        return self.cfg.hint_miou > 0 and self.pace.enabled and (miou is None or miou < self.cfg.hint_miou)
 
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the student trains at, when its config fixes one."""

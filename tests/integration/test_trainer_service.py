@@ -201,6 +201,38 @@ def test_fast_start_uploads_every_second_and_a_settled_session_skips_phases_unti
         s.stop_teacher()
 
 
+def test_label_hints_reach_an_edge_that_asked_while_its_student_is_below_hint_miou(loop_thread, redis_url):
+    """Issue 23: with fast start on, the teacher's label of each clip's newest frame goes out as soon
+    as the clip is labelled, before the phase's update, to an edge that asked (label_hints) and never
+    to one that did not; it is a grey PNG of the student's input size the edge's reader accepts."""
+    from ams.label_hint import read_hint
+
+    s = _make_stack(loop_thread, redis_url, t_fast_s=1.0, hint_miou=1.0, max_sessions_per_device=2)
+    try:
+        asked = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec(), label_hints=True), metadata=ME)
+        plain = s.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME)
+        hinted, call = _stream(s.stub, asked.session_id, 0)
+        quiet, quiet_call = _stream(s.stub, plain.session_id, 0)
+        s.stub.UploadClip(_clip_request(asked.session_id, 1, [0.0, 0.5]), metadata=ME)
+        s.stub.UploadClip(_clip_request(plain.session_id, 1, [0.0, 0.5]), metadata=ME)
+        kinds = []
+        while (message := hinted.get(timeout=60)).WhichOneof("body") != "update":
+            kinds.append(message.WhichOneof("body"))
+        assert kinds.count("hint") == 1   # before the update
+        _next(quiet, "update")
+        assert all(m.WhichOneof("body") != "hint" for m in list(quiet.queue))
+        s.stub.UploadClip(_clip_request(asked.session_id, 2, [1.0, 1.5]), metadata=ME)
+        hint = _next(hinted, "hint").hint
+        label = read_hint(hint, (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]), TINY_STUDENT["num_classes"])
+        assert hint.clip_seq == 2 and hint.capture_time_s == 1.5 and label.any()   # the scene's blobs are labelled
+        call.cancel()
+        quiet_call.cancel()
+    finally:
+        s.channel.close()
+        s.stop_trainer()
+        s.stop_teacher()
+
+
 def test_an_edge_sharing_no_codec_with_the_trainer_is_refused_clearly(loop_thread, redis_url):
     s = _make_stack(loop_thread, redis_url, update_codecs="int4")
     try:

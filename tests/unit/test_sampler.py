@@ -1,5 +1,6 @@
 """The edge's interval sampler."""
 import numpy as np
+import pytest
 
 from edge_client.sampler import IntervalSampler
 
@@ -15,3 +16,32 @@ def test_samples_at_rate_and_closes_intervals():
     kept2 = [t / 10 for t in range(50, 150) if s.offer(t / 10, frame)]
     assert kept2 == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0]
     assert s.interval_done(15.0) and not s.interval_done(14.9)
+
+
+def run(s: IntervalSampler, times: list[float]) -> list[list[float]]:
+    """Offer frames in the runtime's order (offer, then close the interval) and return each clip's timestamps."""
+    frame = np.zeros((2, 2, 3), dtype=np.uint8)
+    clips = []
+    for t in times:
+        s.offer(t, frame)
+        if s.interval_done(t):
+            clips.append(s.take(s.rate_fps, s.interval_s)[1])
+    return clips
+
+
+def test_at_one_frame_per_interval_each_clip_is_the_frame_at_hand_when_it_uploads():
+    s = IntervalSampler(rate_fps=1.0, interval_s=1.0, start_s=0.0)
+    clips = run(s, [1 / 30 + i / 30 for i in range(0, 90)])
+    assert [c[-1] for c in clips][1:] == pytest.approx([2.0, 3.0])   # the first frame past each interval's end
+
+
+def test_every_interval_gets_a_frame_even_below_one_frame_per_interval():
+    s = IntervalSampler(rate_fps=0.5, interval_s=1.0)    # a frame due every 2 s, a clip every 1 s
+    clips = run(s, [i / 10 for i in range(0, 41)])
+    assert clips == [[0.0], [2.0], [3.0], [4.0]]   # 3.0: nothing was due, the frame at hand went
+
+
+def test_fast_start_uploads_the_first_frame_alone_at_once():
+    s = IntervalSampler(rate_fps=1.0, interval_s=1.0, first_alone=True)
+    clips = run(s, [0.5 + i / 10 for i in range(0, 21)])
+    assert clips == [[0.5], pytest.approx([1.5]), pytest.approx([2.5])]

@@ -1,0 +1,84 @@
+"""Carrying a teacher's label forward on the device: Farneback optical flow from frame to frame.
+
+A label arrives some time after the frame it was made for was captured; the device has seen frames
+since. `LabelCarrier` keeps the backward flow of each frame to the one before (the paper's
+Remote+Tracking settings, the window scaled to the frame's width), warps a label that arrives from
+its capture time to the present, and keeps warping the newest label as frames come. It is the
+Remote+Tracking baseline's device side and the edge's half of AMS's label hints (issue 23).
+"""
+from __future__ import annotations
+
+import collections
+
+import cv2
+import numpy as np
+
+# The edge shows a carried label instead of its student's output while the label is at most this old
+# (hints come every t_fast_s, 1 s, while the trainer finds the student unsettled; settled, they stop)
+HINT_TTL_S = 3.0
+
+
+class LabelCarrier:
+    """step(t, rgb) on every frame; receive(capture_t, label) when a label arrives; label() is the
+    newest label carried to the latest frame (None before the first), age() how old its capture is."""
+
+    def __init__(self, keep_s: float = 5.0):
+        self.keep_s = keep_s                 # flows kept this long: a label older than that is carried from the oldest
+        self.flows: collections.OrderedDict[float, np.ndarray] = collections.OrderedDict()   # frame t -> flow to it
+        self.prev_gray: np.ndarray | None = None
+        self.grid: tuple[np.ndarray, np.ndarray] | None = None
+        self.now: float | None = None
+        self.current: np.ndarray | None = None
+        self.captured_t: float | None = None
+        self.winsize = 5
+
+    def _warp(self, label: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        assert self.grid is not None
+        gx, gy = self.grid
+        return cv2.remap(label, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+
+    def step(self, t: float, rgb: np.ndarray) -> None:
+        """A new frame captured at `t`: its flow from the previous frame; the held label follows it."""
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        if self.grid is None or self.grid[0].shape != gray.shape:
+            h, w = gray.shape
+            self.grid = tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+            self.winsize = max(5, round(64 * w / 1024))   # 64 at the paper's 1024 px
+            self.prev_gray, self.current = None, None
+            self.flows.clear()
+        if self.prev_gray is not None:   # backward flow: where each pixel of this frame was in the previous one
+            flow = cv2.calcOpticalFlowFarneback(gray, self.prev_gray, None, 0.5, 3, self.winsize, 5, 5, 1.1,
+                                                cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
+            self.flows[t] = flow
+            if self.current is not None:
+                self.current = self._warp(self.current, flow)
+        self.prev_gray, self.now = gray, t
+        while self.flows and next(iter(self.flows)) < t - self.keep_s:
+            self.flows.popitem(last=False)
+
+    def receive(self, captured_t: float, label: np.ndarray) -> bool:
+        """A label of the frame captured at `captured_t`, carried through every frame since. An older
+        label than the one held, or one of another size, is ignored (False)."""
+        if self.grid is None or label.shape != self.grid[0].shape:
+            return False
+        if self.captured_t is not None and captured_t <= self.captured_t:
+            return False
+        for t, flow in self.flows.items():
+            if t > captured_t + 1e-6:
+                label = self._warp(label, flow)
+        self.current, self.captured_t = label, captured_t
+        return True
+
+    def label(self) -> np.ndarray | None:
+        return self.current
+
+    def fresh(self, ttl_s: float = HINT_TTL_S) -> np.ndarray | None:
+        """The held label when it is at most `ttl_s` old, else None."""
+        age = self.age()
+        return self.current if age is not None and age <= ttl_s + 1e-9 else None
+
+    def age(self) -> float | None:
+        """Seconds from the held label's capture to the latest frame."""
+        if self.captured_t is None or self.now is None:
+            return None
+        return self.now - self.captured_t

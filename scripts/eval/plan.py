@@ -9,6 +9,7 @@ figure is over first-pass frames only; `miou_seen` reports repeated passes of a 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable
 
 import numpy as np
@@ -47,7 +48,14 @@ def playlist_seconds(name: str) -> float:
     playlist = PLAYLISTS[name]
     if playlist.teacher == "oracle" and not playlist.truth:
         return SyntheticScene.from_spec(playlist.sources[0]).duration
+    if not all(os.path.exists(p) for p in playlist.sources):   # the long scene before `make long-scene`
+        return float("nan")
     return sum(file_duration(p) for p in playlist.sources) * playlist.time_scale
+
+
+def _seconds(name: str) -> float | None:
+    seconds = playlist_seconds(name)
+    return None if seconds != seconds else round(seconds, 1)   # NaN: its files are not made yet
 
 
 def scheme_spec(scheme: str, playlist: str, student: str = "deeplabv3_mnv2") -> RunSpec:
@@ -268,7 +276,7 @@ def protocol() -> dict:
         "remote_tracking": {"rate_fps": PAPER["r_max"], "delay_s": RT_DELAY_S, "uplink": "JPEG quality 95"},
         "just_in_time": {"threshold": JIT_DEFAULT, "max_updates": 8, "stride_s": [8 / 30, 64 / 30], "optimizer":
                          "momentum SGD 0.9, lr 0.01", "gamma": 0.05, "uplink": "JPEG quality 95"},
-        "playlists": {name: {"note": p.note, "seconds": round(playlist_seconds(name), 1), "teacher": p.teacher,
+        "playlists": {name: {"note": p.note, "seconds": _seconds(name), "teacher": p.teacher,
                              "time_scale": p.time_scale, "eval_every": p.eval_every}
                       for name, p in PLAYLISTS.items()},
     }

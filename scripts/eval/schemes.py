@@ -94,6 +94,7 @@ class AMS(Scheme):
     def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0):
         super().__init__(trainer, student)
         self.hints = trainer.session.cfg.hint_miou > 0 and trainer.session.pace.enabled
+        trainer.session.accepts_hints = self.hints   # this edge carries them (OpenSession's label_hints)
         self.carrier = LabelCarrier() if self.hints else None
         self.stateful = self.stateful or self.hints   # the flow needs every frame
         self.hint_queue: collections.deque = collections.deque()   # (arrival, capture time, label)

@@ -70,6 +70,9 @@ class TrainerConfig:
                                "measured), an edge that carries labels (OpenSession's label_hints) gets the teacher's "
                                "label of each clip's newest frame as soon as it is labelled and shows it, carried by "
                                "optical flow, instead of its student's output (0 = never; needs t_fast_s > 0)")
+    hint_paced: bool = _f(True, "while a device is shown label hints, its student's phases run every T_update (as "
+                                "settled), not one per clip: fewer updates, less downlink; the device shows the "
+                                "teacher's labels meanwhile")
     # limits and operations
     session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
     max_sessions: int = _f(16, "sessions served at once")

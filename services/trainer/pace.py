@@ -61,10 +61,12 @@ class PaceController:
         """How often the device uploads a clip: every t_fast_s when on, else the paper's T_update."""
         return min(self.t_fast_s, paper_interval_s) if self.enabled else paper_interval_s
 
-    def due(self, newest_t: float, paper_interval_s: float) -> bool:
+    def due(self, newest_t: float, paper_interval_s: float, relaxed: bool = False) -> bool:
         """Whether a phase trains now (the frames up to `newest_t` observed): always when off or
-        unsettled, else once the paper's T_update has passed since the last phase that trained."""
-        return not self.enabled or self.unsettled or newest_t - self.trained_t >= paper_interval_s - 1e-6
+        unsettled (unless `relaxed`: the device is shown label hints meanwhile), else once the paper's
+        T_update has passed since the last phase that trained (the first phase is always due)."""
+        return (not self.enabled or (self.unsettled and not relaxed)
+                or newest_t - self.trained_t >= paper_interval_s - 1e-6)
 
     def recent_from(self, oldest_t: float) -> float | None:
         """Capture time from which the recent share of a mini-batch is drawn (None: uniform over B)."""

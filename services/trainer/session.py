@@ -113,11 +113,12 @@ class Session:
         """T_update as the paper sets it: ATR's when on, else the configured one."""
         return self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s
 
-    def wants_hint(self) -> bool:
+    def wants_hint(self, pace: PaceController | None = None) -> bool:
         """Whether a clip's newest teacher label goes to the device (label hints, issue 23): while the
         pace controller has not yet scored the held student on new frames, or found it below hint_miou."""
-        miou = self.pace.last_miou
-        return self.cfg.hint_miou > 0 and self.pace.enabled and (miou is None or miou < self.cfg.hint_miou)
+        pace = pace or self.pace
+        miou = pace.last_miou
+        return self.cfg.hint_miou > 0 and pace.enabled and (miou is None or miou < self.cfg.hint_miou)
 
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the student trains at, when its config fixes one."""
@@ -181,7 +182,9 @@ class Session:
         new = [k for k, t in zip(keys, times) if t > pace.seen_t][-NEWEST_SCORED:] if pace.enabled else []
         newest = self._observe_newest(pace, new) if new else {}
         pace.seen_t = max(pace.seen_t, times[-1])
-        if not pace.due(times[-1], self._paper_interval()):
+        # a device shown the teacher's hints needs no update per clip: its student trains at the paper's pace
+        hinting = self.cfg.hint_paced and self.accepts_hints and self.wants_hint(pace)
+        if not pace.due(times[-1], self._paper_interval(), relaxed=hinting):
             return SKIPPED
         pace.trained_t = times[-1]
         shape = (self.cfg.k_iters, self.cfg.batch_size)

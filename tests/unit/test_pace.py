@@ -75,3 +75,12 @@ def test_a_session_trains_every_clip_until_settled_skips_then_wakes_at_a_scene_c
     assert session.pace.changes == 1 and session.pace.unsettled and session.pace.change_t == t + 2.0
     restored = Session.from_checkpoint("s1", session.store.load_checkpoint("s1"), session.store, session.cfg)
     assert restored.pace.state() == session.pace.state()
+
+
+def test_a_device_shown_hints_trains_at_the_papers_pace_even_unsettled():
+    pace = PaceController(t_fast_s=1.0, settle_miou=0.9)
+    assert pace.due(0.5, 10.0, relaxed=True)           # the first phase is always due
+    pace.trained_t = 0.5
+    pace.observe(0.4, 1.0)                               # unsettled
+    assert pace.due(1.5, 10.0) and not pace.due(1.5, 10.0, relaxed=True)
+    assert pace.due(10.5, 10.0, relaxed=True)

@@ -4,6 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 
+# A trainer asking for a clip at most this often is in fast start (pace.py's t_fast_s): the edge then sends
+# its first frame alone, at once, so the first phase and label hint need not wait for an interval
+FAST_START_MAX_INTERVAL_S = 4.0
+
+
 class IntervalSampler:
     """Picks frames at `rate_fps` in video time and closes an interval every `interval_s` seconds.
 

@@ -14,7 +14,7 @@ import cv2
 
 from edge_client.label_carrier import LabelCarrier
 from edge_client.model_holder import ModelHolder
-from edge_client.sampler import IntervalSampler
+from edge_client.sampler import FAST_START_MAX_INTERVAL_S, IntervalSampler
 from edge_client.segmenters import make_segmenter
 from edge_client.video_source import Frame
 from scripts.eval.harness import STUDENTS, InProcessTrainer, Traffic, apply
@@ -102,7 +102,7 @@ class AMS(Scheme):
         control = trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
         # as EdgeRuntime: the clock starts at 0; with fast start the first frame goes at once, alone
-        self.sampler = IntervalSampler(self.rate, self.interval, first_alone=trainer.session.pace.enabled)
+        self.sampler = IntervalSampler(self.rate, self.interval, first_alone=self.interval <= FAST_START_MAX_INTERVAL_S)
         self.phase_s, self.busy_until, self.waiting = phase_s, float("-inf"), False
 
     def predict(self, frame: Frame):

@@ -81,10 +81,11 @@ def test_baselines_do_what_the_paper_says(tmp_path, store):
     assert min(rt_still.series_miou[2:]) > 0.97, rt_still.series_miou   # then the exact label, carried (noise moves it little)
     rt, _, _ = _run(SHIFTS, lambda tr: RemoteTracking(tr.teacher, 1.0, 0.4, SIZE[1]), tmp_path, store)
     assert rt.miou > nc.miou + 0.1 and rt.traffic.uplink > 0 and rt.traffic.downlink > 0
-    jit, scheme, trainer = _run(SHIFTS, lambda tr: JustInTime(tr, STUDENT, threshold=0.8, max_updates=2), tmp_path, store)
+    # 4 steps a sample: at 2 JIT was within ±0.05 points of No Customization, above or below from run to run
+    jit, scheme, trainer = _run(SHIFTS, lambda tr: JustInTime(tr, STUDENT, threshold=0.8, max_updates=4), tmp_path, store)
     assert jit.traffic.updates == scheme.holder.version + len(scheme.in_flight) >= 3   # the last ones still in flight
     assert set(jit.traffic.update_values) == {round(0.05 * trainer.session.num_params)}
-    assert jit.miou > nc.miou
+    assert jit.miou > nc.miou + 0.01   # measured +2.8 points
 
 
 def test_in_process_run_agrees_with_the_services(tmp_path, store):

@@ -77,6 +77,18 @@ class LabelCarrier:
         age = self.age()
         return self.current if age is not None and age <= ttl_s + 1e-9 else None
 
+    def output(self, segmenter, t: float, rgb: np.ndarray, arrived, ttl_s: float = HINT_TTL_S) -> tuple[np.ndarray, bool]:
+        """(the frame's output, whether it is a carried hint): the frame steps the carrier, the hints
+        `arrived` by now, (capture time, label), are taken, and the newest is shown while at most
+        `ttl_s` old; otherwise the student's output (a stateful student sees every frame anyway)."""
+        self.step(t, rgb)
+        for captured, label in arrived:
+            self.receive(captured, label)
+        hint = self.fresh(ttl_s)
+        if hint is None or segmenter.stateful:
+            pred = segmenter.segment(rgb)
+        return (pred, False) if hint is None else (hint, True)
+
     def age(self) -> float | None:
         """Seconds from the held label's capture to the latest frame."""
         if self.captured_t is None or self.now is None:

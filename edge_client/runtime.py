@@ -25,7 +25,7 @@ from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
 from edge_client.label_carrier import HINT_TTL_S, LabelCarrier
-from edge_client.sampler import FAST_START_MAX_INTERVAL_S, IntervalSampler
+from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
 from edge_client.video_source import VideoSource
 
@@ -112,17 +112,11 @@ class EdgeRuntime:
         stateful student still sees the frame), else the student's."""
         if carrier is None:
             return segmenter.segment(rgb)
-        carrier.step(video_t, rgb)
-        for captured, label in self.link.due_hints(video_t):
-            carrier.receive(captured, label)
-        hint = carrier.fresh(self.opt.hint_ttl_s)
-        if hint is None or segmenter.stateful:
-            pred = segmenter.segment(rgb)
-        if hint is None:
-            return pred
-        self.frames_shown_hint += 1
-        metrics.FRAMES_SHOWN_HINT.inc()
-        return hint
+        pred, hinted = carrier.output(segmenter, video_t, rgb, self.link.due_hints(video_t), self.opt.hint_ttl_s)
+        if hinted:
+            self.frames_shown_hint += 1
+            metrics.FRAMES_SHOWN_HINT.inc()
+        return pred
 
     def run(self) -> dict:
         holder = self.link.holder
@@ -136,10 +130,8 @@ class EdgeRuntime:
         # whose frames the model may have been trained on)
         conf_ams = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
         conf_base = {k: Confusion(max(num_classes, 2)) for k in ("first", "seen")}
-        # in fast start the first frame is a clip of its own, uploaded at once: the trainer labels it (and
-        # sends its label hint) and trains on it while the next interval fills
-        sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s,
-                                  first_alone=self.link.update_interval_s <= FAST_START_MAX_INTERVAL_S)
+        # in fast start the first frame is a clip of its own, uploaded at once (sampler.py)
+        sampler = IntervalSampler(self.link.sampling_rate_fps, self.link.update_interval_s)
         if self.opt.mode == "replay" and self.opt.update_delay_s > 0:
             self.link.update_delay_s = self.opt.update_delay_s
         if self.opt.mode == "replay":

@@ -15,14 +15,16 @@ class IntervalSampler:
     The frame that closes an interval is offered first, so at a rate of one frame per interval each
     clip's newest frame is the one at hand when it uploads (a label hint is then as fresh as
     Remote+Tracking's). An interval in which no frame was due still sends the frame at hand (a clip
-    per interval, whatever the rate), and with `first_alone` the very first frame is a clip of its
-    own, at once (fast start)."""
+    per interval, whatever the rate), and with `first_alone` (by default in fast start) the very first
+    frame is a clip of its own, at once: the trainer labels it, sends its hint and trains on it while
+    the next interval fills."""
 
-    def __init__(self, rate_fps: float, interval_s: float, start_s: float = 0.0, first_alone: bool = False):
+    def __init__(self, rate_fps: float, interval_s: float, start_s: float = 0.0, first_alone: bool | None = None):
         self.rate_fps, self.interval_s = rate_fps, interval_s
         self.next_sample_s = start_s
         self.interval_end_s = start_s + interval_s
-        self.first_alone = first_alone
+        # None: in fast start (a clip at most every FAST_START_MAX_INTERVAL_S), as the edge and the evaluation run it
+        self.first_alone = interval_s <= FAST_START_MAX_INTERVAL_S if first_alone is None else first_alone
         self.latest: tuple[float, np.ndarray] | None = None   # the frame at hand, when it was not kept
         self.frames: list[np.ndarray] = []
         self.timestamps: list[float] = []

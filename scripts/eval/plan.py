@@ -97,10 +97,11 @@ def per_frame_gain(res: dict, base: dict) -> list[float]:
 
 
 def schemes_section(run: Runner, playlists: list[str], students: list[str], looped: bool,
-                    sensitivity: tuple[str, ...] = ()) -> tuple[list, dict]:
-    """(rows, per-frame gains by playlist and scheme) for every scheme on every playlist (DLv3), No
-    Customization and both AMS for each of `students` on the ablation's playlist of people, and the
-    slow-motion `sensitivity` playlists (no One-Time)."""
+                    sensitivity: tuple[str, ...] = (), students_on: str = ABLATION_PLAYLIST,
+                    student_schemes: tuple[str, ...] = ("no_customization", "ams_paper", "ams")) -> tuple[list, dict]:
+    """(rows, per-frame gains by playlist and scheme) for every scheme on every playlist (DLv3),
+    `student_schemes` for each of `students` on `students_on` (the ablation's playlist of people), and
+    the slow-motion `sensitivity` playlists (no One-Time)."""
     rows, gains = [], {}
 
     def rows_of(playlist: str, schemes, student: str = "deeplabv3_mnv2", keep_gains: bool = False) -> None:
@@ -115,7 +116,7 @@ def schemes_section(run: Runner, playlists: list[str], students: list[str], loop
     for playlist in playlists:
         rows_of(playlist, SCHEMES, keep_gains=True)
     for student in students:
-        rows_of(ABLATION_PLAYLIST, ("no_customization", "ams_paper", "ams"), student)
+        rows_of(students_on, student_schemes, student)
     if looped:
         rows_of("real_looped", ("no_customization", "ams"))
     for playlist in sensitivity:
@@ -239,11 +240,9 @@ def sections(run: Runner, quick: bool, long: bool = False) -> dict:
     """Every section of results.json but the services check, running what it needs through `run`
     (with `long`, only the long-scene playlist's schemes)."""
     if long:
-        rows, gains = schemes_section(run, [LONG], [], looped=False)
-        for student in LONG_STUDENTS:   # No Customization and the system's AMS only (each AMS run here is ≈ 20 min)
-            base = run(scheme_spec("no_customization", LONG, student))
-            rows += [row(s, scheme_spec(s, LONG, student), run(scheme_spec(s, LONG, student)), base)
-                     for s in ("no_customization", "ams")]
+        # the other student: No Customization and the system's AMS only (each AMS run here is 25-40 min)
+        rows, gains = schemes_section(run, [LONG], list(LONG_STUDENTS), looped=False, students_on=LONG,
+                                      student_schemes=("no_customization", "ams"))
         return {"schemes": rows, "per_frame_gain": gains, "ablation": [], "ablation_full": {}, "sweeps": [],
                 "variance": [], "ceiling": [], "rate_control": None}
     if quick:

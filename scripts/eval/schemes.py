@@ -10,11 +10,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-import cv2
-
+from ams.label_hint import make_hint
 from edge_client.label_carrier import LabelCarrier
 from edge_client.model_holder import ModelHolder
-from edge_client.sampler import FAST_START_MAX_INTERVAL_S, IntervalSampler
+from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
 from edge_client.video_source import Frame
 from scripts.eval.harness import STUDENTS, InProcessTrainer, Traffic, apply
@@ -93,7 +92,7 @@ class AMS(Scheme):
 
     def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0):
         super().__init__(trainer, student)
-        self.hints = trainer.session.cfg.hint_miou > 0 and trainer.session.pace.enabled
+        self.hints = trainer.session.offers_hints
         trainer.session.accepts_hints = self.hints   # this edge carries them (OpenSession's label_hints)
         self.carrier = LabelCarrier() if self.hints else None
         self.stateful = self.stateful or self.hints   # the flow needs every frame
@@ -101,24 +100,20 @@ class AMS(Scheme):
         self.hints_sent = self.hints_shown = 0
         control = trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
-        # as EdgeRuntime: the clock starts at 0; with fast start the first frame goes at once, alone
-        self.sampler = IntervalSampler(self.rate, self.interval, first_alone=self.interval <= FAST_START_MAX_INTERVAL_S)
+        self.sampler = IntervalSampler(self.rate, self.interval)   # as EdgeRuntime: the clock starts at 0
         self.phase_s, self.busy_until, self.waiting = phase_s, float("-inf"), False
 
     def predict(self, frame: Frame):
         if self.carrier is None:
             return super().predict(frame)
-        self.arrive(frame.timestamp_s)
-        self.carrier.step(frame.timestamp_s, frame.rgb)
-        while self.hint_queue and self.hint_queue[0][0] <= frame.timestamp_s + 1e-9:
-            self.carrier.receive(*self.hint_queue.popleft()[1:])
-        label = self.carrier.fresh()
-        if label is None or self.segmenter.stateful:   # a stateful student sees every frame
-            pred = self.segmenter.segment(frame.rgb)
-        if label is None:
-            return pred
-        self.hints_shown += 1
-        return label
+        t = frame.timestamp_s
+        self.arrive(t)
+        arrived = []
+        while self.hint_queue and self.hint_queue[0][0] <= t + 1e-9:
+            arrived.append(self.hint_queue.popleft()[1:])
+        pred, hinted = self.carrier.output(self.segmenter, t, frame.rgb, arrived)
+        self.hints_shown += hinted
+        return pred
 
     def observe(self, frame: Frame) -> None:
         t = frame.timestamp_s
@@ -134,7 +129,7 @@ class AMS(Scheme):
         if self.hints and self.trainer.newest is not None and self.trainer.session.wants_hint():
             captured, label = self.trainer.newest
             self.hint_queue.append((t + NETWORK_DELAY_S, captured, label))
-            self.traffic.downlink += len(cv2.imencode(".png", label)[1]) + HINT_ENVELOPE
+            self.traffic.downlink += len(make_hint(self.trainer.clip_seq, captured, label).label_png) + HINT_ENVELOPE
             self.hints_sent += 1
         if self.phase_s and t < self.busy_until:
             self.waiting = True
@@ -151,7 +146,6 @@ class AMS(Scheme):
         control = self.trainer.session.control()
         self.rate, self.interval = control.sampling_rate_fps, control.update_interval_s
         self.traffic.control.append((t, self.rate, self.interval))
-
 
     def extra(self) -> dict:
         return {**super().extra(), "hints_sent": self.hints_sent, "frames_shown_hint": self.hints_shown}

@@ -113,12 +113,17 @@ class Session:
         """T_update as the paper sets it: ATR's when on, else the configured one."""
         return self.atr.update_interval_s if self.cfg.atr else self.cfg.t_update_s
 
+    @property
+    def offers_hints(self) -> bool:
+        """Label hints are on for this trainer (hint_miou > 0, with fast start's pace controller)."""
+        return self.cfg.hint_miou > 0 and self.pace.enabled
+
     def wants_hint(self, pace: PaceController | None = None) -> bool:
         """Whether a clip's newest teacher label goes to the device (label hints, issue 23): while the
         pace controller has not yet scored the held student on new frames, or found it below hint_miou."""
         pace = pace or self.pace
         miou = pace.last_miou
-        return self.cfg.hint_miou > 0 and pace.enabled and (miou is None or miou < self.cfg.hint_miou)
+        return self.offers_hints and (miou is None or miou < self.cfg.hint_miou)
 
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the student trains at, when its config fixes one."""

@@ -30,13 +30,13 @@ def run(s: IntervalSampler, times: list[float]) -> list[list[float]]:
 
 
 def test_at_one_frame_per_interval_each_clip_is_the_frame_at_hand_when_it_uploads():
-    s = IntervalSampler(rate_fps=1.0, interval_s=1.0, start_s=0.0)
+    s = IntervalSampler(rate_fps=1.0, interval_s=1.0, start_s=0.0, first_alone=False)
     clips = run(s, [1 / 30 + i / 30 for i in range(0, 90)])
     assert [c[-1] for c in clips][1:] == pytest.approx([2.0, 3.0])   # the first frame past each interval's end
 
 
 def test_every_interval_gets_a_frame_even_below_one_frame_per_interval():
-    s = IntervalSampler(rate_fps=0.5, interval_s=1.0)    # a frame due every 2 s, a clip every 1 s
+    s = IntervalSampler(rate_fps=0.5, interval_s=1.0, first_alone=False)    # a frame due every 2 s, a clip every 1 s
     clips = run(s, [i / 10 for i in range(0, 41)])
     assert clips == [[0.0], [2.0], [3.0], [4.0]]   # 3.0: nothing was due, the frame at hand went
 
@@ -45,3 +45,8 @@ def test_fast_start_uploads_the_first_frame_alone_at_once():
     s = IntervalSampler(rate_fps=1.0, interval_s=1.0, first_alone=True)
     clips = run(s, [0.5 + i / 10 for i in range(0, 21)])
     assert clips == [[0.5], pytest.approx([1.5]), pytest.approx([2.5])]
+
+
+def test_the_first_frame_goes_alone_by_default_only_in_fast_start():
+    assert IntervalSampler(rate_fps=1.0, interval_s=1.0).first_alone
+    assert not IntervalSampler(rate_fps=1.0, interval_s=10.0).first_alone

@@ -136,7 +136,7 @@ class EdgeRuntime:
             self.link.update_delay_s = self.opt.update_delay_s
         if self.opt.mode == "replay":
             self.link.hint_delay_s = self.opt.hint_delay_s
-        carrier = LabelCarrier() if self.link.label_hints and self.opt.hint_ttl_s > 0 else None
+        carrier = LabelCarrier(hold_s=self.opt.hint_ttl_s) if self.link.label_hints and self.opt.hint_ttl_s > 0 else None
         self.frames_shown_hint = 0
         uploader = threading.Thread(target=self._upload_worker, daemon=True) if self.opt.mode == "live" else None
         if uploader:

@@ -11,7 +11,7 @@ import collections
 import dataclasses
 
 from ams.label_hint import make_hint
-from edge_client.label_carrier import LabelCarrier
+from edge_client.label_carrier import HINT_TTL_S, LabelCarrier
 from edge_client.model_holder import ModelHolder
 from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
@@ -94,7 +94,7 @@ class AMS(Scheme):
         super().__init__(trainer, student)
         self.hints = trainer.session.offers_hints
         trainer.session.accepts_hints = self.hints   # this edge carries them (OpenSession's label_hints)
-        self.carrier = LabelCarrier() if self.hints else None
+        self.carrier = LabelCarrier(hold_s=HINT_TTL_S) if self.hints else None
         self.stateful = self.stateful or self.hints   # the flow needs every frame
         self.hint_queue: collections.deque = collections.deque()   # (arrival, capture time, label)
         self.hints_sent = self.hints_shown = 0

@@ -60,3 +60,15 @@ def test_the_carrier_moves_a_late_label_to_the_present_and_expires_it():
 def test_a_carrier_without_frames_takes_no_label():
     assert not LabelCarrier().receive(0.0, np.zeros((4, 4), np.uint8))
     assert LabelCarrier().fresh() is None
+
+
+def test_the_carrier_computes_flow_only_while_a_label_may_be_shown():
+    carrier = LabelCarrier(hold_s=0.2)
+    for i in range(6):
+        carrier.step(i / 10, _square(20 + 2 * i)[0])
+    assert not carrier.flows                                  # no label yet: grey frames only
+    assert carrier.receive(0.3, _square(26)[1])
+    assert sorted(carrier.flows) == [0.4, 0.5]                # the frames since the label's capture
+    for i in range(6, 10):
+        carrier.step(i / 10, _square(20 + 2 * i)[0])
+    assert max(carrier.flows) == 0.6 and carrier.fresh(0.2) is None   # too old to show: no more flow

@@ -84,6 +84,7 @@ class TrainerLink:
         self.processed_clip_seq = 0
         self.video_time_s = 0.0            # set by the runtime: stamps update arrival for plots
         self._cond = threading.Condition()
+        self._open_lock = threading.RLock()   # one OpenSession at a time (the uplink and the stream may both see NOT_FOUND)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._call = None
@@ -93,6 +94,18 @@ class TrainerLink:
     # --- session ----------------------------------------------------------------------------------
     def open(self) -> ModelHolder:
         """Open a session (or resume the current one) and start the update stream."""
+        with self._open_lock:
+            return self._open()
+
+    def reopen(self, stale_sid: str) -> None:
+        """A call on session `stale_sid` was NOT_FOUND (expired, or replaced by this device): open a new
+        session, unless another thread already has (both the uplink and the update stream notice, and a
+        second open would replace the first's session: the device's quota is one)."""
+        with self._open_lock:
+            if self.session_id == stale_sid:
+                self._open()
+
+    def _open(self) -> ModelHolder:
         request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
                                                    held_version=self.holder.version if self.holder else 0,
                                                    update_codecs=self.update_codecs, label_hints=self.label_hints)
@@ -142,7 +155,7 @@ class TrainerLink:
             metrics.UPLOAD_FAILURES.inc()
             log.warning("upload of clip %d failed: %s %s", clip_seq, exc.code(), exc.details())
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                self.open()  # the session expired: start a new one
+                self.reopen(request.session_id)  # the session expired: start a new one
             return False
         self.stats.uplink_bytes += request.ByteSize()
         metrics.UPLINK_BYTES.inc(request.ByteSize())
@@ -251,9 +264,10 @@ class TrainerLink:
         backoff = resync_backoff = 0.2
         while not self._stop.is_set():
             refused, self._refused_version = self._refused_version, 0
+            sid = self.session_id
             try:
                 self._call = self._stub.StreamUpdates(
-                    streaming_pb2.StreamUpdatesRequest(session_id=self.session_id, held_version=self.holder.version,
+                    streaming_pb2.StreamUpdatesRequest(session_id=sid, held_version=self.holder.version,
                                                        refused_version=refused),
                     metadata=self._metadata, wait_for_ready=True)
                 for message in self._call:
@@ -277,7 +291,7 @@ class TrainerLink:
                 log.warning("update stream: %s %s; reconnecting", exc.code(), exc.details())
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     try:
-                        self.open()
+                        self.reopen(sid)
                     except grpc.RpcError:
                         pass
             time.sleep(backoff * (1 + random.random()))   # exponential backoff with jitter

@@ -76,7 +76,8 @@ class PeakRss(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.05):
-            self.peak = max(self.peak, _rss_mb(self.pid))
+            with contextlib.suppress(OSError, StopIteration):    # (the process has ended)
+                self.peak = max(self.peak, _rss_mb(self.pid))
 
     def stop(self) -> float:
         self.done.set()
@@ -122,11 +123,13 @@ def test_one_device_cannot_starve_or_bloat_the_trainer_for_another(teacher, redi
     try:
         a = streaming_pb2_grpc.ModelStreamingStub(channel)
         sid = a.OpenSession(streaming_pb2.OpenSessionRequest(student=SPEC), timeout=30).session_id
-        for round_ in (1, 2):             # warm-up, before the baseline: what the victim does costs memory once
-            victim.session_id = ""
-            _victim_round(victim, round_)
+        victim.session_id = ""           # warm-up: what the victim does costs memory once
+        _victim_round(victim, 1)
+        warm = PeakRss(trainer.pid)        # the baseline: the peak of an ordinary round (RSS at one instant
+        victim.session_id = ""             # varies by ~100 MB as the allocator returns memory)
+        _victim_round(victim, 2)
         time.sleep(1.0)
-        baseline = _rss_mb(trainer.pid)
+        baseline = warm.stop()
         peak = PeakRss(trainer.pid)
 
         # the attack: 8 Watch streams, 40 unread streams that each want a snapshot, 4 packed uploads at once
@@ -164,10 +167,12 @@ def test_one_device_cannot_starve_or_bloat_the_trainer_for_another(teacher, redi
         _stop(trainer)
 
     print(f"victim opened in {opened_s:.2f} s, update {update_s:.2f} s after its upload; trainer RSS "
-          f"+{grown:.0f} MB (from {baseline:.0f}); attacker's uploads {codes}; buffer {buffered}")
+          f"+{grown:.0f} MB (from an ordinary round's peak, {baseline:.0f}); attacker's uploads {codes}; buffer {buffered}")
     assert opened_s < 5.0, "the victim's OpenSession waited behind the attacker"
     assert update_s <= T_UPDATE_S
-    assert grown <= 150, f"trainer RSS grew {grown:.0f} MB"
+    # the one packed clip admitted (128 frames decoded, labelled, trained on) costs +30..+120 MB over an
+    # ordinary round's peak (8 runs); before the fixes the attack cost +680 MB
+    assert grown <= 200, f"trainer RSS grew {grown:.0f} MB"
     assert buffered <= CAP and all(n <= CAP for _, n in codes)
     refused = [code for code, _ in codes if code != grpc.StatusCode.OK]
     assert len(refused) >= 3          # the budget admits one packed clip at most (none when a's calls are all in flight)...

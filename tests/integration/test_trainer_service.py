@@ -329,6 +329,32 @@ def test_reconnect_catches_up_by_missed_updates_then_by_snapshot(stack):
     call3.cancel()
 
 
+def test_the_edge_reopens_an_ended_session_once_though_uplink_and_stream_both_notice(stack):
+    """When its session ends on the trainer, the edge's update stream and its next upload both get
+    NOT_FOUND at about the same time: the link opens one new session, not one per thread (the second
+    would replace the first, whose clips then fail NOT_FOUND in turn)."""
+    from edge_client.link import TrainerLink
+
+    link = TrainerLink(f"127.0.0.1:{stack.trainer[1]}", "device-a", _spec(), None, timeout_s=20)
+    manager = stack.trainer[2]
+    try:
+        link.open()
+        stale = link.session_id
+        stack.stub.CloseSession(streaming_pb2.CloseSessionRequest(session_id=stale), metadata=ME)
+        racers = [threading.Thread(target=link.reopen, args=(stale,)) for _ in range(4)]
+        for thread in racers:
+            thread.start()
+        for thread in racers:
+            thread.join()
+        _wait(lambda: link.session_id != stale, 10)
+        time.sleep(1.0)                      # the stream thread's own NOT_FOUND, handled too
+        own = [sid for sid, session in manager.sessions.items() if session.device_id == "device-a"]
+        assert own == [link.session_id]
+        assert link.upload(1, encode_clip([SCENE.render(0.0)[0]]), [0.0], SCENE.w, SCENE.h)
+    finally:
+        link.close()
+
+
 def test_teacher_outage_is_unavailable_and_loses_nothing(stack):
     sid = stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec()), metadata=ME).session_id
     stack.stop_teacher()

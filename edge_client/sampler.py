@@ -12,10 +12,12 @@ FAST_START_MAX_INTERVAL_S = 4.0
 class IntervalSampler:
     """Picks frames at `rate_fps` in video time and closes an interval every `interval_s` seconds.
 
-    The frame that closes an interval is offered first, so at a rate of one frame per interval each
-    clip's newest frame is the one at hand when it uploads (a label hint is then as fresh as
-    Remote+Tracking's). An interval in which no frame was due still sends the frame at hand (a clip
-    per interval, whatever the rate), and with `first_alone` (by default in fast start) the very first
+    The frame that closes an interval is offered first. At a rate of at most one frame per interval
+    (fast start's clip a second, ASR at or below 1 fps) each clip is that one frame, the one at hand
+    when it uploads, not a frame sampled earlier in the interval: a label hint is then as fresh as
+    Remote+Tracking's (a frame due 0.2 s into the interval would make every hint 0.8 s older). Above
+    that rate frames are kept as they fall due; an interval in which none was due still sends the
+    frame at hand (a clip per interval, whatever the rate), and with `first_alone` (by default in fast start) the very first
     frame is a clip of its own, at once: the trainer labels it, sends its hint and trains on it while
     the next interval fills."""
 
@@ -34,6 +36,10 @@ class IntervalSampler:
         if self.first_alone:   # the first frame: its own clip, now; the next interval starts from it
             self.first_alone = False
             self.interval_end_s = self.next_sample_s = timestamp_s
+        elif self.rate_fps * self.interval_s <= 1 + 1e-9:   # one frame a clip: the one that closes the interval
+            if timestamp_s + 1e-9 < self.interval_end_s:
+                self.latest = (timestamp_s, rgb)
+                return False
         elif timestamp_s + 1e-9 < self.next_sample_s:
             self.latest = (timestamp_s, rgb)
             return False

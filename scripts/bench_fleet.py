@@ -1,23 +1,25 @@
 """`make bench-fleet`: how many edge devices one trainer box serves -> out/bench/fleet.json.
 
 For each N of `--sessions` a fresh stack (redis-server, LiteRT teacher and trainer as processes,
-scripts/procs.py) runs with the paper's settings, and N simulated devices, threads of this process,
-use it over the real gRPC contract for `--seconds` of wall time. Each device opens a session on the
-DeeplabV3-MobileNetV2 student (deeplabv3_mnv2_selfie) and keeps its own flat parameter vector
-(checksums verified); every T_update of wall time (live pacing, devices staggered by T_update/N) it
-uploads one H.264 clip of native-size frames sampled at the server's rate (encoded before the load
-window: real devices encode on their own hardware) from its own rotation and
-offset of the looped sample playlist; a second thread applies the update stream, refusing what does
-not apply (then reconnecting with `refused_version`, with exponential backoff). No inference runs.
+scripts/procs.py) runs with the paper's settings (and the trainer's own defaults besides), and N
+simulated devices, threads of this process, use it over the real gRPC contract for `--seconds` of wall
+time. Each device opens a session on the DeeplabV3-MobileNetV2 student (deeplabv3_mnv2_selfie) and keeps
+its own flat parameter vector (checksums verified); every update interval of wall time (the Control's:
+t_fast_s in fast start; staggered by 1/N of it) it uploads one H.264 clip of native-size frames sampled
+at the server's rate (encoded before the load window: real devices encode on their own hardware) from
+its own rotation and offset of the looped sample playlist; a second thread applies the update stream,
+refusing what does not apply (then reconnecting with `refused_version`, with exponential backoff). No
+inference runs.
 
-Lag of clip c: arrival of the first model trained on a clip >= c (an update, or a snapshot sent on
-the stream) minus the end of clip c's upload; after the load, up to one T_update is left for the last
-models, and a clip still without one counts the run's end as its arrival (`clips_without_update`).
-`phases` and the failures come from the trainer's /metrics at the end, its RSS is the largest
-`process_resident_memory_bytes` polled every 2 s; Redis figures per phase (the trainer's
+Lag of clip c: arrival of the first model trained on a clip >= c (an update, or a snapshot sent on the
+stream; or the trainer's notice that it dealt with clip c without an update, as a settled session does
+between its phases in fast start) minus the end of clip c's upload; after the load, up to one T_update
+is left for the last models, and a clip still without one counts the run's end as its arrival
+(`clips_without_update`). `phases` and the failures come from the trainer's /metrics at the end, its RSS
+is the largest `process_resident_memory_bytes` polled every 2 s; Redis figures per phase (the trainer's
 `ams_trainer_state_bytes_total`, INFO's `total_net_input_bytes`) count from after the sessions opened.
-The sweep stops when p95 lag > 3 T_update or the trainer dies. `sessions_per_box` is the largest N
-that, with every smaller N, keeps p95 lag <= T_update with no failed phase, refused update or upload.
+The sweep stops when p95 lag > 3 T_update or the trainer dies. `sessions_per_box` is the largest N that,
+with every smaller N, keeps p95 lag <= T_update with no failed phase, refused update or upload.
 """
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ TEACHER_ENV = {"AMS_TEACHER_BACKEND": "litert", "AMS_TEACHER_MODEL_PATH": "asset
                "AMS_TEACHER_THREADS": "1"}
 TRAINER_ENV = {"AMS_T_UPDATE_S": "10", "AMS_K_ITERS": "20", "AMS_GAMMA": "0.05", "AMS_R_INIT": "1", "AMS_R_MAX": "1",
                "AMS_BATCH_SIZE": "4", "AMS_T_HORIZON_S": "30", "AMS_ATR": "false", "AMS_CHECKPOINT_DIR": "assets/students",
-               "AMS_TRAIN_WORKERS": "2", "AMS_TORCH_THREADS": "1",   # 2 phases at once, 1 core each: most phases/s here
-               "AMS_T_FAST_S": "0"}   # the paper's fixed pace (as measured); fast start's capacity is issue 23's open item
+               "AMS_TRAIN_WORKERS": "2", "AMS_TORCH_THREADS": "1"}   # 2 phases at once, 1 core each: most phases/s here
+# (fast start, scene changes and compute-aware phases at the trainer's defaults; `--trainer-env` overrides)
 
 
 class Playlist:
@@ -156,6 +158,8 @@ class Device:
                 self.snapshots += 1
             else:
                 self._control(message.control)
+                if message.processed_clip_seq:   # clips the trainer dealt with without an update (a settled
+                    self.arrivals.append((arrived, message.processed_clip_seq))   # session between its phases)
                 return True
         except UpdateRejected as exc:
             self.rejected += 1
@@ -280,10 +284,11 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
         # baselines after the sessions opened: a session's first checkpoint is not a phase's cost
         net_before = store.info("stats")["total_net_input_bytes"]
         state_open = (_trainer_sample(stack["trainer_metrics"], tries=3) or {}).get("ams_trainer_state_bytes_total")
-        t_update = devices[0].t_update_s
+        t_update = float(trainer_env["AMS_T_UPDATE_S"])    # the lag's bound: the paper's T_update
         t0 = time.monotonic() + 1.0
         load_end = t0 + seconds
-        threads = [threading.Thread(target=d.upload_loop, args=(t0 + i * t_update / n, load_end), daemon=True)
+        interval = devices[0].t_update_s                  # a clip this often (the Control's; t_fast_s in fast start)
+        threads = [threading.Thread(target=d.upload_loop, args=(t0 + i * interval / n, load_end), daemon=True)
                    for i, d in enumerate(devices)]
         rss, cpu_before = 0.0, time.process_time()
         for thread in threads:
@@ -321,6 +326,9 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
             "snapshots": sum(d.snapshots for d in devices), "live_encodes": sum(d.live_encodes for d in devices),
             "upload_failures": sum(d.upload_failures for d in devices),
             "upload_p95_s": pct(uploads, 95), "trainer_died": not server, "t_update_s": t_update,
+            "clip_interval_s": interval,
+            "k_mean": round(server["ams_trainer_phase_iterations_sum"] / server["ams_trainer_phase_iterations_count"], 1)
+            if server.get("ams_trainer_phase_iterations_count") else None,
             "loadgen_cpu_s": round(cpu, 1), "server_refusals": int(server.get("ams_trainer_updates_refused_total", 0)),
             "server_update_lag_mean_s": round(server.get("ams_trainer_update_lag_seconds_sum", 0.0)
                                               / max(server.get("ams_trainer_update_lag_seconds_count", 0.0), 1.0), 2)}
@@ -349,15 +357,20 @@ def broken(row: dict) -> str | None:
 def table(result: dict) -> str:
     """Markdown table of a sweep for README block `fleet`."""
     s, env = result["settings"], result["settings"]["trainer_env"]
+    extra = {k: v for k, v in env.items() if k not in TRAINER_ENV}
     lines = [f"{s['seconds_per_n']:.0f} s of live load per N on a fresh stack (T_update {env['AMS_T_UPDATE_S']} s, "
-             f"K {env['AMS_K_ITERS']}, γ {env['AMS_GAMMA']}, {s['checkpoint']}); **sessions per box: "
-             f"{result['sessions_per_box']}** (p95 lag ≤ T_update, no failed phase, refused update or failed upload).", "",
-             "| sessions | lag p50 (s) | lag p95 (s) | updates / session | phases | failed phases | refused updates "
-             "| trainer RSS (MB) | state to Redis / phase (MB) | Redis input / phase (MB) | clips without update |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"K {env['AMS_K_ITERS']}, γ {env['AMS_GAMMA']}, {s['checkpoint']}"
+             + "".join(f", {k}={v}" for k, v in sorted(extra.items()) if k != "AMS_MAX_SESSIONS")
+             + f"); **sessions per box: {result['sessions_per_box']}** (p95 lag ≤ T_update, no failed phase, refused "
+             "update or failed upload).", "",
+             "| sessions | clip every (s) | K mean | lag p50 (s) | lag p95 (s) | updates / session | phases | failed phases "
+             "| refused updates | trainer RSS (MB) | state to Redis / phase (MB) | Redis input / phase (MB) "
+             "| clips without update |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mb = lambda b: "–" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for r in result["rows"]:
-        lines.append(f"| {r['sessions']} | {r['lag_p50_s']} | {r['lag_p95_s']} | {r['updates_per_session']} | {r['phases']} "
+        lines.append(f"| {r['sessions']} | {r.get('clip_interval_s', r['t_update_s'])} | {r.get('k_mean', '–')} "
+                     f"| {r['lag_p50_s']} | {r['lag_p95_s']} | {r['updates_per_session']} | {r['phases']} "
                      f"| {r['phase_failures']} | {r['rejected_updates']} | {r['trainer_rss_mb']} "
                      f"| {mb(r['redis_bytes_per_phase'])} | {mb(r['redis_net_input_bytes_per_phase'])} "
                      f"| {r['clips_without_update']} |")

@@ -45,6 +45,11 @@ class TrainerConfig:
     update_codecs: str = _f("int4,int8,float16", "update codecs in order of preference: each session gets the first "
                                                  "its edge decodes (int4/int8: quantised changes + entropy-coded "
                                                  "positions; float16: new values + gzip'd bitmask, for old edges)")
+    phase_share: float = _f(0.0, "compute-aware phases (phase_budget.py): K sized from the measured cost of a phase so "
+                                 "that one phase of every session, the workers taking them in turn, fills this share "
+                                 "of T_update (a GPU trains far more than k_iters, a loaded CPU fewer); 0 = K is k_iters")
+    k_min: int = _f(2, "compute-aware phases: fewest iterations a phase gets")
+    k_max: int = _f(200, "compute-aware phases: most iterations a phase gets")
     batch_size: int = _f(4, "frames per mini-batch S_k")
     selection: str = _f("gradient", "coordinate selection: gradient (AMS), or the evaluation's ablations random, "
                                     "first, last, first_last")
@@ -130,6 +135,8 @@ class TrainerConfig:
             raise ConfigError(f"AMS_SELECTION={self.selection!r} must be one of {', '.join(SELECTIONS)}")
         if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1 or self.selection_block < 1:
             raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE, AMS_TRAIN_WORKERS and AMS_SELECTION_BLOCK must be ≥ 1")
+        if not (0 <= self.phase_share <= 1 and 1 <= self.k_min <= self.k_max):
+            raise ConfigError("need 0 ≤ AMS_PHASE_SHARE ≤ 1 and 1 ≤ AMS_K_MIN ≤ AMS_K_MAX")
         if not 0 < self.r_min <= self.r_init <= self.r_max:
             raise ConfigError("need 0 < AMS_R_MIN ≤ AMS_R_INIT ≤ AMS_R_MAX")
         resolve_device(self.device)

@@ -35,6 +35,7 @@ from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.downlink import Downlink, Event
 from services.trainer.leases import LeaseLost, SessionLeases
+from services.trainer.phase_budget import PhaseBudget
 from services.trainer.quotas import CallSlots, OpenRateLimiter, TokenBuckets
 from services.trainer.session import Session, check_timestamps, resize_frame
 from services.trainer.redis_client import StoreFull
@@ -58,6 +59,8 @@ class SessionManager:
         # a bounded pool per kind of blocking work, none of them the loop's default executor: training,
         # Redis calls, decoding + buffering uploads, encoding snapshots can never queue behind each other
         self._train_executor = ThreadPoolExecutor(max_workers=cfg.train_workers, thread_name_prefix="ams-train")
+        self.budget = PhaseBudget(cfg.phase_share, cfg.t_update_s, cfg.train_workers, cfg.k_iters, cfg.k_min,
+                                  cfg.k_max, held=lambda: len(self.sessions))
         self._redis_pool = ThreadPoolExecutor(max_workers=cfg.redis_threads, thread_name_prefix="ams-redis")
         self._ingest_pool = ThreadPoolExecutor(max_workers=cfg.ingest_threads, thread_name_prefix="ams-ingest")
         self._encode_pool = ThreadPoolExecutor(max_workers=cfg.encode_threads, thread_name_prefix="ams-encode")
@@ -326,7 +329,7 @@ class SessionManager:
         sid = uuid.uuid4().hex
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
                           codec=codec)
-        session.accepts_hints = label_hints
+        session.accepts_hints, session.budget = label_hints, self.budget
         session.token = await self._take(sid)
         written = await self._redis(self.store.create, sid, {**session.ingest_meta(), "config_json": json.dumps(config)},
                                           model.state_dict(), session.adam, session.token)
@@ -369,7 +372,7 @@ class SessionManager:
         if ckpt is None:
             raise errors.NotFound(f"unknown or expired session {sid}")
         session = Session.from_checkpoint(sid, ckpt, self.store, self.cfg, self.device)
-        session.token = token
+        session.token, session.budget = token, self.budget
         if sid in self.sessions:
             return self.sessions[sid]
         self.sessions[sid] = session
@@ -535,9 +538,10 @@ class SessionManager:
         metrics.UPDATES.inc()
         metrics.STATE_BYTES.inc(outcome.stats["state_bytes"])
         stats, message = outcome.stats, outcome.message
-        log.info("session %s phase %d: v%d, %d frames, loss %.4f -> %.4f in %.1fs (frames read in %.2fs, %d bytes "
-                 "stored)", session.sid, message.phase, message.new_version, stats["frames"], stats["loss_first"],
-                 stats["loss_last"], stats["seconds"], stats["load_seconds"], stats["state_bytes"])
+        metrics.PHASE_ITERATIONS.observe(stats["iterations"])
+        log.info("session %s phase %d: v%d, %d frames, K %d, loss %.4f -> %.4f in %.1fs (frames read in %.2fs, %d "
+                 "bytes stored)", session.sid, message.phase, message.new_version, stats["frames"], stats["iterations"],
+                 stats["loss_first"], stats["loss_last"], stats["seconds"], stats["load_seconds"], stats["state_bytes"])
         self._processed(session, outcome.seq_seen, Event("update", outcome.seq_seen, update=message), lag=True)
         if stats.get("scene_change"):
             metrics.PACE_EVENTS.labels("scene_change").inc()

@@ -18,6 +18,9 @@ PHASES_RUNNING = Gauge("ams_trainer_phases_running", "Training phases running no
 SESSIONS_WAITING = Gauge("ams_trainer_sessions_waiting", "Sessions with uploaded frames waiting for a training phase")
 PHASE_FAILURES = Counter("ams_trainer_phase_failures_total", "Training phases that failed (rolled back, nothing sent)")
 PHASE_SECONDS = Histogram("ams_trainer_phase_seconds", "Seconds per training phase (K iterations)", buckets=_SECONDS)
+PHASE_ITERATIONS = Histogram("ams_trainer_phase_iterations", "Adam iterations K per committed phase (k_iters, or "
+                             "sized from the measured phase cost with AMS_PHASE_SHARE)",
+                             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 UPDATE_LAG = Histogram("ams_trainer_update_lag_seconds",
                        "Wall seconds from a clip's upload to the publication of the update trained on it",
                        buckets=_LAG_SECONDS)

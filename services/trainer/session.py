@@ -10,6 +10,7 @@ a session's phases run on one training worker at a time; `lock` guards the publi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from ams.v1 import streaming_pb2
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, adam_direction, train_phase
 from services.trainer.pace import PaceController, draw_batches
+from services.trainer.phase_budget import PhaseBudget
 from services.trainer.rate_control import ASRController, ATRController, phi_score
 from services.trainer.store import Checkpoint, SessionStore
 
@@ -104,6 +106,7 @@ class Session:
         self.accepts_hints = False          # the device asked for label hints (OpenSession's label_hints)
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
         self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
+        self.budget: PhaseBudget | None = None   # the trainer's compute-aware K (None: k_iters)
 
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:
@@ -120,9 +123,11 @@ class Session:
 
     def wants_hint(self, pace: PaceController | None = None) -> bool:
         """Whether a clip's newest teacher label goes to the device (label hints, issue 23): while the
-        pace controller has not yet scored the held student on new frames, or found it below hint_miou."""
+        pace controller has not yet scored the held student on new frames, or finds the running level
+        of that score below hint_miou (its EMA: one perfect frame with nobody in it, which a student
+        that marks nothing gets right, does not stop the hints; a student good for a few clips does)."""
         pace = pace or self.pace
-        miou = pace.last_miou
+        miou = pace.level if pace.level is not None else pace.last_miou
         return self.offers_hints and (miou is None or miou < self.cfg.hint_miou)
 
     def input_size(self) -> tuple[int, int] | None:
@@ -192,7 +197,11 @@ class Session:
         if not pace.due(times[-1], self._paper_interval(), relaxed=hinting):
             return SKIPPED
         pace.trained_t = times[-1]
-        shape = (self.cfg.k_iters, self.cfg.batch_size)
+        if self.budget is not None:   # compute-aware phases: K from the measured cost (phase_budget.py)
+            k = self.budget.iterations(self.cost_key())
+        else:
+            k = self.cfg.k_iters
+        shape = (k, self.cfg.batch_size)
         picks = draw_batches(rng, times, shape, pace.recent_from(times[0]), pace.recent_share)
         wanted = sorted(set(picks.ravel().tolist()))
         loaded = {keys[i]: newest[keys[i]] for i in wanted if keys[i] in newest}   # read once, for the score
@@ -222,6 +231,10 @@ class Session:
         x = batch_tensor(frames).to(self.device)
         y = torch.from_numpy(np.stack(labels)).long().to(self.device)
         return x, y, np.sort(picks, axis=1)
+
+    def cost_key(self) -> tuple:
+        """What a phase's cost depends on: the student, its input, the batch and where it trains."""
+        return (self.architecture, *(self.input_size() or ()), self.cfg.batch_size, self.device.type)
 
     def _observe_newest(self, pace: PaceController, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Score the model the device holds (the published parameters) on frames it never trained on;
@@ -272,7 +285,10 @@ class Session:
                 yb = y.index_select(0, rows)
                 return student_loss(xb, yb) if student_loss else F.cross_entropy(model(xb), yb)
 
-            indices, losses = train_phase(self.model, loss_fn, adam, self.adam_cfg, rng)
+            trained = time.perf_counter()
+            indices, losses = train_phase(self.model, loss_fn, adam,
+                                          dataclasses.replace(self.adam_cfg, iterations=len(picks)), rng)
+            train_s = time.perf_counter() - trained
             # adopt what the edge will hold (float16 rounding or quantisation error included): the two
             # copies stay bit-identical and the next phase's gradients see the error (error feedback)
             update, flat = sparse_update(self.sid, self.version, self.version + 1, self.flat,
@@ -286,7 +302,8 @@ class Session:
             torch.set_flush_denormal(False)
         return PhaseResult(update, flat, adam, rng, seq_seen, pace, {
             "frames": len(x), "scene_change": pace.changes > self.pace.changes, "loss_first": losses[0], "loss_last": losses[-1],
-            "load_seconds": loaded_s, "seconds": time.perf_counter() - started})
+            "load_seconds": loaded_s, "iterations": len(picks), "train_seconds": train_s,
+            "seconds": time.perf_counter() - started})
 
     def discard(self) -> None:
         """Undo an uncommitted phase: the model's parameters back to the published ones."""
@@ -296,6 +313,7 @@ class Session:
         """Train, log the update in the store atomically with the new version, then adopt the new state.
         On any error nothing changes here or in the store (the error propagates). None when the
         buffer is empty (the clips seen so far count as processed)."""
+        started = time.perf_counter()
         result = self.train_phase()
         if result is None:
             self.trained_clip_seq = self.last_clip_seq
@@ -309,6 +327,9 @@ class Session:
         except BaseException:
             self.discard()
             raise
+        if self.budget is not None:
+            self.budget.observe(self.cost_key(), result.stats["iterations"], result.stats["train_seconds"],
+                                time.perf_counter() - started)
         with self.lock:
             self.version, self.phase, self.flat = result.update.new_version, result.update.phase, result.flat
             self.adam, self.rng, self.trained_clip_seq = result.adam, result.rng, result.seq_seen

@@ -38,7 +38,17 @@ def test_at_one_frame_per_interval_each_clip_is_the_frame_at_hand_when_it_upload
 def test_every_interval_gets_a_frame_even_below_one_frame_per_interval():
     s = IntervalSampler(rate_fps=0.5, interval_s=1.0, first_alone=False)    # a frame due every 2 s, a clip every 1 s
     clips = run(s, [i / 10 for i in range(0, 41)])
-    assert clips == [[0.0], [2.0], [3.0], [4.0]]   # 3.0: nothing was due, the frame at hand went
+    assert clips == [[1.0], [2.0], [3.0], [4.0]]   # each interval's closing frame
+
+
+def test_at_most_one_frame_per_interval_the_clip_is_the_closing_frame_not_one_due_earlier():
+    """ASR below 1 fps in fast start: a frame due 0.18 s into an interval is not kept; the frame at hand
+    when the interval closes goes instead (the label hint made of it is 0.82 s fresher)."""
+    s = IntervalSampler(rate_fps=0.85, interval_s=1.0, first_alone=False)
+    clips = run(s, [i / 30 for i in range(0, 121)])
+    assert [c for c in clips] == [pytest.approx([1.0]), pytest.approx([2.0]), pytest.approx([3.0]), pytest.approx([4.0])]
+    s = IntervalSampler(rate_fps=1.0, interval_s=5.0, first_alone=False)   # several a clip: kept as they fall due
+    assert run(s, [i / 10 for i in range(0, 51)])[0] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
 
 
 def test_fast_start_uploads_the_first_frame_alone_at_once():

@@ -145,3 +145,26 @@ def test_quantised_sessions_keep_trainer_and_edge_bit_identical_across_phases_an
         assert flat_parameters(session.model).tobytes() == session.flat.tobytes()
     restored = Session.from_checkpoint("s1", session.store.load_checkpoint("s1"), session.store, session.cfg)
     assert restored.codec == codec and restored.flat.tobytes() == session.flat.tobytes()
+
+
+def test_a_compute_aware_phase_trains_the_k_its_budget_gives_and_reports_its_cost(redis_url):
+    """phase_budget.py inside a real phase: the first phase trains k_iters and is measured; the next
+    gets K from that cost, and K = k_min when the budget leaves nothing for iterations."""
+    from services.trainer.phase_budget import PhaseBudget
+
+    session = _session(redis_url, t_update_s=10.0, t_fast_s=0.0)
+    held = [1]
+    session.budget = PhaseBudget(share=0.5, interval_s=10.0, workers=1, k_fixed=4, k_min=1, k_max=7,
+                                 held=lambda: held[0])
+    _ingest(session, 1, [0.0, 1.0])
+    first = session.run_phase()
+    assert first.stats["iterations"] == 4 and first.stats["train_seconds"] > 0
+    cost = session.budget.costs[session.cost_key()]
+    assert cost.per_iteration_s > 0 and cost.fixed_s > 0
+    _ingest(session, 2, [2.0, 3.0])
+    expected = session.budget.iterations(session.cost_key())
+    second = session.run_phase()
+    assert second.stats["iterations"] == expected == 7   # 5 s of budget: far more than 7 iterations of the tiny student
+    held[0] = 10 ** 6                                     # a box with a million sessions: K = k_min
+    _ingest(session, 3, [4.0, 5.0])
+    assert session.run_phase().stats["iterations"] == 1

@@ -34,7 +34,8 @@ class TrainerConfig:
     # Algorithm 1 / 2 (AMS paper defaults)
     t_update_s: float = _f(10.0, "T_update: seconds of video between model updates (τ_min of ATR)")
     t_horizon_s: float = _f(240.0, "T_horizon: seconds of video the training buffer keeps")
-    k_iters: int = _f(20, "K: Adam iterations per training phase")
+    k_iters: int = _f(20, "K: Adam iterations per training phase when AMS_PHASE_SHARE=0 (the paper's fixed K); with "
+                          "compute-aware phases, a student's first phase, before its cost is measured")
     lr: float = _f(1e-3, "Adam learning rate α")
     beta1: float = _f(0.9, "Adam β1")
     beta2: float = _f(0.999, "Adam β2")
@@ -45,9 +46,10 @@ class TrainerConfig:
     update_codecs: str = _f("int4,int8,float16", "update codecs in order of preference: each session gets the first "
                                                  "its edge decodes (int4/int8: quantised changes + entropy-coded "
                                                  "positions; float16: new values + gzip'd bitmask, for old edges)")
-    phase_share: float = _f(0.0, "compute-aware phases (phase_budget.py): K sized from the measured cost of a phase so "
+    phase_share: float = _f(0.4, "compute-aware phases (phase_budget.py): K sized from the measured cost of a phase so "
                                  "that one phase of every session, the workers taking them in turn, fills this share "
-                                 "of T_update (a GPU trains far more than k_iters, a loaded CPU fewer); 0 = K is k_iters")
+                                 "of T_update (a GPU trains far more than k_iters, a loaded CPU fewer; at most 0.5 keeps a "
+                                 "clip's update within T_update in fast start); 0 = K is k_iters")
     k_min: int = _f(2, "compute-aware phases: fewest iterations a phase gets")
     k_max: int = _f(200, "compute-aware phases: most iterations a phase gets")
     batch_size: int = _f(4, "frames per mini-batch S_k")

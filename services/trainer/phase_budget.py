@@ -7,13 +7,15 @@ trainer instead measures, per student (architecture, input size, batch, device),
 phase's fixed part (reading frames, scoring the newest, choosing I_n, encoding and storing the
 update) and of one iteration, and gives each phase
 
-    K = (share × workers × T_update / sessions − fixed) / per_iteration,
+    K = (share × T_update × min(workers, sessions) / sessions − fixed) / per_iteration,
 
-clamped to [k_min, k_max]: one phase of every held session, the workers taking them in turn, fits in
-`share` of T_update (the configured one, the bound on a clip's upload-to-update lag; not ATR's
-longer one), so each session's clip gets its update within T_update however many sessions share
-the box, while fast start asks for a phase per clip. Before the first measurement of a student, and
-with share = 0, K is the configured k_iters. Pure logic, no torch: the session measures, this decides.
+clamped to [k_min, k_max]: one phase of every held session, the workers taking them in turn (a
+session trains on one worker at a time), fits in `share` of T_update (the configured one, the bound
+on a clip's upload-to-update lag; not ATR's longer one). When fast start asks for a phase per clip
+a clip may wait for its session's phase in progress and then for its own, so a share of at most
+one half keeps every clip's update within T_update however many sessions share the box. Before the
+first measurement of a student, and with share = 0, K is the configured k_iters. Pure logic, no
+torch: the session measures, this decides.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class PhaseBudget:
             cost = self.costs.get(key)
         if not self.enabled or cost is None:
             return self.k_fixed
-        budget = self.share * self.workers * self.interval_s / max(1, self.held()) - cost.fixed_s
+        held = max(1, self.held())
+        budget = self.share * self.interval_s * min(self.workers, held) / held - cost.fixed_s
         k = math.floor(budget / max(cost.per_iteration_s, 1e-6))
         return max(self.k_min, min(self.k_max, k))
 

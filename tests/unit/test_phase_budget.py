@@ -18,6 +18,7 @@ def test_off_or_unmeasured_is_the_configured_k():
 
 @pytest.mark.parametrize("per_iteration_s,workers,held,interval_s,expected", [
     (0.15, 1, 1, 10.0, 30),     # a CPU core, one session, T_update: (0.5 × 10 − 0.5) / 0.15
+    (0.15, 2, 1, 10.0, 30),     # one session trains on one worker at a time, however many there are
     (0.15, 2, 4, 10.0, 13),     # four sessions share two workers: (0.5 × 2 × 10 / 4 − 0.5) / 0.15
     (0.15, 2, 40, 10.0, 2),     # 40 sessions on that box: k_min (the budget is below the fixed part)
     (0.005, 1, 1, 10.0, 200),   # a GPU: (5 − 0.5) / 0.005 = 900, capped at k_max

@@ -363,13 +363,15 @@ def table(result: dict) -> str:
              + "".join(f", {k}={v}" for k, v in sorted(extra.items()) if k != "AMS_MAX_SESSIONS")
              + f"); **sessions per box: {result['sessions_per_box']}** (p95 lag ≤ T_update, no failed phase, refused "
              "update or failed upload).", "",
-             "| sessions | clip every (s) | K mean | lag p50 (s) | lag p95 (s) | updates / session | phases | failed phases "
+             "| sessions | clip every (s) | K mean | iterations / session | lag p50 (s) | lag p95 (s) | updates / session | phases | failed phases "
              "| refused updates | trainer RSS (MB) | state to Redis / phase (MB) | Redis input / phase (MB) "
              "| clips without update |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mb = lambda b: "–" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for r in result["rows"]:
-        lines.append(f"| {r['sessions']} | {r.get('clip_interval_s', r['t_update_s'])} | {r.get('k_mean', '–')} "
+        k = r.get("k_mean")
+        iterations = "–" if k is None else f"{k * r['phases'] / r['sessions']:.0f}"
+        lines.append(f"| {r['sessions']} | {r.get('clip_interval_s', r['t_update_s'])} | {k or '–'} | {iterations} "
                      f"| {r['lag_p50_s']} | {r['lag_p95_s']} | {r['updates_per_session']} | {r['phases']} "
                      f"| {r['phase_failures']} | {r['rejected_updates']} | {r['trainer_rss_mb']} "
                      f"| {mb(r['redis_bytes_per_phase'])} | {mb(r['redis_net_input_bytes_per_phase'])} "

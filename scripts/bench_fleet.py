@@ -363,7 +363,8 @@ def table(result: dict) -> str:
              + "".join(f", {k}={v}" for k, v in sorted(extra.items()) if k != "AMS_MAX_SESSIONS")
              + f"); **sessions per box: {result['sessions_per_box']}** (p95 lag ≤ T_update, no failed phase, refused "
              "update or failed upload).", "",
-             "| sessions | clip every (s) | K mean | iterations / session | lag p50 (s) | lag p95 (s) | updates / session | phases | failed phases "
+             "| sessions | clip every (s) | K mean | iterations / session | lag p50 (s) | lag p95 (s) | updates / session "
+             "| phases | failed phases "
              "| refused updates | trainer RSS (MB) | state to Redis / phase (MB) | Redis input / phase (MB) "
              "| clips without update |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -36,11 +36,9 @@ class IntervalSampler:
         if self.first_alone:   # the first frame: its own clip, now; the next interval starts from it
             self.first_alone = False
             self.interval_end_s = self.next_sample_s = timestamp_s
-        elif self.rate_fps * self.interval_s <= 1 + 1e-9:   # one frame a clip: the one that closes the interval
-            if timestamp_s + 1e-9 < self.interval_end_s:
-                self.latest = (timestamp_s, rgb)
-                return False
-        elif timestamp_s + 1e-9 < self.next_sample_s:
+        # at most one frame a clip: the one that closes the interval; else each as it falls due
+        elif timestamp_s + 1e-9 < (self.interval_end_s if self.rate_fps * self.interval_s <= 1 + 1e-9
+                                   else self.next_sample_s):
             self.latest = (timestamp_s, rgb)
             return False
         self.latest = None

@@ -69,8 +69,3 @@ class PhaseBudget:
             old = self.costs.get(key)
             self.costs[key] = new if old is None else Cost(
                 (1 - EMA) * old.fixed_s + EMA * new.fixed_s, (1 - EMA) * old.per_iteration_s + EMA * new.per_iteration_s)
-
-    def summary(self) -> dict:
-        with self._lock:
-            return {"/".join(map(str, key)): {"fixed_s": round(c.fixed_s, 4), "per_iteration_s": round(c.per_iteration_s, 4)}
-                    for key, c in self.costs.items()}

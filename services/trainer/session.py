@@ -197,10 +197,8 @@ class Session:
         if not pace.due(times[-1], self._paper_interval(), relaxed=hinting):
             return SKIPPED
         pace.trained_t = times[-1]
-        if self.budget is not None:   # compute-aware phases: K from the measured cost (phase_budget.py)
-            k = self.budget.iterations(self.cost_key())
-        else:
-            k = self.cfg.k_iters
+        # compute-aware phases: K from the measured cost (phase_budget.py)
+        k = self.budget.iterations(self.cost_key()) if self.budget is not None else self.cfg.k_iters
         shape = (k, self.cfg.batch_size)
         picks = draw_batches(rng, times, shape, pace.recent_from(times[0]), pace.recent_share)
         wanted = sorted(set(picks.ravel().tolist()))

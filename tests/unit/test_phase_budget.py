@@ -39,4 +39,4 @@ def test_costs_follow_the_box_as_it_loads():
     assert budget.iterations(KEY) == 25
     budget.observe(KEY, 0, 0.0, 1.0)                   # nothing measurable: ignored
     assert budget.iterations(KEY) == 25
-    assert budget.summary()["deeplabv3_mnv2/144/256/4/cpu"]["per_iteration_s"] == pytest.approx(0.2, abs=1e-3)
+    assert budget.costs[KEY].per_iteration_s == pytest.approx(0.2, abs=1e-3)

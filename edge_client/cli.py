@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hint-ttl-s", type=float, default=HINT_TTL_S,
                    help="show the trainer's label hint, carried by optical flow, instead of the student's output while "
                         "it is at most this old; 0 = never ask for hints")
+    p.add_argument("--no-hint-judge", dest="hint_judge", action="store_false",
+                   help="always show a fresh hint (by default the student is shown instead while it beat the "
+                        "carried label on each of the last hints' frames)")
     p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq", "lowlatency"], default="auto",
                    help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
                         "per frame; lowlatency = adaptive key frames + feature propagation; auto = by the student")
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                               progress=not args.quiet, baseline=not args.no_baseline,
                               overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),
                               segmenter=args.segmenter, update_delay_s=args.update_delay_s,
-                              hint_delay_s=args.hint_delay_s, hint_ttl_s=args.hint_ttl_s,
+                              hint_delay_s=args.hint_delay_s, hint_ttl_s=args.hint_ttl_s, hint_judge=args.hint_judge,
                               segmenter_options=_segmenter_options(args, holder.architecture))
         summary = EdgeRuntime(link, source, options, labeler).run()
     finally:

@@ -5,6 +5,15 @@ since. `LabelCarrier` keeps the backward flow of each frame to the one before (t
 Remote+Tracking settings, the window scaled to the frame's width), warps a label that arrives from
 its capture time to the present, and keeps warping the newest label as frames come. It is the
 Remote+Tracking baseline's device side and the edge's half of AMS's label hints (issue 23).
+
+`HintJudge` decides, from the hints themselves, whether the device shows a fresh carried hint or its
+own student: the student's output and the carried label are kept for the frames the device uploads,
+and when the teacher's label of such a frame arrives both are scored against it. While the student
+has scored better over the last few, it is shown (the paper's promise: a customised student beats
+tracked labels once it has learned the scene); otherwise the hint is. The record holds within a shot:
+a cut (the frame's 32×18 thumbnail differs from the last one's by more than CUT_MAD grey levels on
+average) clears it, and a label carried across a cut is not judged (it says nothing of the next frames,
+whose fresh hint comes from the new shot).
 """
 from __future__ import annotations
 
@@ -13,9 +22,47 @@ import collections
 import cv2
 import numpy as np
 
+
 # The edge shows a carried label instead of its student's output while the label is at most this old
 # (hints come with every clip, each t_fast_s, while the trainer finds the student below hint_miou; then they stop)
 HINT_TTL_S = 3.0
+CUT_MAD = 30.0   # a shot cut: mean |Δ| of consecutive 32×18 grey thumbnails (camera motion: < 20 on our clips)
+JUDGED = 4   # the student is shown over a fresh hint while it beat the carried label over the last JUDGED labels
+
+
+class HintJudge:
+    """probe(t, student, carried) for a frame that goes up to the trainer; judge(t, label) when that
+    frame's teacher label arrives; student_wins() while the student got fewer pixels wrong than the
+    carried label, against those labels, over the last `window` judged frames."""
+
+    def __init__(self, window: int = JUDGED, keep_s: float = 5.0):
+        self.window, self.keep_s = window, keep_s
+        self.probes: collections.OrderedDict[float, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self.margins: collections.deque[float] = collections.deque(maxlen=window)   # student − carried
+        self.judged = 0
+
+    def probe(self, t: float, student: np.ndarray, carried: np.ndarray | None) -> None:
+        if carried is not None and carried.shape == student.shape:
+            self.probes[t] = (student, carried)
+        while self.probes and next(iter(self.probes)) < t - self.keep_s:
+            self.probes.popitem(last=False)
+
+    def judge(self, t: float, label: np.ndarray) -> None:
+        pair = self.probes.pop(t, None)
+        if pair is None or pair[0].shape != label.shape:
+            return
+        # pixels the carried label gets wrong that the student gets right, net (the headline mIoU pools pixels
+        # over frames: a per-frame mIoU would weigh a few stray pixels on an empty frame like a missed person)
+        self.margins.append(float(np.mean(pair[1] != label)) - float(np.mean(pair[0] != label)))
+        self.judged += 1
+
+    def cut(self) -> None:
+        """A shot cut: the student's record and the pairs taken before it no longer say anything."""
+        self.margins.clear()
+        self.probes.clear()
+
+    def student_wins(self) -> bool:
+        return len(self.margins) == self.window and sum(self.margins) > 0
 
 
 class LabelCarrier:
@@ -27,8 +74,9 @@ class LabelCarrier:
     since its capture (their grey images are kept `keep_s`). A device whose trainer sends no hints,
     or stopped, pays a grey conversion per frame, not a Farneback flow."""
 
-    def __init__(self, keep_s: float = 5.0, hold_s: float | None = None):
-        self.keep_s, self.hold_s = keep_s, hold_s   # frames kept this long: an older label is carried from the oldest
+    def __init__(self, keep_s: float = 5.0, hold_s: float | None = None, judge: HintJudge | None = None):
+        # frames are kept keep_s: an older label is carried from the oldest
+        self.keep_s, self.hold_s, self.judge = keep_s, hold_s, judge
         self.grays: collections.OrderedDict[float, np.ndarray] = collections.OrderedDict()   # frame t -> grey
         self.flows: collections.OrderedDict[float, np.ndarray] = collections.OrderedDict()   # frame t -> flow to it
         self.grid: tuple[np.ndarray, np.ndarray] | None = None
@@ -36,6 +84,8 @@ class LabelCarrier:
         self.current: np.ndarray | None = None
         self.captured_t: float | None = None
         self.winsize = 5
+        self.thumb: np.ndarray | None = None
+        self.cut_t = float("-inf")   # the latest shot cut's frame time
 
     def _warp(self, label: np.ndarray, flow: np.ndarray) -> np.ndarray:
         assert self.grid is not None
@@ -64,6 +114,12 @@ class LabelCarrier:
             self.grays.clear()
             self.flows.clear()
         prev_t = next(reversed(self.grays)) if self.grays else None
+        thumb = cv2.resize(gray, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)
+        if self.thumb is not None and float(np.abs(thumb - self.thumb).mean()) > CUT_MAD:
+            self.cut_t = t
+            if self.judge is not None:
+                self.judge.cut()
+        self.thumb = thumb
         self.grays[t] = gray
         if prev_t is not None and self._carrying():
             self.current = self._warp(self.current, self._flow(t, prev_t))
@@ -78,6 +134,8 @@ class LabelCarrier:
             return False
         if self.captured_t is not None and captured_t <= self.captured_t:
             return False
+        if self.judge is not None:
+            self.judge.judge(captured_t, label)
         times = list(self.grays)
         for prev_t, t in zip(times, times[1:]):
             if t > captured_t + 1e-6:
@@ -93,16 +151,24 @@ class LabelCarrier:
         age = self.age()
         return self.current if age is not None and age <= ttl_s + 1e-9 else None
 
-    def output(self, segmenter, t: float, rgb: np.ndarray, arrived, ttl_s: float = HINT_TTL_S) -> tuple[np.ndarray, bool]:
+    def output(self, segmenter, t: float, rgb: np.ndarray, arrived, ttl_s: float = HINT_TTL_S,
+               probe: bool = False) -> tuple[np.ndarray, bool]:
         """(the frame's output, whether it is a carried hint): the frame steps the carrier, the hints
         `arrived` by now, (capture time, label), are taken, and the newest is shown while at most
-        `ttl_s` old; otherwise the student's output (a stateful student sees every frame anyway)."""
+        `ttl_s` old, unless the judge finds the student better; otherwise the student's output (a
+        stateful student sees every frame anyway). `probe`: this frame goes up to the trainer, so
+        its teacher label will come back to judge the student's output and the carried label on it."""
         self.step(t, rgb)
         for captured, label in arrived:
             self.receive(captured, label)
         hint = self.fresh(ttl_s)
-        if hint is None or segmenter.stateful:
+        if hint is not None and self.judge is not None and self.judge.student_wins():
+            hint = None
+        pred = None
+        if hint is None or segmenter.stateful or (probe and self.judge is not None):
             pred = segmenter.segment(rgb)
+        if probe and self.judge is not None and pred is not None and (self.captured_t or 0.0) >= self.cut_t:
+            self.judge.probe(t, pred, self.fresh(ttl_s))   # not across a cut
         return (pred, False) if hint is None else (hint, True)
 
     def age(self) -> float | None:

@@ -24,7 +24,7 @@ from edge_client.evaluation import Confusion, TeacherLabeler, frame_miou
 from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
 from edge_client.overlay import OverlayWriter
-from edge_client.label_carrier import HINT_TTL_S, LabelCarrier
+from edge_client.label_carrier import HINT_TTL_S, HintJudge, LabelCarrier
 from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
 from edge_client.video_source import VideoSource
@@ -45,6 +45,7 @@ class EdgeOptions:
     update_delay_s: float = 0.0          # replay: video seconds from a clip's interval end to its update applying
     hint_delay_s: float = 0.0            # replay: video seconds from a clip's upload to its label hint arriving
     hint_ttl_s: float = HINT_TTL_S       # a carried label hint is shown while at most this old (0: never shown)
+    hint_judge: bool = True              # show the student over a fresh hint while it scores better (HintJudge)
     segmenter_options: dict = field(default_factory=dict)   # StreamDEQ: iters, solver, budget_ms, cut_threshold;
                                                             # low-latency: scheme, threshold, interval
 
@@ -107,12 +108,15 @@ class EdgeRuntime:
             self._uploads.put((self._clip_seq, frames, timestamps))
 
     # --- main loop --------------------------------------------------------------------------------
-    def _segment(self, segmenter, carrier: LabelCarrier | None, video_t: float, rgb: np.ndarray) -> np.ndarray:
-        """The frame's output: the trainer's label hint carried to this frame while it is fresh (a
-        stateful student still sees the frame), else the student's."""
+    def _segment(self, segmenter, carrier: LabelCarrier | None, video_t: float, rgb: np.ndarray,
+                 uploaded: bool) -> np.ndarray:
+        """The frame's output: the trainer's label hint carried to this frame while it is fresh and
+        the judge does not find the student better (a stateful student still sees the frame), else
+        the student's. `uploaded`: the frame goes up to the trainer (its label will judge)."""
         if carrier is None:
             return segmenter.segment(rgb)
-        pred, hinted = carrier.output(segmenter, video_t, rgb, self.link.due_hints(video_t), self.opt.hint_ttl_s)
+        pred, hinted = carrier.output(segmenter, video_t, rgb, self.link.due_hints(video_t), self.opt.hint_ttl_s,
+                                      probe=uploaded)
         if hinted:
             self.frames_shown_hint += 1
             metrics.FRAMES_SHOWN_HINT.inc()
@@ -136,7 +140,8 @@ class EdgeRuntime:
             self.link.update_delay_s = self.opt.update_delay_s
         if self.opt.mode == "replay":
             self.link.hint_delay_s = self.opt.hint_delay_s
-        carrier = LabelCarrier(hold_s=self.opt.hint_ttl_s) if self.link.label_hints and self.opt.hint_ttl_s > 0 else None
+        carrier = (LabelCarrier(hold_s=self.opt.hint_ttl_s, judge=HintJudge() if self.opt.hint_judge else None)
+                   if self.link.label_hints and self.opt.hint_ttl_s > 0 else None)
         self.frames_shown_hint = 0
         uploader = threading.Thread(target=self._upload_worker, daemon=True) if self.opt.mode == "live" else None
         if uploader:
@@ -158,7 +163,7 @@ class EdgeRuntime:
                     metrics.FRAMES_DROPPED.inc()
                     continue
             started = time.perf_counter()
-            pred = self._segment(segmenter, carrier, video_t, frame.rgb)
+            pred = self._segment(segmenter, carrier, video_t, frame.rgb, sampler.due(video_t))
             seconds = time.perf_counter() - started
             self.latencies_ms.append(seconds * 1000)
             metrics.FRAMES.inc()

@@ -31,16 +31,20 @@ class IntervalSampler:
         self.frames: list[np.ndarray] = []
         self.timestamps: list[float] = []
 
+    def due(self, timestamp_s: float) -> bool:
+        """Whether `offer` would keep this frame (it will go up to the trainer)."""
+        # at most one frame a clip: the one that closes the interval; else each as it falls due
+        return self.first_alone or timestamp_s + 1e-9 >= (
+            self.interval_end_s if self.rate_fps * self.interval_s <= 1 + 1e-9 else self.next_sample_s)
+
     def offer(self, timestamp_s: float, rgb: np.ndarray) -> bool:
         """Keep the frame if it is due; True when kept."""
+        if not self.due(timestamp_s):
+            self.latest = (timestamp_s, rgb)
+            return False
         if self.first_alone:   # the first frame: its own clip, now; the next interval starts from it
             self.first_alone = False
             self.interval_end_s = self.next_sample_s = timestamp_s
-        # at most one frame a clip: the one that closes the interval; else each as it falls due
-        elif timestamp_s + 1e-9 < (self.interval_end_s if self.rate_fps * self.interval_s <= 1 + 1e-9
-                                   else self.next_sample_s):
-            self.latest = (timestamp_s, rgb)
-            return False
         self.latest = None
         self.frames.append(rgb.copy())
         self.timestamps.append(timestamp_s)

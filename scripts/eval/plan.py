@@ -143,7 +143,7 @@ def ceiling_section(run: Runner, students: list[str], large: bool) -> list[dict]
 # The system's pace without what hides the student's own learning (label hints) and with the paper's float16
 # downlink, so that the ablation's and the sweeps' figures measure the coordinates and the schedule
 LEARNING = {**OURS, "hint_miou": 0.0, "update_codecs": PAPER["update_codecs"]}
-HINT_MIOUS = (0.0, 1.0)     # label hints off / always, against the default (the system's AMS row)
+HINT_MIOUS = (0.0, 0.95)    # label hints off / stopped at 0.95 (before the edge's judge), against the default (always)
 
 
 def ams_spec(playlist: str, paper: bool = False, student: str = "deeplabv3_mnv2", **trainer) -> RunSpec:
@@ -186,8 +186,11 @@ def sweeps_section(run: Runner, playlists: list[str]) -> list[dict]:
             point(ams_spec(playlist, t_update_s=t_update), "ams", "t_update_s", t_update)
         for t_fast in (*T_FASTS, OURS["t_fast_s"]):
             point(ams_spec(playlist, t_fast_s=t_fast), "ams", "t_fast_s", t_fast)
-        for hint_miou in HINT_MIOUS:   # the whole system's AMS (int4) with label hints off / always
+        for hint_miou in HINT_MIOUS:   # the whole system's AMS (int4) with label hints off / stopped at 0.95
             point(spec("ams", playlist, trainer={**OURS, "hint_miou": hint_miou}), "ams", "hint_miou", hint_miou)
+        # ... with the edge always showing a fresh hint (no HintJudge), and at the paper's γ while hinted
+        point(spec("ams", playlist, trainer=OURS, judge=False), "ams", "judge", 0.0)
+        point(spec("ams", playlist, trainer={**OURS, "hint_gamma": PAPER["gamma"]}), "ams", "hint_gamma", PAPER["gamma"])
         for gamma in (0.01, 0.2):
             point(ams_spec(playlist, gamma=gamma), "ams", "gamma", gamma)
         # a compute-bound trainer (a phase of K 20 at batch 4 takes ≈ 3 s on this 2-core box), both paces

@@ -26,7 +26,7 @@ from services.trainer.config import TrainerConfig
 from services.trainer.store import RedisSessionStore
 
 log = logging.getLogger("ams-eval")
-EVAL_VERSION = 5     # bump when a change to the harness or the trainer invalidates cached runs
+EVAL_VERSION = 6     # bump when a change to the harness or the trainer invalidates cached runs
 
 # The paper's settings (§4.1) with our trainer's ASR constants (φ is a cross-entropy here, DESIGN §5)
 PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "gamma": 0.05, "batch_size": 4,
@@ -42,7 +42,7 @@ PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "g
 # What the system adds to the paper's AMS (issue 23), at TrainerConfig's defaults: fast start and scene changes,
 # label hints, and its update codec (the first it prefers: int4)
 OURS = {f.name: f.default for f in dataclasses.fields(TrainerConfig)
-        if f.name in ("t_fast_s", "settle_miou", "hint_miou", "hint_paced", "update_codecs")}
+        if f.name in ("t_fast_s", "settle_miou", "hint_miou", "hint_paced", "hint_gamma", "update_codecs")}
 ONE_TIME_SHARE = 0.15        # One-Time trains on the first 15 % of a playlist (the paper: 60 s of 7-15 min videos)
 ONE_TIME_ITERATIONS = 100    # = 5 AMS phases of K = 20
 RT_DELAY_S = NETWORK_DELAY_S   # Remote+Tracking: JPEG uplink at 2 Mbps (< 0.1 s) + teacher (0.25 s, the paper's V100) + RTT

@@ -11,7 +11,7 @@ import collections
 import dataclasses
 
 from ams.label_hint import make_hint
-from edge_client.label_carrier import HINT_TTL_S, LabelCarrier
+from edge_client.label_carrier import HINT_TTL_S, HintJudge, LabelCarrier
 from edge_client.model_holder import ModelHolder
 from edge_client.sampler import IntervalSampler
 from edge_client.segmenters import make_segmenter
@@ -90,11 +90,11 @@ class AMS(Scheme):
     NETWORK_DELAY_S after the upload, as PNG; the device carries it by optical flow (`LabelCarrier`)
     and shows it instead of its student's output while it is at most HINT_TTL_S old."""
 
-    def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0):
+    def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0, judge: bool = True):
         super().__init__(trainer, student)
         self.hints = trainer.session.offers_hints
         trainer.session.accepts_hints = self.hints   # this edge carries them (OpenSession's label_hints)
-        self.carrier = LabelCarrier(hold_s=HINT_TTL_S) if self.hints else None
+        self.carrier = LabelCarrier(hold_s=HINT_TTL_S, judge=HintJudge() if judge else None) if self.hints else None
         self.stateful = self.stateful or self.hints   # the flow needs every frame
         self.hint_queue: collections.deque = collections.deque()   # (arrival, capture time, label)
         self.hints_sent = self.hints_shown = 0
@@ -111,7 +111,7 @@ class AMS(Scheme):
         arrived = []
         while self.hint_queue and self.hint_queue[0][0] <= t + 1e-9:
             arrived.append(self.hint_queue.popleft()[1:])
-        pred, hinted = self.carrier.output(self.segmenter, t, frame.rgb, arrived)
+        pred, hinted = self.carrier.output(self.segmenter, t, frame.rgb, arrived, probe=self.sampler.due(t))
         self.hints_shown += hinted
         return pred
 

@@ -73,13 +73,16 @@ class TrainerConfig:
     settle_miou: float = _f(0.9, "newest-frames mIoU (held model vs teacher) at which a session is settled")
     change_jump: float = _f(0.15, "a drop of the newest-frames mIoU this far below its running level is a scene change")
     recent_share: float = _f(0.5, "after a scene change, the share of each mini-batch drawn from frames since it")
-    hint_miou: float = _f(0.95, "label hints: while the held student's newest-frames mIoU is below this (or not yet "
+    hint_miou: float = _f(1.0, "label hints: while the held student's newest-frames mIoU is below this (or not yet "
                                "measured), an edge that carries labels (OpenSession's label_hints) gets the teacher's "
                                "label of each clip's newest frame as soon as it is labelled and shows it, carried by "
-                               "optical flow, instead of its student's output (0 = never; needs t_fast_s > 0)")
+                               "optical flow, unless its HintJudge finds its student better (1 = always: the edge "
+                               "chooses; 0 = never; needs t_fast_s > 0)")
     hint_paced: bool = _f(True, "while a device is shown label hints, its student's phases run every T_update (as "
                                 "settled), not one per clip: fewer updates, less downlink; the device shows the "
                                 "teacher's labels meanwhile")
+    hint_gamma: float = _f(0.02, "γ of the phases that run while a device is shown label hints: its student is shown only "
+                                 "where it beats the carried labels (the edge's HintJudge), so its updates are smaller")
     # limits and operations
     session_ttl_s: int = _f(900, "seconds after which an abandoned session's keys expire")
     max_sessions: int = _f(16, "sessions served at once")
@@ -127,6 +130,8 @@ class TrainerConfig:
         check_tls(self.insecure, self.tls_ca, self.tls_cert, self.tls_key, "AMS_")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"AMS_GAMMA={self.gamma} must be in (0, 1]")
+        if not 0 < self.hint_gamma <= 1:
+            raise ConfigError(f"AMS_HINT_GAMMA={self.hint_gamma} must be in (0, 1]")
         if self.max_sessions_per_device < 1 or self.max_opens_per_minute <= 0 or self.max_clip_scale < 1:
             raise ConfigError("need AMS_MAX_SESSIONS_PER_DEVICE ≥ 1, AMS_MAX_OPENS_PER_MINUTE > 0, AMS_MAX_CLIP_SCALE ≥ 1")
         try:

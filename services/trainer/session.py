@@ -284,8 +284,10 @@ class Session:
                 return student_loss(xb, yb) if student_loss else F.cross_entropy(model(xb), yb)
 
             trained = time.perf_counter()
+            # while the device is shown label hints its student shows only where it beats them: smaller updates
+            gamma = self.cfg.hint_gamma if self.accepts_hints and self.wants_hint(pace) else self.cfg.gamma
             indices, losses = train_phase(self.model, loss_fn, adam,
-                                          dataclasses.replace(self.adam_cfg, iterations=len(picks)), rng)
+                                          dataclasses.replace(self.adam_cfg, iterations=len(picks), gamma=gamma), rng)
             train_s = time.perf_counter() - trained
             # adopt what the edge will hold (float16 rounding or quantisation error included): the two
             # copies stay bit-identical and the next phase's gradients see the error (error feedback)

@@ -116,11 +116,13 @@ def test_results_follow_the_issue_schema(monkeypatch):
     assert {p for s in results["sweeps"] if s["param"] == "t_fast_s" for p in [s["value"]]} == {1.0, 2.0, 4.0}
     assert {(s["scheme"], s["value"]) for s in results["sweeps"] if s["param"] == "phase_s"} == {
         ("ams", plan.CPU_PHASE_S), ("ams_paper", plan.CPU_PHASE_S)}   # a compute-bound trainer, both paces
-    assert {s["value"] for s in results["sweeps"] if s["param"] == "hint_miou"} == {0.0, 1.0}
+    assert {s["value"] for s in results["sweeps"] if s["param"] == "hint_miou"} == {0.0, 0.95}
+    assert {(s["param"], s["value"]) for s in results["sweeps"] if s["param"] in ("judge", "hint_gamma")} == {
+        ("judge", 0.0), ("hint_gamma", 0.05)}
     # the ablation measures the student's learning: no label hints, the paper's float16
     ablation = [dict(r.trainer) for r in planned if r.scheme == "ams" and "selection" in dict(r.trainer)]
     assert ablation and all("hint_miou" not in t and "update_codecs" not in t for t in ablation)   # = PAPER's
-    assert len(set(planned)) == 72   # the services check adds none
+    assert len(set(planned)) == 74   # the services check adds none
     # make eval-long: every scheme on the long scene, and No Customization / AMS for the low-latency student
     planned.clear()
     long = plan.sections(fake_run, quick=False, long=True)

@@ -72,3 +72,62 @@ def test_the_carrier_computes_flow_only_while_a_label_may_be_shown():
     for i in range(6, 10):
         carrier.step(i / 10, _square(20 + 2 * i)[0])
     assert max(carrier.flows) == 0.6 and carrier.fresh(0.2) is None   # too old to show: no more flow
+
+
+class _Student:
+    """A stateless 'student': `outputs[i]` for frame i (set `i` before each frame); counts its calls."""
+
+    stateful = False
+
+    def __init__(self, outputs):
+        self.outputs, self.i, self.calls = outputs, 0, 0
+
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.outputs[self.i]
+
+
+def _play(carrier: LabelCarrier, student: _Student, frames, labels, fps: int = 10) -> str:
+    """Every frame at `fps`; one frame a second goes up and its label arrives 4 frames later, as a
+    hint does. Returns, per frame, H where the hint showed and s where the student did."""
+    shown = ""
+    for i in range(len(frames)):
+        student.i = i
+        arrived = [((i - 4) / fps, labels[i - 4])] if i >= 4 and (i - 4) % fps == 0 else []
+        _, hinted = carrier.output(student, i / fps, frames[i], arrived, ttl_s=3.0, probe=i % fps == 0)
+        shown += "H" if hinted else "s"
+    return shown
+
+
+def _back_and_forth(n: int, step: int = 4):
+    """n frames of a square moving `step` px a frame, to and fro, with its labels."""
+    xs = [4 + (k if k < 60 else 120 - k) for k in ((i * step) % 120 for i in range(n))]
+    return [list(x) for x in zip(*(_square(x) for x in xs))]
+
+
+def test_the_judge_shows_the_student_once_it_beats_the_carried_labels_and_forgets_at_a_cut():
+    from edge_client.label_carrier import JUDGED, HintJudge
+
+    frames, labels = _back_and_forth(100)
+    carrier = LabelCarrier(hold_s=3.0, judge=HintJudge())
+    shown = _play(carrier, _Student(labels), frames[:60], labels[:60])   # a student that is exactly right
+    # labels arrive from frame 4; each later one judges the student against the label carried to its frame
+    assert shown[:4] == "ssss" and shown[4:4 + 10 * JUDGED] == "H" * 10 * JUDGED and set(shown[4 + 10 * JUDGED:]) == {"s"}
+    assert min(carrier.judge.margins) > 0.01         # it beat the carried label clearly, each time
+    frames[60:] = [np.full_like(frames[0], 250)] * 40   # a cut: another shot, where it has no record yet
+    carrier2 = LabelCarrier(hold_s=3.0, judge=HintJudge())
+    shown = _play(carrier2, _Student(labels), frames, labels)
+    assert shown[59] == "s" and set(shown[60:70]) == {"H"}
+    assert len(carrier2.judge.margins) < JUDGED
+
+
+def test_a_student_that_loses_to_the_hints_never_shows_and_runs_only_on_uploaded_frames():
+    from edge_client.label_carrier import HintJudge
+
+    frames, labels = _back_and_forth(40)
+    for judge in (None, HintJudge()):
+        student = _Student([np.zeros_like(labels[0])] * 40)
+        shown = _play(LabelCarrier(hold_s=3.0, judge=judge), student, frames, labels)
+        assert shown == "ssss" + "H" * 36
+        # before the first hint, then (with a judge) on the uploaded frames 10, 20, 30 besides
+        assert student.calls == 4 + (3 if judge else 0)

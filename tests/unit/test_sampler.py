@@ -60,3 +60,17 @@ def test_fast_start_uploads_the_first_frame_alone_at_once():
 def test_the_first_frame_goes_alone_by_default_only_in_fast_start():
     assert IntervalSampler(rate_fps=1.0, interval_s=1.0).first_alone
     assert not IntervalSampler(rate_fps=1.0, interval_s=10.0).first_alone
+
+
+def test_due_tells_beforehand_which_frames_offer_keeps():
+    """The edge asks `due` before the frame is segmented (its judge keeps the student's output for the
+    frames that go up); it must name exactly the frames `offer` then keeps."""
+    frame = np.zeros((2, 2, 3), np.uint8)
+    for rate, interval, first in ((1.0, 1.0, True), (0.85, 1.0, False), (1.0, 5.0, False), (0.5, 10.0, False)):
+        s = IntervalSampler(rate, interval, first_alone=first)
+        for i in range(0, 301):
+            t = i / 30
+            due = s.due(t)
+            assert s.offer(t, frame) == due
+            if s.interval_done(t):
+                s.take(rate, interval)

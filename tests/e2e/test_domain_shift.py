@@ -47,6 +47,7 @@ def test_ams_beats_no_customization_after_a_domain_shift(tmp_path, architecture)
     save_checkpoint(str(tmp_path / "students" / "tiny_domain_a.pt"), architecture, model, meta)
     trainer_env = {"AMS_CHECKPOINT_DIR": str(tmp_path / "students"), "AMS_T_UPDATE_S": "2", "AMS_T_HORIZON_S": "8",
                    "AMS_K_ITERS": "10", "AMS_BATCH_SIZE": "4", "AMS_LR": "0.01", "AMS_GAMMA": str(GAMMA),
+                   "AMS_HINT_GAMMA": str(GAMMA),   # the size bounds below are for γ; hinted phases would use 2 %
                    "AMS_R_INIT": "2", "AMS_R_MAX": "2", "AMS_TORCH_THREADS": "1"}
     teacher_env = {"AMS_TEACHER_BACKEND": "oracle", "AMS_TEACHER_SCENE": SCENE.spec()}
     out = tmp_path / "edge"

@@ -53,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="show the trainer's label hint, carried by optical flow, instead of the student's output while "
                         "it is at most this old; 0 = never ask for hints")
     p.add_argument("--no-hint-judge", dest="hint_judge", action="store_false",
-                   help="always show a fresh hint (by default the student is shown instead while it beat the "
-                        "carried label on each of the last hints' frames)")
+                   help="always show a fresh hint (by default the student is shown instead while it got fewer "
+                        "pixels wrong than the carried label on the last 4 uploaded frames of the shot)")
     p.add_argument("--segmenter", choices=["auto", "frame", "streamdeq", "lowlatency"], default="auto",
                    help="how to run the student: frame = one pass per frame; streamdeq = warm-started M iterations "
                         "per frame; lowlatency = adaptive key frames + feature propagation; auto = by the student")

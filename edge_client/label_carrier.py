@@ -11,9 +11,9 @@ own student: the student's output and the carried label are kept for the frames 
 and when the teacher's label of such a frame arrives both are scored against it. While the student
 has scored better over the last few, it is shown (the paper's promise: a customised student beats
 tracked labels once it has learned the scene); otherwise the hint is. The record holds within a shot:
-a cut (the frame's 32×18 thumbnail differs from the last one's by more than CUT_MAD grey levels on
-average) clears it, and a label carried across a cut is not judged (it says nothing of the next frames,
-whose fresh hint comes from the new shot).
+a cut (`ShotChangeDetector`, StreamDEQ's, on the grey frames: 32×18 thumbnails differing by more
+than CUT_MAD grey levels on average) clears it, and a label carried across a cut is not judged (it
+says nothing of the next frames, whose fresh hint comes from the new shot).
 """
 from __future__ import annotations
 
@@ -22,27 +22,38 @@ import collections
 import cv2
 import numpy as np
 
+from edge_client.segmenters import ShotChangeDetector
 
-# The edge shows a carried label instead of its student's output while the label is at most this old
-# (hints come with every clip, each t_fast_s, while the trainer finds the student below hint_miou; then they stop)
+# The edge shows a carried label instead of its student's output while the label is at most this old (hints
+# come with every clip, each t_fast_s, while the trainer finds the student below hint_miou: by default always)
 HINT_TTL_S = 3.0
 CUT_MAD = 30.0   # a shot cut: mean |Δ| of consecutive 32×18 grey thumbnails (camera motion: < 20 on our clips)
 JUDGED = 4   # the student is shown over a fresh hint while it beat the carried label over the last JUDGED labels
 
 
 class HintJudge:
-    """probe(t, student, carried) for a frame that goes up to the trainer; judge(t, label) when that
-    frame's teacher label arrives; student_wins() while the student got fewer pixels wrong than the
-    carried label, against those labels, over the last `window` judged frames."""
+    """step(t, grey) on every frame (shot cuts); probe(t, student, carried, carried_t) for a frame that
+    goes up to the trainer; judge(t, label) when that frame's teacher label arrives; student_wins()
+    while the student got fewer pixels wrong than the carried label, against those labels, over the
+    last `window` judged frames of this shot."""
 
     def __init__(self, window: int = JUDGED, keep_s: float = 5.0):
         self.window, self.keep_s = window, keep_s
+        self.cuts = ShotChangeDetector(CUT_MAD / 255.0)
+        self.cut_t = float("-inf")   # the latest shot cut's frame time
         self.probes: collections.OrderedDict[float, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
         self.margins: collections.deque[float] = collections.deque(maxlen=window)   # student − carried
-        self.judged = 0
 
-    def probe(self, t: float, student: np.ndarray, carried: np.ndarray | None) -> None:
-        if carried is not None and carried.shape == student.shape:
+    def step(self, t: float, gray: np.ndarray) -> None:
+        """A new frame; at a shot cut the student's record and the pairs taken before it say nothing more."""
+        if self.cuts.is_cut(gray):
+            self.cut_t = t
+            self.margins.clear()
+            self.probes.clear()
+
+    def probe(self, t: float, student: np.ndarray, carried: np.ndarray | None, carried_t: float | None) -> None:
+        """Keep the pair for frame t, unless no label is carried or it was carried across a cut."""
+        if carried is not None and carried_t is not None and carried_t >= self.cut_t and carried.shape == student.shape:
             self.probes[t] = (student, carried)
         while self.probes and next(iter(self.probes)) < t - self.keep_s:
             self.probes.popitem(last=False)
@@ -54,12 +65,6 @@ class HintJudge:
         # pixels the carried label gets wrong that the student gets right, net (the headline mIoU pools pixels
         # over frames: a per-frame mIoU would weigh a few stray pixels on an empty frame like a missed person)
         self.margins.append(float(np.mean(pair[1] != label)) - float(np.mean(pair[0] != label)))
-        self.judged += 1
-
-    def cut(self) -> None:
-        """A shot cut: the student's record and the pairs taken before it no longer say anything."""
-        self.margins.clear()
-        self.probes.clear()
 
     def student_wins(self) -> bool:
         return len(self.margins) == self.window and sum(self.margins) > 0
@@ -84,8 +89,6 @@ class LabelCarrier:
         self.current: np.ndarray | None = None
         self.captured_t: float | None = None
         self.winsize = 5
-        self.thumb: np.ndarray | None = None
-        self.cut_t = float("-inf")   # the latest shot cut's frame time
 
     def _warp(self, label: np.ndarray, flow: np.ndarray) -> np.ndarray:
         assert self.grid is not None
@@ -114,12 +117,8 @@ class LabelCarrier:
             self.grays.clear()
             self.flows.clear()
         prev_t = next(reversed(self.grays)) if self.grays else None
-        thumb = cv2.resize(gray, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)
-        if self.thumb is not None and float(np.abs(thumb - self.thumb).mean()) > CUT_MAD:
-            self.cut_t = t
-            if self.judge is not None:
-                self.judge.cut()
-        self.thumb = thumb
+        if self.judge is not None:
+            self.judge.step(t, gray)
         self.grays[t] = gray
         if prev_t is not None and self._carrying():
             self.current = self._warp(self.current, self._flow(t, prev_t))
@@ -161,14 +160,13 @@ class LabelCarrier:
         self.step(t, rgb)
         for captured, label in arrived:
             self.receive(captured, label)
-        hint = self.fresh(ttl_s)
-        if hint is not None and self.judge is not None and self.judge.student_wins():
-            hint = None
+        held, judge = self.fresh(ttl_s), self.judge
+        hint = None if held is None or (judge is not None and judge.student_wins()) else held
         pred = None
-        if hint is None or segmenter.stateful or (probe and self.judge is not None):
+        if hint is None or segmenter.stateful or (probe and judge is not None):
             pred = segmenter.segment(rgb)
-        if probe and self.judge is not None and pred is not None and (self.captured_t or 0.0) >= self.cut_t:
-            self.judge.probe(t, pred, self.fresh(ttl_s))   # not across a cut
+        if probe and judge is not None:
+            judge.probe(t, pred, held, self.captured_t)
         return (pred, False) if hint is None else (hint, True)
 
     def age(self) -> float | None:

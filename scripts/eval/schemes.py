@@ -88,7 +88,8 @@ class AMS(Scheme):
     Label hints (the trainer's `hint_miou` > 0, an edge that carries labels): when the trainer wants one
     (Session.wants_hint), the teacher's label of the clip's newest frame reaches the device
     NETWORK_DELAY_S after the upload, as PNG; the device carries it by optical flow (`LabelCarrier`)
-    and shows it instead of its student's output while it is at most HINT_TTL_S old."""
+    and shows it instead of its student's output while it is at most HINT_TTL_S old, unless its
+    `HintJudge` (on by default, `judge`) has found the student better in this shot."""
 
     def __init__(self, trainer: InProcessTrainer, student: str, phase_s: float = 0.0, judge: bool = True):
         super().__init__(trainer, student)

@@ -130,6 +130,10 @@ class Session:
         miou = pace.level if pace.level is not None else pace.last_miou
         return self.offers_hints and (miou is None or miou < self.cfg.hint_miou)
 
+    def _hinted(self, pace: PaceController) -> bool:
+        """This session's device is shown label hints (it carries them and the trainer sends them)."""
+        return self.accepts_hints and self.wants_hint(pace)
+
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the student trains at, when its config fixes one."""
         h, w = self.student_config.get("input_height"), self.student_config.get("input_width")
@@ -193,7 +197,7 @@ class Session:
         newest = self._observe_newest(pace, new) if new else {}
         pace.seen_t = max(pace.seen_t, times[-1])
         # a device shown the teacher's hints needs no update per clip: its student trains at the paper's pace
-        hinting = self.cfg.hint_paced and self.accepts_hints and self.wants_hint(pace)
+        hinting = self.cfg.hint_paced and self._hinted(pace)
         if not pace.due(times[-1], self._paper_interval(), relaxed=hinting):
             return SKIPPED
         pace.trained_t = times[-1]
@@ -285,7 +289,7 @@ class Session:
 
             trained = time.perf_counter()
             # while the device is shown label hints its student shows only where it beats them: smaller updates
-            gamma = self.cfg.hint_gamma if self.accepts_hints and self.wants_hint(pace) else self.cfg.gamma
+            gamma = self.cfg.hint_gamma if self._hinted(pace) else self.cfg.gamma
             indices, losses = train_phase(self.model, loss_fn, adam,
                                           dataclasses.replace(self.adam_cfg, iterations=len(picks), gamma=gamma), rng)
             train_s = time.perf_counter() - trained

@@ -10,6 +10,8 @@ very update messages the service would stream.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import time
@@ -47,10 +49,20 @@ STUDENTS = {
 }
 
 
+def checkpoint_path(name: str) -> str:
+    return os.path.join(ROOT, "assets/students", STUDENTS[name][0] + ".pt")
+
+
+@functools.cache
+def checkpoint_digest(name: str) -> str:
+    """SHA-256 of a student's w0 checkpoint: a remade w0 invalidates the runs that started from the old one."""
+    with open(checkpoint_path(name), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def load_student(name: str) -> tuple[str, dict, torch.nn.Module]:
     """(architecture, config, model) of a student's pretrained w0, as the trainer serves it."""
-    ckpt = torch.load(os.path.join(ROOT, "assets/students", STUDENTS[name][0] + ".pt"), map_location="cpu",
-                      weights_only=True)
+    ckpt = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
     model = build_student(ckpt["architecture"], ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
     return ckpt["architecture"], student_config_dict(model), model

@@ -1,8 +1,8 @@
 """Runs of the evaluation: what each one is (`RunSpec`), how it executes, and its cache on disk.
 
 A run is one scheme × student × playlist with its settings; its result is cached under
-out/eval/runs/<key>.json, keyed by the spec, the playlist's definition and `EVAL_VERSION`, so an interrupted `make eval`
-resumes where it stopped and a finished one re-renders the report without training again.
+out/eval/runs/<key>.json, keyed by the spec, the playlist's definition, w0's digest and `EVAL_VERSION`, so an
+interrupted `make eval` resumes where it stopped and a finished one re-renders the report without training again.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 from scripts.eval.baselines import JustInTime, RemoteTracking
 from scripts.eval.ceiling import Ceiling, TeacherOnUploads
-from scripts.eval.harness import STUDENTS, InProcessTrainer, play, student_size
+from scripts.eval.harness import STUDENTS, checkpoint_digest, InProcessTrainer, play, student_size
 from scripts.eval.playlists import PLAYLISTS, teacher_labels
 from scripts.eval.schemes import NETWORK_DELAY_S, AMS, NoCustomization, OneTime, one_time_config
 from services.trainer.config import TrainerConfig
@@ -58,8 +58,8 @@ class RunSpec:
 
     def key(self) -> str:
         """Names the run's cache file: the spec, the playlist's definition (its clips, time scale, teacher,
-        scoring: not only its name), the student's segmenter options and EVAL_VERSION."""
-        raw = json.dumps([EVAL_VERSION, dataclasses.asdict(self), STUDENTS[self.student][1],
+        scoring: not only its name), the student's segmenter options and w0 (its checkpoint's digest) and EVAL_VERSION."""
+        raw = json.dumps([EVAL_VERSION, dataclasses.asdict(self), STUDENTS[self.student][1], checkpoint_digest(self.student),
                           PLAYLISTS[self.playlist].definition()], sort_keys=True)
         return f"{self.scheme}-{self.playlist}-{self.student}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 

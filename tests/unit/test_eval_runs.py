@@ -2,7 +2,7 @@
 changed clip list or time scale is never answered from an old run."""
 import dataclasses
 
-from scripts.eval import runs
+from scripts.eval import harness, runs
 from scripts.eval.playlists import PLAYLISTS
 
 
@@ -18,3 +18,18 @@ def test_a_run_key_changes_with_the_playlists_definition_not_its_note(monkeypatc
         assert run.key() != key, f"{change} did not change the run's key"
     monkeypatch.setitem(PLAYLISTS, name, dataclasses.replace(original, note=original.note + " (reworded)"))
     assert run.key() == key
+
+
+def test_a_run_key_changes_when_its_students_w0_is_remade(monkeypatch, tmp_path):
+    """A retrained w0 under the same checkpoint name starts every scheme elsewhere: its runs are not reused."""
+    run = runs.spec("no_customization", next(iter(PLAYLISTS)), "streamdeq")
+    key = run.key()
+    remade = tmp_path / "w0.pt"
+    remade.write_bytes(open(harness.checkpoint_path("streamdeq"), "rb").read() + b"\0")
+    monkeypatch.setattr(harness, "checkpoint_path", lambda name: str(remade))
+    harness.checkpoint_digest.cache_clear()
+    try:
+        assert run.key() != key
+        assert runs.spec("no_customization", next(iter(PLAYLISTS)), "streamdeq").key() == run.key()
+    finally:
+        harness.checkpoint_digest.cache_clear()

@@ -42,6 +42,7 @@ DEVICE_ID = "eval-edge"     # the session's RNG is seeded by it: the services ro
 # model sequence differ (1.1 mIoU points measured between the in-process and the services run).
 STUDENTS = {
     "deeplabv3_mnv2": ("deeplabv3_mnv2_selfie", {}, []),
+    "deeplabv3_mnv2_parts": ("deeplabv3_mnv2_parts", {}, []),   # five classes, for the parts teacher's playlists
     "streamdeq": ("streamdeq_selfie", {"iters": 2, "solver": "unroll", "budget_ms": None, "cut_threshold": 0.15},
                   ["--deq-iters", "2", "--deq-solver", "unroll", "--deq-cut-threshold", "0.15"]),
     "lowlatency": ("lowlatency_selfie", {"scheme": "adaptive", "threshold": 0.02, "interval": 5},

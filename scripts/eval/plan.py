@@ -2,7 +2,8 @@
 
 Sections (issues 10, 23): every scheme on every playlist at its own pace for DeeplabV3-MobileNetV2 —
 AMS as the paper sets it and as the system runs it (fast start and scene changes) —, the two other
-students, the slow-motion sensitivity rows, the student's ceiling and the teacher-vs-teacher check,
+students, the slow-motion sensitivity rows, every scheme in five classes (the parts teacher), the
+student's ceiling and the teacher-vs-teacher check,
 the Table 3 ablation, the Fig. 4 sweeps, the rate-control run, and the real-services check. Every
 figure is over first-pass frames only; `miou_seen` reports repeated passes of a looped playlist apart.
 """
@@ -35,6 +36,9 @@ JIT_THRESHOLDS = (0.55, 0.65, 0.75, 0.85)
 JIT_DEFAULT = 0.75
 T_UPDATES = (10.0, 20.0, 40.0)
 STUDENTS = ("deeplabv3_mnv2", "streamdeq", "lowlatency")
+# issue 23 item 6: the people clips in five classes (the parts teacher) for DLv3 with five outputs: does the
+# comparison change with more classes than person / background?
+PARTS = (("real_people_parts", "deeplabv3_mnv2_parts"),)
 ABLATION_PLAYLIST = "real_people"   # also the sweeps', the three students' and the services check's
 
 Runner = Callable[[RunSpec], dict]   # spec -> the run's "result" record
@@ -98,10 +102,11 @@ def per_frame_gain(res: dict, base: dict) -> list[float]:
 
 def schemes_section(run: Runner, playlists: list[str], students: list[str], looped: bool,
                     sensitivity: tuple[str, ...] = (), students_on: str = ABLATION_PLAYLIST,
-                    student_schemes: tuple[str, ...] = ("no_customization", "ams_paper", "ams")) -> tuple[list, dict]:
+                    student_schemes: tuple[str, ...] = ("no_customization", "ams_paper", "ams"),
+                    parts: tuple[tuple[str, str], ...] = ()) -> tuple[list, dict]:
     """(rows, per-frame gains by playlist and scheme) for every scheme on every playlist (DLv3),
-    `student_schemes` for each of `students` on `students_on` (the ablation's playlist of people), and
-    the slow-motion `sensitivity` playlists (no One-Time)."""
+    `student_schemes` for each of `students` on `students_on` (the ablation's playlist of people), the
+    slow-motion `sensitivity` playlists (no One-Time), and every scheme on each (playlist, student) of `parts`."""
     rows, gains = [], {}
 
     def rows_of(playlist: str, schemes, student: str = "deeplabv3_mnv2", keep_gains: bool = False) -> None:
@@ -121,6 +126,8 @@ def schemes_section(run: Runner, playlists: list[str], students: list[str], loop
         rows_of("real_looped", ("no_customization", "ams"))
     for playlist in sensitivity:
         rows_of(playlist, [s for s in SCHEMES if s != "one_time"])
+    for playlist, student in parts:
+        rows_of(playlist, SCHEMES, student)
     return rows, gains
 
 
@@ -255,7 +262,7 @@ def sections(run: Runner, quick: bool, long: bool = False) -> dict:
                 "sweeps": [], "variance": [], "ceiling": [],
                 "rate_control": rate_control_section(run, "synthetic_still_quick")}
     rows, gains = schemes_section(run, list(HEADLINE), [s for s in STUDENTS if s != "deeplabv3_mnv2"], looped=True,
-                                  sensitivity=SENSITIVITY)
+                                  sensitivity=SENSITIVITY, parts=PARTS)
     ablation, full = ablation_section(run, SELECTIONS, GAMMAS)
     return {"schemes": rows, "per_frame_gain": gains, "ablation": ablation, "ablation_full": full,
             "sweeps": sweeps_section(run, [ABLATION_PLAYLIST]), "variance": variance_section(run),

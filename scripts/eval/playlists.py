@@ -18,6 +18,7 @@ from scripts.procs import ROOT
 from services.teacher.backends import TeacherBackend, TeacherInput, make_backend
 
 TEACHER_MODEL = "assets/teacher/selfie_segmentation_landscape.tflite"
+POSE_MODEL = "assets/teacher/pose_landmark_full.tflite"   # the parts teacher's (services/teacher/parts.py)
 # bikes.mp4 made every student's w0 (scripts/pretrain.py): it is never evaluated on
 SAMPLE_CLIPS = ("data/videos/carphone_pristine.mp4", "data/videos/bigbuckbunny.mp4")
 PEOPLE_CLIPS = ("data/videos/eval/psychopy_intro.mp4", "data/videos/eval/sports2d_demo.mp4",
@@ -33,7 +34,8 @@ def _paths(clips: tuple[str, ...]) -> tuple[str, ...]:
 class Playlist:
     name: str
     sources: tuple[str, ...]     # video files, or one synthetic scene spec
-    teacher: str                 # litert (the selfie teacher) | oracle (exact labels: a synthetic scene's, or `truth`)
+    teacher: str                 # litert (the selfie teacher) | parts (its person split into head, torso, arms, legs)
+    #                              | oracle (exact labels: a synthetic scene's, or `truth`)
     time_scale: float = 1.0      # video files play this many times slower on the algorithm's clock
     eval_every: int = 1          # score every n-th frame
     note: str = ""
@@ -47,7 +49,8 @@ class Playlist:
         if self.teacher == "oracle":
             backend = make_backend("oracle", scene_spec=self.truth or self.sources[0])
         else:
-            backend = make_backend("litert", os.path.join(ROOT, TEACHER_MODEL), threads=threads)
+            backend = make_backend(self.teacher, os.path.join(ROOT, TEACHER_MODEL), threads=threads,
+                                   pose_model_path=os.path.join(ROOT, POSE_MODEL))
         backend.load()
         return backend
 
@@ -75,6 +78,9 @@ PLAYLISTS = {p.name: p for p in (
     Playlist("real_people", _paths(PEOPLE_CLIPS), "litert", eval_every=2,
              note="the three clips with people from PyPI wheels at their own pace, 22.2 s, every 2nd frame scored "
                   "(the playlist of the ablation, the sweeps, the three students and the services check)"),
+    Playlist("real_people_parts", _paths(PEOPLE_CLIPS), "parts", eval_every=2,
+             note="real_people labelled in five classes by the parts teacher (background, head, torso, arms, legs: "
+                  "the selfie teacher's person split by BlazePose's keypoints), for a five-class student"),
     # sensitivity rows, never a headline: slow motion also slows the motion itself, which helps every scheme
     Playlist("real_slow", _paths(SAMPLE_CLIPS + PEOPLE_CLIPS), "litert", time_scale=4.0, eval_every=2,
              note="`real` in 4× slow motion (126 s on the algorithm's clock): the earlier headline, kept as a "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from typing import Any
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from ams.label_track import LabelTrack
 from ams.synthetic import CLASSES as SYNTHETIC_CLASSES, SyntheticScene
+from services.teacher.parts import PART_CLASSES, PoseDetector, PoseLandmarks, parts_map
 
 
 @dataclass
@@ -63,15 +65,19 @@ class LiteRTSelfieBackend(TeacherBackend):
         _, h, w, _ = self._input["shape"]
         self.input_size = (int(h), int(w))
 
-    def _infer_one(self, item: TeacherInput) -> TeacherOutput:
-        if item.rgb.ndim != 3 or item.rgb.shape[2] != 3 or item.rgb.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {item.rgb.shape} {item.rgb.dtype}")
+    def _person(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) float32 probability that each pixel is a person."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
         h, w = self.input_size
-        x = cv2.resize(item.rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        x = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self._interpreter.set_tensor(self._input["index"], x[None])
         self._interpreter.invoke()
         person = self._interpreter.get_tensor(self._output["index"])[0, :, :, 0]  # (h, w) sigmoid
-        person = cv2.resize(person, (item.rgb.shape[1], item.rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(person, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    def _infer_one(self, item: TeacherInput) -> TeacherOutput:
+        person = self._person(item.rgb)
         probs = np.stack([1.0 - person, person]).astype(np.float32)
         return TeacherOutput((person > 0.5).astype(np.uint8), probs)
 
@@ -88,6 +94,44 @@ class LiteRTSelfieBackend(TeacherBackend):
 
     def close(self) -> None:
         self._interpreter = None
+
+
+class PartsBackend(LiteRTSelfieBackend):
+    """Background, head, torso, arms, legs (`services/teacher/parts.py`): the selfie teacher's person
+    pixels, each given the part of the nearest bone of BlazePose's landmark model (`pose_model_path`)."""
+
+    name = "parts"
+    classes = PART_CLASSES
+
+    def __init__(self, model_path: str, pose_model_path: str, detector_model_path: str, num_threads: int = 2):
+        super().__init__(model_path, num_threads)
+        self.pose_model_path, self.detector_model_path = pose_model_path, detector_model_path
+        self._pose: PoseLandmarks | None = None
+        self._detector: PoseDetector | None = None
+
+    def load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        super().load()
+        interpreters = [Interpreter(model_path=p, num_threads=self.num_threads)
+                        for p in (self.pose_model_path, self.detector_model_path)]
+        for interpreter in interpreters:
+            interpreter.allocate_tensors()
+        self._pose, self._detector = PoseLandmarks(interpreters[0]), PoseDetector(interpreters[1])
+
+    def _infer_one(self, item: TeacherInput) -> TeacherOutput:
+        assert self._pose is not None
+        person = self._person(item.rgb)
+        labels = parts_map(item.rgb, person > 0.5, self._pose, self._detector)
+        # background keeps the selfie model's probability; a person pixel's mass goes to its part
+        probs = np.zeros((len(self.classes), *labels.shape), np.float32)
+        probs[0] = 1.0 - person
+        np.put_along_axis(probs, np.maximum(labels, 1)[None].astype(np.int64), person[None], axis=0)
+        return TeacherOutput(labels, probs)
+
+    def close(self) -> None:
+        super().close()
+        self._pose = self._detector = None
 
 
 class OracleBackend(TeacherBackend):
@@ -166,13 +210,19 @@ class OnnxBackend(TeacherBackend):
         return results
 
 
+POSE_MODEL = "assets/teacher/pose_landmark_full.tflite"   # the parts teacher's; its person detector beside it
+
+
 def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes: str = "", threads: int = 2,
-                 device: str = "auto") -> TeacherBackend:
+                 device: str = "auto", pose_model_path: str = POSE_MODEL) -> TeacherBackend:
     """Factory from config values."""
     if kind == "litert":
         return LiteRTSelfieBackend(model_path, threads)
+    if kind == "parts":
+        detector = os.path.join(os.path.dirname(pose_model_path), "pose_detection.tflite")
+        return PartsBackend(model_path, pose_model_path, detector, threads)
     if kind == "oracle":
         return OracleBackend(scene_spec)
     if kind == "onnx":
         return OnnxBackend(model_path, [c for c in classes.split(",") if c], device=device)
-    raise ValueError(f"unknown teacher backend {kind!r} (litert | oracle | onnx)")
+    raise ValueError(f"unknown teacher backend {kind!r} (litert | parts | oracle | onnx)")

@@ -12,8 +12,11 @@ class TeacherConfig:
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 = any free port)"})
     metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0 = off)"})
-    backend: str = field(default="litert", metadata={"help": "litert, oracle or onnx"})
+    backend: str = field(default="litert", metadata={"help": "litert (person vs background), parts (background, head, "
+                         "torso, arms, legs: the selfie model with BlazePose's landmarks), oracle or onnx"})
     model_path: str = field(default="assets/teacher/selfie_segmentation_landscape.tflite", metadata={"help": "model file"})
+    pose_model_path: str = field(default="assets/teacher/pose_landmark_full.tflite",
+                                 metadata={"help": "the parts backend's BlazePose landmark model"})
     scene: str = field(default="", metadata={"help": "the oracle backend's truth: a synthetic scene spec or "
                                                      "labels:PATH (a recorded label track)"})
     classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})
@@ -46,8 +49,8 @@ class TeacherConfig:
                 normalize_fingerprint(fingerprint)
             except ValueError as exc:
                 raise ConfigError(f"AMS_TEACHER_TRUSTED_PROXY_SHA256: {exc}") from exc
-        if self.backend not in ("litert", "oracle", "onnx"):
-            raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, oracle or onnx")
+        if self.backend not in ("litert", "parts", "oracle", "onnx"):
+            raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, parts, oracle or onnx")
         if self.backend == "oracle" and not self.scene:
             raise ConfigError("the oracle backend needs AMS_TEACHER_SCENE (a synthetic scene spec or labels:PATH)")
         if self.device not in ("auto", "cpu", "cuda"):

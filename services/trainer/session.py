@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ams.errors import InvalidArgument, OutOfRange, Unavailable
+from ams.errors import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
 from ams.miou import frame_miou
 from ams.models import batch_tensor, build_student
 from ams.update_codec import (FLOAT16, SparseUpdate, apply_update, decode_update, encode_update, flat_parameters,
@@ -157,7 +157,14 @@ class Session:
                     probs: list[np.ndarray]) -> int:
         """`ingest` for consecutive frames of a clip, the clip ended by `end_clip`: the manager ingests
         a clip a few frames at a time, so that no more than those frames' labels, probabilities and
-        PNGs are ever held. Re-adding a frame is harmless (frames are keyed by their timestamp)."""
+        PNGs are ever held. Re-adding a frame is harmless (frames are keyed by their timestamp). Labels
+        of a class the student has no output for (a teacher of more classes than the session's student)
+        are refused before anything is buffered."""
+        classes = int(self.student_config.get("num_classes") or 0)
+        top = max((int(lab.max()) for lab in labels if lab.size), default=0)
+        if classes and top >= classes:
+            raise FailedPrecondition(f"the teacher labels class {top}; session {self.sid}'s student has {classes} "
+                                     "classes: run the teacher its checkpoint was made for (AMS_TEACHER_BACKEND)")
         with self.ingest_lock:
             for i in np.argsort(timestamps):
                 if self.prev_label is not None and self.prev_label.shape == labels[i].shape:

@@ -142,3 +142,27 @@ def test_only_services_may_call_the_teacher(teacher, pki):
     with pytest.raises(grpc.RpcError) as err:
         raw(b"\xff\xff\xff\xff", timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_parts_teacher_serves_five_classes(loop_thread, pki):
+    """AMS_TEACHER_BACKEND=parts over mutual TLS: background, head, torso, arms, legs on a real close-up."""
+    from edge_client.video_source import VideoSource
+
+    tls_flags = [a for k, v in tls_config(pki, "teacher").items() for a in ("--" + k.replace("_", "-"), v)]
+    cfg = load_config(TeacherConfig, "AMS_TEACHER_", ["--backend", "parts", "--host", "127.0.0.1", "--port", "0",
+                                                       "--metrics-port", "0", "--threads", "1", *tls_flags], env={})
+    backend = make_backend(cfg.backend, cfg.model_path, cfg.scene, threads=cfg.threads, pose_model_path=cfg.pose_model_path)
+    server, port, batcher, _ = loop_thread.run(create_server(cfg, backend))
+    channel = tls.channel(f"127.0.0.1:{port}", service_tls(pki, "operator"), options=channel_options(8 * 1024 * 1024))
+    try:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+        info = stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest())
+        assert info.backend == "parts" and list(info.classes) == ["background", "head", "torso", "arms", "legs"]
+        rgb = next(f.rgb for f in VideoSource(["data/videos/carphone_pristine.mp4"], (144, 256)) if f.index == 40)
+        reply = stub.LabelFrames(teacher_pb2.LabelFramesRequest(frames=[encode_frame(rgb, 1.6)], want_probabilities=True))
+        class_map, probs = from_tensor(reply.labels[0].class_map), from_tensor(reply.labels[0].probabilities)
+        assert probs.shape == (5, 144, 256) and set(np.unique(class_map)) >= {0, 1, 2}
+    finally:
+        channel.close()
+        loop_thread.run(server.stop(0))
+        loop_thread.run(batcher.stop())

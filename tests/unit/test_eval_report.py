@@ -122,7 +122,11 @@ def test_results_follow_the_issue_schema(monkeypatch):
     # the ablation measures the student's learning: no label hints, the paper's float16
     ablation = [dict(r.trainer) for r in planned if r.scheme == "ams" and "selection" in dict(r.trainer)]
     assert ablation and all("hint_miou" not in t and "update_codecs" not in t for t in ablation)   # = PAPER's
-    assert len(set(planned)) == 74   # the services check adds none
+    # every scheme in five classes: the parts teacher's playlist with the five-class DLv3
+    assert {(s, "real_people_parts", "deeplabv3_mnv2_parts") for s in plan.SCHEMES} <= schemes
+    assert plan.PLAYLISTS["real_people_parts"].teacher == "parts"
+    assert any("five classes" in f["claim"] for f in findings(results))
+    assert len(set(planned)) == 80   # the services check adds none
     # make eval-long: every scheme on the long scene, and No Customization / AMS for the low-latency student
     planned.clear()
     long = plan.sections(fake_run, quick=False, long=True)

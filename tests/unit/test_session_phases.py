@@ -168,3 +168,15 @@ def test_a_compute_aware_phase_trains_the_k_its_budget_gives_and_reports_its_cos
     held[0] = 10 ** 6                                     # a box with a million sessions: K = k_min
     _ingest(session, 3, [4.0, 5.0])
     assert session.run_phase().stats["iterations"] == 1
+
+
+def test_labels_of_classes_the_student_lacks_are_refused_before_anything_is_buffered(redis_url):
+    """A parts teacher (5 classes) behind a trainer whose session holds a 2-class student: FAILED_PRECONDITION."""
+    session = _session(redis_url)
+    frames = [np.zeros((H, W, 3), np.uint8)]
+    labels = [np.full((H, W), TINY_STUDENT["num_classes"], np.uint8)]
+    with pytest.raises(FailedPrecondition, match="classes"):
+        session.ingest(1, [0.0], frames, labels, [np.full((5, H, W), 0.2, np.float32)])
+    assert session.store.frame_keys("s1") == [] and session.last_clip_seq == 0
+    _ingest(session, 1, [0.0])                          # the student's own classes still go in
+    assert session.store.frame_keys("s1")

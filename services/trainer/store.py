@@ -35,6 +35,8 @@ from services.trainer.redis_client import connect, redis_errors
 
 TRAINING_FIELDS = ("version", "phase", "trained_clip_seq", "checkpoint_version")
 
+WRITE_TRIES = 5   # a fenced write raced by its own lease's renewals is tried this often
+
 
 def _text(value: Any) -> str:
     """A Redis reply (bytes: the client does not decode) as text."""
@@ -271,9 +273,14 @@ class RedisSessionStore(SessionStore):
 
     def _transaction(self, sid: str, token: int | None, write) -> list:
         """`write(pipe)`'s commands as one MULTI/EXEC; with a `token`, only while it is still the
-        session lease's (WATCH on the lease: a change in between aborts the transaction)."""
+        session lease's (WATCH on the lease: a change in between aborts the transaction). A renewal
+        (PEXPIRE) also touches the watched key: the transaction is tried again while the token is
+        still ours, and LeaseLost only once it is not (or the lease keeps changing)."""
         with self.r.pipeline() as pipe:
-            if token is not None:
+            if token is None:
+                write(pipe)
+                return pipe.execute()
+            for _ in range(WRITE_TRIES):
                 try:
                     pipe.watch(lease_key(sid))
                     if _text(pipe.hget(lease_key(sid), "token") or b"") != str(token):
@@ -281,10 +288,9 @@ class RedisSessionStore(SessionStore):
                     pipe.multi()
                     write(pipe)
                     return pipe.execute()
-                except redis.WatchError as exc:
-                    raise LeaseLost(f"session {sid}: the lease changed during a write") from exc
-            write(pipe)
-            return pipe.execute()
+                except redis.WatchError:
+                    pipe.reset()
+            raise LeaseLost(f"session {sid}: the lease changed during {WRITE_TRIES} tries of a write")
 
     @redis_errors
     def frame_keys(self, sid: str) -> list[str]:

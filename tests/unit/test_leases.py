@@ -86,3 +86,30 @@ def test_renew_many_and_hand_off_requests(redis_url):
     taken = b.acquire("h1")
     assert taken is not None and taken > tokens["h1"] and a.wanted(["h1"]) == set()   # taking it clears the request
     assert a.renew(["h1"]) == {"h1": None}            # a no longer holds h1
+
+
+def test_a_fenced_write_raced_by_its_own_renewal_is_retried_not_refused(redis_url):
+    """The lease's renewal (PEXPIRE) touches the WATCHed key: a store write caught between WATCH and EXEC
+    by it is tried again while the token is still the writer's, and refused once another holds it."""
+    from services.trainer.leases import LeaseLost
+    from services.trainer.store import RedisSessionStore
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisSessionStore(redis_url)
+    a = SessionLeases(client, "trainer-a", ttl_s=5)
+    token = a.acquire("s3")
+    tries = []
+
+    def write(pipe):
+        tries.append(1)
+        if len(tries) == 1:
+            a.acquire("s3")                       # the renewal lands inside the transaction
+        pipe.set("state:s3", "written")
+
+    store._transaction("s3", token, write)
+    assert len(tries) == 2 and client.get("state:s3") == b"written"
+    assert a.release("s3")
+    b = SessionLeases(client, "trainer-b", ttl_s=5)
+    assert b.acquire("s3") is not None
+    with pytest.raises(LeaseLost, match="taken over"):
+        store._transaction("s3", token, write)

@@ -122,7 +122,7 @@ class PoseDetector:
         self.interpreter.set_tensor(self.input, (x.astype(np.float32) / 127.5 - 1.0)[None])
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self.boxes)[0]
-        score = _sigmoid(np.clip(self.interpreter.get_tensor(self.scores)[0, :, 0], -100, 100))
+        score = _sigmoid(self.interpreter.get_tensor(self.scores)[0, :, 0])
         keep = np.nonzero(score >= self.MIN_SCORE)[0]
         if not len(keep):
             return []

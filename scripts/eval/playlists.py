@@ -15,10 +15,9 @@ import numpy as np
 
 from edge_client.video_source import Frame, VideoSource
 from scripts.procs import ROOT
-from services.teacher.backends import TeacherBackend, TeacherInput, make_backend
+from services.teacher.backends import POSE_MODEL, TeacherBackend, TeacherInput, make_backend
 
 TEACHER_MODEL = "assets/teacher/selfie_segmentation_landscape.tflite"
-POSE_MODEL = "assets/teacher/pose_landmark_full.tflite"   # the parts teacher's (services/teacher/parts.py)
 # bikes.mp4 made every student's w0 (scripts/pretrain.py): it is never evaluated on
 SAMPLE_CLIPS = ("data/videos/carphone_pristine.mp4", "data/videos/bigbuckbunny.mp4")
 PEOPLE_CLIPS = ("data/videos/eval/psychopy_intro.mp4", "data/videos/eval/sports2d_demo.mp4",

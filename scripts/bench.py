@@ -80,10 +80,10 @@ def bench_phase_and_update(config: dict, k: int, batch: int, gamma: float, t_upd
     }
 
 
-def bench_teacher(video: str, frames: int, kind: str = "litert") -> dict:
+def bench_teacher(video: str, frames: int, kind: str = "litert", face_parts: bool = False) -> dict:
     """Per-frame teacher time at 144×256 on one frame at a time: the selfie model (litert) or the parts
-    teacher (its person split by BlazePose's detector and landmarks)."""
-    backend = make_backend(kind, "assets/teacher/selfie_segmentation_landscape.tflite")
+    teacher (its person split by BlazePose's detector and landmarks; with `face_parts` the face mesh too)."""
+    backend = make_backend(kind, "assets/teacher/selfie_segmentation_landscape.tflite", face_parts=face_parts)
     backend.load()
     items = [TeacherInput(f.rgb, f.timestamp_s) for i, f in zip(range(frames), VideoSource([video], (144, 256)))]
     backend.infer_batch(items[:3])
@@ -93,7 +93,7 @@ def bench_teacher(video: str, frames: int, kind: str = "litert") -> dict:
         backend.infer_batch([item])
         times.append((time.perf_counter() - t) * 1000)
     name = {"litert": "litert selfie_segmentation_landscape", "parts": "parts (selfie + pose_detection + pose_landmark_full)"}
-    return {"backend": name[kind], **_percentiles(times)}
+    return {"backend": name[kind] + (" + face_landmark" if face_parts else ""), **_percentiles(times)}
 
 
 def bench_uplink(video: str, rate_fps: float, t_update_s: float) -> dict:
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_phase": [bench_phase_and_update(demo, 20, 4, 0.05, 10.0), bench_phase_and_update(paper, 20, 4, 0.05, 10.0)],
         "teacher": bench_teacher("data/videos/carphone_pristine.mp4", 100),
         "teacher_parts": bench_teacher("data/videos/carphone_pristine.mp4", 100, "parts"),
+        "teacher_face_parts": bench_teacher("data/videos/carphone_pristine.mp4", 100, "parts", face_parts=True),
         "uplink": [bench_uplink("data/videos/carphone_pristine.mp4", 1.0, 10.0),
                    bench_uplink("data/videos/bigbuckbunny.mp4", 1.0, 10.0)],
     }

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(TeacherConfig, "AMS_TEACHER_", sys.argv[1:] if argv is None else argv,
                          description="AMS teacher-inference gRPC service")
     backend = make_backend(config.backend, config.model_path, config.scene, config.classes, config.threads, config.device,
-                           config.pose_model_path)
+                           config.pose_model_path, config.face_parts)
 
     async def start():
         return await create_server(config, backend)

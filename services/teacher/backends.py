@@ -11,7 +11,8 @@ import numpy as np
 
 from ams.label_track import LabelTrack
 from ams.synthetic import CLASSES as SYNTHETIC_CLASSES, SyntheticScene
-from services.teacher.parts import PART_CLASSES, PoseDetector, PoseLandmarks, parts_map
+from services.teacher.face_parts import FaceMesh
+from services.teacher.parts import FACE_PART_CLASSES, PART_CLASSES, PoseDetector, PoseLandmarks, parts_map
 
 
 @dataclass
@@ -98,31 +99,36 @@ class LiteRTSelfieBackend(TeacherBackend):
 
 class PartsBackend(LiteRTSelfieBackend):
     """Background, head, torso, arms, legs (`services/teacher/parts.py`): the selfie teacher's person
-    pixels, each given the part of the nearest bone of BlazePose's landmark model (`pose_model_path`)."""
+    pixels, each given the part of the nearest bone of BlazePose's landmark model (`pose_model_path`);
+    with `face_model_path` (the face mesh) also eyes, brows, nose and mouth (FACE_PART_CLASSES)."""
 
     name = "parts"
-    classes = PART_CLASSES
 
-    def __init__(self, model_path: str, pose_model_path: str, detector_model_path: str, num_threads: int = 2):
+    def __init__(self, model_path: str, pose_model_path: str, detector_model_path: str, num_threads: int = 2,
+                 face_model_path: str = ""):
         super().__init__(model_path, num_threads)
         self.pose_model_path, self.detector_model_path = pose_model_path, detector_model_path
+        self.face_model_path = face_model_path
+        self.classes = FACE_PART_CLASSES if face_model_path else PART_CLASSES
         self._pose: PoseLandmarks | None = None
         self._detector: PoseDetector | None = None
+        self._face: FaceMesh | None = None
 
     def load(self) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         super().load()
         interpreters = [Interpreter(model_path=p, num_threads=self.num_threads)
-                        for p in (self.pose_model_path, self.detector_model_path)]
+                        for p in (self.pose_model_path, self.detector_model_path, self.face_model_path) if p]
         for interpreter in interpreters:
             interpreter.allocate_tensors()
         self._pose, self._detector = PoseLandmarks(interpreters[0]), PoseDetector(interpreters[1])
+        self._face = FaceMesh(interpreters[2]) if self.face_model_path else None
 
     def _infer_one(self, item: TeacherInput) -> TeacherOutput:
         assert self._pose is not None
         person = self._person(item.rgb)
-        labels = parts_map(item.rgb, person > 0.5, self._pose, self._detector)
+        labels = parts_map(item.rgb, person > 0.5, self._pose, self._detector, face=self._face)
         # background keeps the selfie model's probability; a person pixel's mass goes to its part
         probs = np.zeros((len(self.classes), *labels.shape), np.float32)
         probs[0] = 1.0 - person
@@ -131,7 +137,7 @@ class PartsBackend(LiteRTSelfieBackend):
 
     def close(self) -> None:
         super().close()
-        self._pose = self._detector = None
+        self._pose = self._detector = self._face = None
 
 
 class OracleBackend(TeacherBackend):
@@ -210,17 +216,18 @@ class OnnxBackend(TeacherBackend):
         return results
 
 
-POSE_MODEL = "assets/teacher/pose_landmark_full.tflite"   # the parts teacher's; its person detector beside it
+POSE_MODEL = "assets/teacher/pose_landmark_full.tflite"   # the parts teacher's; its person detector and face mesh beside it
 
 
 def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes: str = "", threads: int = 2,
-                 device: str = "auto", pose_model_path: str = POSE_MODEL) -> TeacherBackend:
+                 device: str = "auto", pose_model_path: str = POSE_MODEL, face_parts: bool = False) -> TeacherBackend:
     """Factory from config values."""
     if kind == "litert":
         return LiteRTSelfieBackend(model_path, threads)
     if kind == "parts":
-        detector = os.path.join(os.path.dirname(pose_model_path), "pose_detection.tflite")
-        return PartsBackend(model_path, pose_model_path, detector, threads)
+        beside = os.path.dirname(pose_model_path)
+        face = os.path.join(beside, "face_landmark.tflite") if face_parts else ""
+        return PartsBackend(model_path, pose_model_path, os.path.join(beside, "pose_detection.tflite"), threads, face)
     if kind == "oracle":
         return OracleBackend(scene_spec)
     if kind == "onnx":

@@ -16,7 +16,10 @@ class TeacherConfig:
                          "torso, arms, legs: the selfie model with BlazePose's landmarks), oracle or onnx"})
     model_path: str = field(default="assets/teacher/selfie_segmentation_landscape.tflite", metadata={"help": "model file"})
     pose_model_path: str = field(default="assets/teacher/pose_landmark_full.tflite",
-                                 metadata={"help": "the parts backend's BlazePose landmark model"})
+                                 metadata={"help": "the parts backend's BlazePose landmark model (its person "
+                                           "detector and face mesh are read from the same folder)"})
+    face_parts: bool = field(default=False, metadata={"help": "the parts backend also labels eyes, brows, nose and "
+                             "mouth on faces large enough (9 classes; the face mesh face_landmark.tflite)"})
     scene: str = field(default="", metadata={"help": "the oracle backend's truth: a synthetic scene spec or "
                                                      "labels:PATH (a recorded label track)"})
     classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})

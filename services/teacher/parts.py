@@ -1,4 +1,5 @@
-"""A multi-class teacher from the mediapipe wheel's models: background, head, torso, arms, legs.
+"""A multi-class teacher from the mediapipe wheel's models: background, head, torso, arms, legs (and,
+with the face mesh, eyes, brows, nose and mouth: face_parts.py).
 
 Who is a person comes from the selfie segmentation (the `litert` teacher); which part of the body each
 person pixel is comes from BlazePose, run as mediapipe runs it: its person detector
@@ -19,7 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.teacher.face_parts import FACE_PARTS, FaceMesh, paint_faces
+
 PART_CLASSES = ["background", "head", "torso", "arms", "legs"]
+FACE_PART_CLASSES = PART_CLASSES + FACE_PARTS   # AMS_TEACHER_FACE_PARTS: the face's parts on close-ups too
 HEAD, TORSO, ARMS, LEGS = 1, 2, 3, 4
 VISIBLE = 0.5            # a keypoint's visibility (sigmoid of the model's logit) at least this is used
 MIN_PERSON = 0.002       # a region of the person mask smaller than this share of the frame takes no pose of its own
@@ -214,10 +218,11 @@ def people(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def parts_map(rgb: np.ndarray, mask: np.ndarray, pose: PoseLandmarks, detector: PoseDetector | None = None,
-              max_people: int = 6) -> np.ndarray:
-    """(H, W) uint8 class map over PART_CLASSES of a frame whose person pixels are `mask`: each takes the
-    part of the nearest bone of the people the detector found (or, when it found none, of the pose in
-    each region of the mask); torso when no pose is found at all."""
+              max_people: int = 6, face: FaceMesh | None = None) -> np.ndarray:
+    """(H, W) uint8 class map over PART_CLASSES (FACE_PART_CLASSES with `face`) of a frame whose person
+    pixels are `mask`: each takes the part of the nearest bone of the people the detector found (or, when
+    it found none, of the pose in each region of the mask); torso when no pose is found at all; with
+    `face`, each posed face's eyes, brows, nose and mouth over it (face_parts.py)."""
     labels = np.zeros(mask.shape, np.uint8)
     if not mask.any():
         return labels
@@ -227,4 +232,6 @@ def parts_map(rgb: np.ndarray, mask: np.ndarray, pose: PoseLandmarks, detector: 
         poses = [p for p in (pose.region(rgb, r) for r in people(mask)[:max_people]) if p is not None]
     part = nearest_part(mask.shape, poses)
     labels[mask] = TORSO if part is None else part[mask]
+    if face is not None:
+        paint_faces(labels, mask, rgb, face, poses, len(PART_CLASSES))
     return labels

@@ -67,3 +67,33 @@ def test_each_pixel_takes_the_part_of_the_nearest_visible_bone():
     assert part[10, 50] == HEAD and part[38, 50] == TORSO and part[60, 43] == LEGS and part[48, 27] == ARMS
     vis[:] = 0.0
     assert nearest_part((100, 100), [(xy, vis)]) is None
+
+
+def test_face_parts_label_a_close_ups_eyes_brows_nose_and_mouth_in_their_places():
+    from services.teacher.parts import FACE_PART_CLASSES
+
+    faces = make_backend("parts", SELFIE, threads=1, face_parts=True)
+    faces.load()
+    try:
+        assert faces.classes == FACE_PART_CLASSES == PART_CLASSES + ["eyes", "brows", "nose", "mouth"]
+        rgb = _frame("data/videos/carphone_pristine.mp4", 40)
+        out = faces.infer_batch([TeacherInput(rgb, 0.0)])[0]
+        assert out.probabilities.shape == (9, 144, 256)
+        counts = np.bincount(out.class_map.ravel(), minlength=9)
+        assert (counts[5:] >= 20).all(), counts           # every face part, a few dozen pixels each at 144×256
+        rows = np.arange(144)[:, None].repeat(256, 1)
+        cols = np.arange(256)[None].repeat(144, 0)
+        mean_row = {name: rows[out.class_map == 5 + k].mean() for k, name in enumerate(["eyes", "brows", "nose", "mouth"])}
+        assert mean_row["brows"] < mean_row["eyes"] < mean_row["nose"] < mean_row["mouth"], mean_row
+        nose_col = cols[out.class_map == 7].mean()
+        eye_cols = cols[out.class_map == 5]
+        assert (eye_cols < nose_col).sum() > 5 and (eye_cols > nose_col).sum() > 5     # two eyes, either side
+        body = make_backend("parts", SELFIE, threads=1)
+        body.load()
+        plain = body.infer_batch([TeacherInput(rgb, 0.0)])[0].class_map
+        assert ((out.class_map > 0) == (plain > 0)).all()        # face parts stay on the person's pixels
+        assert (plain[out.class_map >= 5] == HEAD).mean() > 0.9  # ... on what the body parts call the head
+        small = faces.infer_batch([TeacherInput(_frame("data/videos/carphone_pristine.mp4", 40)[::3, ::3].copy(), 0.0)])[0]
+        assert small.class_map.max() <= LEGS                      # a face a few pixels wide keeps no parts
+    finally:
+        faces.close()

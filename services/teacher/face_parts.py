@@ -15,6 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.teacher.crops import sigmoid, square_crop
+
 FACE_PARTS = ["eyes", "brows", "nose", "mouth"]
 FACE_FOUND = 0.5        # the mesh's face-presence score needed to trust it
 MIN_FACE_PX = 40.0      # a face's crop side below this (≈ 27 px of face) keeps no parts
@@ -29,10 +31,6 @@ _POSE_FACE = [0, 2, 5, 9, 10]   # nose, eyes, mouth corners (BlazePose keypoints
 VISIBLE = 0.5
 
 
-def _sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0))))
-
-
 class FaceMesh:
     """The face mesh model on a square, upright crop of a frame."""
 
@@ -44,14 +42,11 @@ class FaceMesh:
 
     def __call__(self, rgb: np.ndarray, cx: float, cy: float, side: float) -> tuple[np.ndarray, float]:
         """(468×2 landmarks in frame pixels, face-presence score) of the crop of `side` pixels centred on (cx, cy)."""
-        s = side / _CROP
-        to_crop = np.array([[1 / s, 0, (side / 2 - cx) / s], [0, 1 / s, (side / 2 - cy) / s]], np.float32)
-        crop = cv2.warpAffine(rgb, to_crop, (_CROP, _CROP), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        crop, s, origin = square_crop(rgb, cx, cy, side, _CROP)
         self.interpreter.set_tensor(self.input, (crop.astype(np.float32) / 255.0)[None])
         self.interpreter.invoke()
         mesh = self.interpreter.get_tensor(self.mesh).reshape(468, 3)[:, :2]
-        xy = mesh * s + np.array([cx - side / 2, cy - side / 2], np.float32)
-        return xy, _sigmoid(float(self.interpreter.get_tensor(self.presence).ravel()[0]))
+        return mesh * s + origin, float(sigmoid(float(self.interpreter.get_tensor(self.presence).ravel()[0])))
 
     def from_pose(self, rgb: np.ndarray, xy: np.ndarray, vis: np.ndarray) -> np.ndarray | None:
         """The face mesh of the person whose pose keypoints are `xy` (visibilities `vis`), or None when

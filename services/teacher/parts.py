@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.teacher.crops import sigmoid, square_crop
 from services.teacher.face_parts import FACE_PARTS, FaceMesh, paint_faces
 
 PART_CLASSES = ["background", "head", "torso", "arms", "legs"]
@@ -34,10 +35,6 @@ _BONES = {ARMS: [(11, 13), (13, 15), (12, 14), (14, 16), (15, 17), (15, 19), (15
 _CROP = 256
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
-
-
 class PoseLandmarks:
     """BlazePose full's landmark model on a square, upright crop of a frame."""
 
@@ -50,14 +47,11 @@ class PoseLandmarks:
     def __call__(self, rgb: np.ndarray, cx: float, cy: float, side: float) -> tuple[np.ndarray, np.ndarray, float]:
         """(39×2 keypoints in frame pixels, 39 visibilities, the pose-presence score) of the crop of `side`
         pixels centred on (cx, cy); the crop's outside of the frame is black, as mediapipe pads it."""
-        s = side / _CROP
-        to_crop = np.array([[1 / s, 0, (side / 2 - cx) / s], [0, 1 / s, (side / 2 - cy) / s]], np.float32)
-        crop = cv2.warpAffine(rgb, to_crop, (_CROP, _CROP), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        crop, s, origin = square_crop(rgb, cx, cy, side, _CROP)
         self.interpreter.set_tensor(self.input, (crop.astype(np.float32) / 255.0)[None])
         self.interpreter.invoke()
         lm = self.interpreter.get_tensor(self.landmarks)[0].reshape(39, 5)
-        xy = lm[:, :2] * s + np.array([cx - side / 2, cy - side / 2], np.float32)
-        return xy, _sigmoid(lm[:, 3]), float(self.interpreter.get_tensor(self.presence).ravel()[0])
+        return lm[:, :2] * s + origin, sigmoid(lm[:, 3]), float(self.interpreter.get_tensor(self.presence).ravel()[0])
 
     def track(self, rgb: np.ndarray, first: tuple[np.ndarray, np.ndarray, float]) -> tuple[np.ndarray, np.ndarray] | None:
         """From a first estimate, mediapipe's tracking crop (centre = alignment point 33, 2.5 × |33 → 34| a
@@ -126,7 +120,7 @@ class PoseDetector:
         self.interpreter.set_tensor(self.input, (x.astype(np.float32) / 127.5 - 1.0)[None])
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self.boxes)[0]
-        score = _sigmoid(self.interpreter.get_tensor(self.scores)[0, :, 0])
+        score = sigmoid(self.interpreter.get_tensor(self.scores)[0, :, 0])
         keep = np.nonzero(score >= self.MIN_SCORE)[0]
         if not len(keep):
             return []

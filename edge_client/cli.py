@@ -1,12 +1,17 @@
-"""`ams-edge`: run an edge device against an AMS trainer on a video (files or a synthetic scene)."""
+"""`ams-edge`: run an edge device against an AMS trainer on a video file, a playlist, a live stream or a camera.
+
+SIGTERM or SIGINT ends the run after the current frame: the session is closed, the overlay (if any) is
+finalised and summary.json written, and the exit status is 0."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 
 import torch
 from prometheus_client import start_http_server
@@ -14,13 +19,13 @@ from prometheus_client import start_http_server
 from ams.models import resolve_device
 from ams.pki import CertFiles, identity_of
 from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
-from ams.v1 import streaming_pb2
 from ams.video import CLIP_CRF
 from edge_client.evaluation import TeacherLabeler
 from edge_client.label_carrier import HINT_TTL_S
-from edge_client.link import TrainerLink
-from edge_client.runtime import EdgeOptions, EdgeRuntime
-from edge_client.video_source import VideoSource
+from edge_client.client import EdgeClient, EdgeError, EdgeOptions
+from edge_client.live_source import is_live
+from edge_client.runtime import EdgeRuntime
+from edge_client.sources import expand, open_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,14 +40,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="plain text to a trainer in insecure mode (local demo only; AMS_INSECURE)")
     p.add_argument("--device-id", default=env("AMS_DEVICE_ID", socket.gethostname()),
                    help="device identity sent as a header in --insecure mode (AMS_DEVICE_ID)")
-    p.add_argument("--video", action="append", required=True,
-                   help="video file, or a synthetic scene spec 'synthetic:seed=1,...'; repeat to play back to back")
+    p.add_argument("--source", "--video", dest="source", action="append", required=True,
+                   help="a video file, a directory of them, a playlist (.m3u/.txt), a synthetic scene 'synthetic:seed=1,"
+                        "...', a stream (rtsp://, rtmp://, http(s)://, udp://, srt://) or a V4L2 camera /dev/videoN; "
+                        "files repeat to play back to back; a stream or camera implies --mode live")
+    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an FFmpeg input option of a live source, e.g. rtsp_transport=udp, video_size=640x480, "
+                        "framerate=30, input_format=mjpeg (repeatable; RTSP defaults to rtsp_transport=tcp)")
     p.add_argument("--loops", type=int, default=1, help="play the playlist this many times (0 = forever)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this much video time")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="play video files this many times slower on the algorithm's clock (the evaluation's slow "
                         "motion: the paper's time constants over short clips); synthetic scenes keep their own time")
-    p.add_argument("--mode", choices=["replay", "live"], default="replay")
+    p.add_argument("--mode", choices=["replay", "live"], default=None,
+                   help="replay: files as fast as possible, each interval's update awaited (deterministic; the default "
+                        "for files); live: at capture pace, frames the model cannot keep up with dropped (the default "
+                        "for streams and cameras)")
     p.add_argument("--update-delay-s", type=float, default=0.0,
                    help="replay: apply each update this many seconds of video after the interval it was trained on "
                         "ended (the latency a live device sees; the evaluation uses 1.0); 0 = on arrival")
@@ -88,7 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "0: constant quality (--clip-crf)")
     p.add_argument("--clip-crf", type=int, default=CLIP_CRF, help="H.264 constant quality of uploaded clips (x264 CRF)")
     p.add_argument("--out", default="out/edge", help="directory for summary.json and overlay.mp4")
-    p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--overlay", dest="overlay", action="store_true", default=None,
+                   help="write overlay.mp4 (the default in replay; in live mode only when asked: it grows with the run)")
+    p.add_argument("--no-overlay", dest="overlay", action="store_false")
+    p.add_argument("--connect-timeout-s", type=float, default=10.0,
+                   help="wait this long for the trainer before serving the local checkpoint and retrying in the "
+                        "background")
+    p.add_argument("--log-level", default=env("AMS_LOG_LEVEL", "INFO"), help="logging level (AMS_LOG_LEVEL)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--threads", type=int, default=int(env("AMS_EDGE_THREADS", "2")), help="torch threads")
     p.add_argument("--device", default=env("AMS_EDGE_DEVICE", "cpu"),
@@ -96,13 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _segmenter_options(args: argparse.Namespace, architecture: str) -> dict:
-    if architecture == "streamdeq":
-        return {"iters": args.deq_iters, "solver": args.deq_solver, "budget_ms": args.deq_budget_ms,
-                "cut_threshold": args.deq_cut_threshold or None}
-    if architecture == "lowlatency":
-        return {"scheme": args.ll_scheme, "threshold": args.ll_threshold, "interval": args.ll_interval}
-    return {}
+def _segmenter_options(args: argparse.Namespace) -> dict:
+    """The segmenter options of each streaming architecture (the client takes its student's)."""
+    return {"streamdeq": {"iters": args.deq_iters, "solver": args.deq_solver, "budget_ms": args.deq_budget_ms,
+                          "cut_threshold": args.deq_cut_threshold or None},
+            "lowlatency": {"scheme": args.ll_scheme, "threshold": args.ll_threshold, "interval": args.ll_interval}}
 
 
 def _codecs(names: str) -> tuple[str, ...]:
@@ -129,14 +146,47 @@ def _tls(args: argparse.Namespace) -> tuple[CertFiles | None, CertFiles | None]:
     return device, CertFiles(args.ca, args.eval_cert, args.eval_key) if args.eval_teacher else None
 
 
+def _source_options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"ams-edge: --source-option {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM / SIGINT set the event: the run ends after the current frame. A second signal exits at once."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        logging.getLogger("ams-edge").warning("%s: finishing the current frame, then closing the session",
+                                              signal.Signals(signum).name)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device_tls, eval_tls = _tls(args)
     try:
         device = str(resolve_device(args.device))
     except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"ams-edge: --device: {exc}") from exc
+    try:
+        sources = expand(args.source)
+    except ValueError as exc:
+        raise SystemExit(f"ams-edge: --source: {exc}") from exc
+    live_source = any(is_live(s) for s in sources)
+    mode = args.mode or ("live" if live_source else "replay")
+    if live_source and mode == "replay":
+        raise SystemExit("ams-edge: a stream or camera runs in --mode live")
     if args.checkpoint is None:
         args.checkpoint = {"streamdeq": "streamdeq_selfie", "lowlatency": "lowlatency_selfie"}.get(
             args.segmenter, "deeplabv3_mnv2_selfie")
@@ -144,28 +194,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     os.makedirs(args.out, exist_ok=True)
-    spec = streaming_pb2.StudentSpec(checkpoint=args.checkpoint, architecture="" if args.checkpoint else args.arch,
-                                     config_json="" if args.checkpoint else args.config)
-    link = TrainerLink(args.trainer, args.device_id, spec, device_tls, update_codecs=_codecs(args.update_codecs),
-                       device=device, label_hints=args.hint_ttl_s > 0)
+    overlay = args.overlay if args.overlay is not None else mode == "replay"
+    options = EdgeOptions(mode=mode, eval_every=args.eval_every if args.eval_teacher else 0,
+                          clip_bitrate=args.clip_bitrate, clip_crf=args.clip_crf, progress=not args.quiet,
+                          baseline=not args.no_baseline,
+                          overlay_path=os.path.join(args.out, "overlay.mp4") if overlay else None,
+                          segmenter=args.segmenter, update_delay_s=args.update_delay_s,
+                          hint_delay_s=args.hint_delay_s, hint_ttl_s=args.hint_ttl_s, hint_judge=args.hint_judge,
+                          segmenter_options=_segmenter_options(args))
+    stop = _stop_on_signals()
+    try:
+        client = EdgeClient(args.trainer, device_tls, args.checkpoint, device_id=args.device_id,
+                            architecture=args.arch, config_json=args.config, options=options,
+                            update_codecs=_codecs(args.update_codecs), device=device,
+                            connect_timeout_s=args.connect_timeout_s)
+    except EdgeError as exc:
+        raise SystemExit(f"ams-edge: {exc}") from None
     labeler = TeacherLabeler(args.eval_teacher, eval_tls) if args.eval_teacher else None
     try:
-        holder = link.open()
-        size = (holder.config["input_height"], holder.config["input_width"])
-        source = VideoSource(args.video, size, loops=args.loops, max_seconds=args.max_seconds, time_scale=args.time_scale)
-        options = EdgeOptions(mode=args.mode, eval_every=args.eval_every if labeler else 0, clip_bitrate=args.clip_bitrate,
-                              clip_crf=args.clip_crf,
-                              progress=not args.quiet, baseline=not args.no_baseline,
-                              overlay_path=None if args.no_overlay else os.path.join(args.out, "overlay.mp4"),
-                              segmenter=args.segmenter, update_delay_s=args.update_delay_s,
-                              hint_delay_s=args.hint_delay_s, hint_ttl_s=args.hint_ttl_s, hint_judge=args.hint_judge,
-                              segmenter_options=_segmenter_options(args, holder.architecture))
-        summary = EdgeRuntime(link, source, options, labeler).run()
+        source = open_source(sources, client.input_size, loops=args.loops, max_seconds=args.max_seconds,
+                             time_scale=args.time_scale, options=_source_options(args.source_option), stop=stop)
+        summary = EdgeRuntime(client, source, labeler, stop=stop).run()
     finally:
-        link.close()
+        client.close()
         if labeler:
             labeler.close()
-    summary.update({"device_id": args.device_id, "session_id": link.session_id, "videos": args.video})
+    summary.update({"device_id": args.device_id, "session_id": client.link.session_id, "videos": args.source})
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     keys = ("frames", "updates", "uplink_kbps", "downlink_kbps", "edge_fps")

@@ -92,10 +92,12 @@ class TrainerLink:
         self.resyncs = 0
 
     # --- session ----------------------------------------------------------------------------------
-    def open(self) -> ModelHolder:
-        """Open a session (or resume the current one) and start the update stream."""
+    def open(self, timeout_s: float | None = None) -> ModelHolder:
+        """Open a session (or resume the current one) and start the update stream; waits up to `timeout_s`
+        (default: the link's) for the trainer to be reachable. A holder set before (a local model the
+        device served while offline) takes the trainer's snapshot."""
         with self._open_lock:
-            return self._open()
+            return self._open(timeout_s)
 
     def reopen(self, stale_sid: str) -> None:
         """A call on session `stale_sid` was NOT_FOUND (expired, or replaced by this device): open a new
@@ -105,11 +107,12 @@ class TrainerLink:
             if self.session_id == stale_sid:
                 self._open()
 
-    def _open(self) -> ModelHolder:
+    def _open(self, timeout_s: float | None = None) -> ModelHolder:
         request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
                                                    held_version=self.holder.version if self.holder else 0,
                                                    update_codecs=self.update_codecs, label_hints=self.label_hints)
-        reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=self.timeout_s, wait_for_ready=True)
+        reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=timeout_s or self.timeout_s,
+                                        wait_for_ready=True)
         self.stats.snapshot_bytes += reply.ByteSize()
         metrics.DOWNLINK_BYTES.labels("snapshot").inc(reply.ByteSize())
         self.session_id = reply.session_id

@@ -48,7 +48,10 @@ def file_duration(path: str) -> float:
 
 
 class VideoSource:
-    """Plays `paths` back to back (`loops` times; 0 = forever), or a synthetic scene spec."""
+    """Plays `paths` back to back (`loops` times; 0 = forever), or a synthetic scene spec. Not `paced`: the
+    frames come as fast as they are read (a live runtime paces them at their timestamps)."""
+
+    paced = False
 
     def __init__(self, paths: list[str], size_hw: tuple[int, int], loops: int = 1, max_seconds: float | None = None,
                  time_scale: float = 1.0):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ams.models import build_student, student_config_dict
+from ams.models.checkpoints import load_checkpoint
 from ams.update_codec import decode_update
 from ams.v1 import streaming_pb2
 from ams.video import decode_clip, encode_clip
@@ -63,10 +63,7 @@ def checkpoint_digest(name: str) -> str:
 
 def load_student(name: str) -> tuple[str, dict, torch.nn.Module]:
     """(architecture, config, model) of a student's pretrained w0, as the trainer serves it."""
-    ckpt = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
-    model = build_student(ckpt["architecture"], ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return ckpt["architecture"], student_config_dict(model), model
+    return load_checkpoint(checkpoint_path(name))
 
 
 def student_size(name: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from ams import errors
 from ams.device import resolve_device
 from ams.label_hint import make_hint
 from ams.models import build_student, student_config_dict
+from ams.models.checkpoints import load_checkpoint
 from ams.update_codec import CODEC_NAMES, edge_decodes, pick_codec
 from ams.video import decode_clip
 from services.trainer import metrics
@@ -265,14 +266,12 @@ class SessionManager:
             path = os.path.join(self.cfg.checkpoint_dir, name + ".pt")
             if not os.path.isfile(path):
                 raise errors.NotFound(f"no pretrained student checkpoint {name!r} on this trainer")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if spec.architecture and spec.architecture != ckpt["architecture"]:
-                raise errors.InvalidArgument(f"checkpoint {name!r} is a {ckpt['architecture']}, not {spec.architecture}")
-            if config and config != ckpt["config"]:
-                raise errors.InvalidArgument(f"checkpoint {name!r} was trained with config {ckpt['config']}")
-            model = build_student(ckpt["architecture"], ckpt["config"])
-            model.load_state_dict(ckpt["state_dict"])
-            return ckpt["architecture"], student_config_dict(model), model
+            architecture, ckpt_config, model = load_checkpoint(path)
+            if spec.architecture and spec.architecture != architecture:
+                raise errors.InvalidArgument(f"checkpoint {name!r} is a {architecture}, not {spec.architecture}")
+            if config and config != ckpt_config:
+                raise errors.InvalidArgument(f"checkpoint {name!r} was trained with config {ckpt_config}")
+            return architecture, ckpt_config, model
         self._check_custom_student(spec.architecture, config)
         torch.manual_seed(self.cfg.seed)
         model = build_student(spec.architecture, config)

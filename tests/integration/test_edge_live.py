@@ -12,7 +12,8 @@ from ams.synthetic import SyntheticScene
 from ams.v1 import streaming_pb2
 from edge_client.evaluation import TeacherLabeler
 from edge_client.link import TrainerLink
-from edge_client.runtime import EdgeOptions, EdgeRuntime
+from edge_client.client import EdgeClient, EdgeOptions
+from edge_client.runtime import EdgeRuntime
 from edge_client.video_source import VideoSource
 from services.teacher.backends import make_backend
 from services.teacher.config import TeacherConfig
@@ -63,7 +64,7 @@ def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path, 
         link.open()
         source = VideoSource([SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
         options = EdgeOptions(mode="live", eval_every=2, progress=False, overlay_path=str(tmp_path / "o.mp4"))
-        summary = EdgeRuntime(link, source, options, labeler).run()
+        summary = EdgeRuntime(EdgeClient("", link=link, options=options), source, labeler).run()
         link.wait_processed(3, timeout_s=30)
     finally:
         link.close()
@@ -96,7 +97,8 @@ def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(se
         try:
             link.open()
             source = VideoSource([LONG_SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
-            summary = EdgeRuntime(link, source, EdgeOptions(mode="live", eval_every=0, progress=False)).run()
+            client = EdgeClient("", link=link, options=EdgeOptions(mode="live", eval_every=0, progress=False))
+            summary = EdgeRuntime(client, source).run()
             link.wait_processed(summary["clips_uploaded"], timeout_s=30)
             results[name] = (summary, link.stats.updates, link.holder.updates_rejected, link.holder.version)
         finally:

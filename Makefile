@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy chaos tools proto up fuzz eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy stream-server chaos tools proto up fuzz eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -60,6 +60,12 @@ haproxy:
 chaos: install assets redis haproxy
 	$(BIN)/python -m scripts.chaos --out out/chaos/summary.json
 
+# A real RTSP server for the edge's live-source tests: GStreamer's (Debian), run by the system Python's PyGObject.
+stream-server:
+	@/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-gi \
+	  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; }
+
 # Validators for docker-compose.yml and the Prometheus files (no Docker engine needed).
 tools:
 	@command -v docker-compose >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { \
@@ -75,13 +81,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install assets redis haproxy tools lint
+test: install assets redis haproxy tools stream-server lint
 	$(BIN)/python -m pytest -q tests
 
 test-unit: install assets redis tools
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install assets redis haproxy
+test-integration: install assets redis haproxy stream-server
 	$(BIN)/python -m pytest -q tests/integration
 
 test-e2e: install assets redis

@@ -23,6 +23,7 @@ import av
 import cv2
 import numpy as np
 
+from edge_client import metrics
 from edge_client.video_source import Frame
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class StreamSource:
                     if self._last_frame_at is not None:   # a reconnect: the gap since the last frame
                         gap = self._clock() - self._last_frame_at
                         self.stats.gaps_s.append(gap)
+                        metrics.SOURCE_RECONNECTS.inc()
                         log.info("source %s: back after a %.1f s gap", self.url, gap)
                 ts = now
                 if frame.time is not None:

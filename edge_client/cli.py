@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlay", dest="overlay", action="store_true", default=None,
                    help="write overlay.mp4 (the default in replay; in live mode only when asked: it grows with the run)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false")
+    p.add_argument("--export-dir", default="",
+                   help="at the end of the run, write the adapted student there as ONNX and TorchScript with its card "
+                        "(student.onnx, student.ts, student.json: config, version, input/output contract)")
     p.add_argument("--connect-timeout-s", type=float, default=10.0,
                    help="wait this long for the trainer before serving the local checkpoint and retrying in the "
                         "background")
@@ -215,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         source = open_source(sources, client.input_size, loops=args.loops, max_seconds=args.max_seconds,
                              time_scale=args.time_scale, options=_source_options(args.source_option), stop=stop)
         summary = EdgeRuntime(client, source, labeler, stop=stop).run()
+        if args.export_dir:
+            card = client.export(args.export_dir)
+            summary["export"] = {"dir": args.export_dir, "version": card["version"]}
     finally:
         client.close()
         if labeler:

@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 
 from ams.models.checkpoints import checkpoint_file, load_checkpoint
+from ams.models.export import export_student
 from ams.pki import CertFiles
 from ams.update_codec import CODECS
 from ams.v1 import streaming_pb2
@@ -310,6 +311,12 @@ class EdgeClient:
         self.clips_dropped += 1
         metrics.CLIPS_DROPPED.inc()
         log.error("clip %d dropped after %.0f s of retries", seq, UPLOAD_RETRY_S)
+
+    def export(self, out_dir: str) -> dict:
+        """Write the model the device holds now as ONNX and TorchScript, with its card (student.json:
+        architecture, config, version, input and output contract); returns the card."""
+        architecture, config, model, version = self.holder.copy_model()
+        return export_student(model, architecture, config, version, out_dir, session_id=self.link.session_id)
 
     # --- lifetime -------------------------------------------------------------------------------------
     def drain(self, timeout_s: float = 60.0) -> bool:

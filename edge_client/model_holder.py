@@ -12,6 +12,7 @@ is refused and the last good model is kept.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 
@@ -60,6 +61,11 @@ class ModelHolder:
             self.active = published
             self.flat = flat
             self.version = snapshot.version
+
+    def copy_model(self) -> tuple[str, dict, torch.nn.Module, int]:
+        """(architecture, config, a copy of the canonical model, its version), consistent under updates."""
+        with self._lock:
+            return self.architecture, dict(self.config), copy.deepcopy(self.canonical), self.version
 
     def apply(self, update: SparseUpdate) -> bool:
         """Apply to the canonical model and publish a new inference copy. False (and nothing changes)

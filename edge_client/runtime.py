@@ -126,7 +126,7 @@ class EdgeRuntime:
             close = getattr(self.source, "close", None)
             if close is not None:
                 close()
-        if self.opt.mode == "live":
+        if self.opt.mode == "live" and not self.stop.is_set():   # stopped (SIGTERM): no waiting on the uplink
             client.drain()
         if self.opt.progress:
             self._print_progress(frames, video_t - (t0 or 0), holder.version)

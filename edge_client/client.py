@@ -165,6 +165,11 @@ class EdgeClient:
             self._uploader = threading.Thread(target=self._upload_worker, name="ams-uplink", daemon=True)
             self._uploader.start()
 
+    @classmethod
+    def on_link(cls, link: TrainerLink, options: EdgeOptions | None = None) -> "EdgeClient":
+        """A client over a link already open (the evaluation harness and tests drive the link themselves)."""
+        return cls(link.address, options=options, link=link)
+
     # --- connection ---------------------------------------------------------------------------------
     @property
     def connected(self) -> bool:

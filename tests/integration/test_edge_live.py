@@ -64,7 +64,7 @@ def test_live_mode_runs_at_capture_pace_and_swaps_updates_in(servers, tmp_path, 
         link.open()
         source = VideoSource([SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
         options = EdgeOptions(mode="live", eval_every=2, progress=False, overlay_path=str(tmp_path / "o.mp4"))
-        summary = EdgeRuntime(EdgeClient("", link=link, options=options), source, labeler).run()
+        summary = EdgeRuntime(EdgeClient.on_link(link, options), source, labeler).run()
         link.wait_processed(3, timeout_s=30)
     finally:
         link.close()
@@ -97,7 +97,7 @@ def test_two_live_devices_past_the_horizon_fail_no_phase_and_refuse_no_update(se
         try:
             link.open()
             source = VideoSource([LONG_SCENE.spec()], (TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]))
-            client = EdgeClient("", link=link, options=EdgeOptions(mode="live", eval_every=0, progress=False))
+            client = EdgeClient.on_link(link, EdgeOptions(mode="live", eval_every=0, progress=False))
             summary = EdgeRuntime(client, source).run()
             link.wait_processed(summary["clips_uploaded"], timeout_s=30)
             results[name] = (summary, link.stats.updates, link.holder.updates_rejected, link.holder.version)

@@ -152,7 +152,6 @@ def test_a_v4l2_camera_path_opens_with_ffmpegs_v4l2_demuxer_and_missing_cameras_
     stop = threading.Event()
     source = StreamSource("/dev/null", (36, 64), options={"video_size": "64x36"}, backoff=Backoff(0.05, 0.1),
                           stop=stop)
-    source.url = "/dev/null"
     source.format = "v4l2"       # what /dev/videoN gets (default_options)
     reader = threading.Thread(target=lambda: list(source))
     reader.start()

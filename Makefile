@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy stream-server chaos tools proto up fuzz eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
 	@echo "make test      # unit + integration + end-to-end tests"
 	@echo "make up        # redis + teacher + trainer as local processes with mutual TLS (out/stack/stack.json)"
 	@echo "make chaos     # 3 trainer + 2 teacher replicas behind HAProxy, one killed mid-phase (out/chaos/summary.json)"
+	@echo "make soak      # an edge live on looping clips for SOAK_MINUTES (10): RSS and open files (out/soak/soak.json)"
 	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
 	@echo "make bench-codec # update codecs: bytes, bits per index and mIoU vs float16 (out/bench/codec.json)"
 	@echo "make bench-lowlatency # low-latency segmenter at 3 sizes: arrival-to-output latency, ablations (BENCH_ARGS='--device cuda')"
@@ -134,6 +135,12 @@ smoke: install assets
 DEVICES ?= edge-1
 up: install assets redis
 	$(BIN)/python -m scripts.up --out out/stack --devices $(DEVICES)
+
+# An edge left running: live mode on the real clips looping forever, its RSS and open files sampled
+# (out/soak/soak.json); SOAK_MINUTES long, then SIGTERM (exit 0 and a complete summary expected)
+SOAK_MINUTES ?= 10
+soak: install assets redis eval-videos
+	$(BIN)/python -m scripts.soak --minutes $(SOAK_MINUTES) --out out/soak
 
 FUZZ_CASES ?= 10000
 fuzz: install assets redis

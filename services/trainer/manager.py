@@ -296,6 +296,16 @@ class SessionManager:
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and h * w <= self.cfg.max_student_pixels):
             raise errors.InvalidArgument(f"student input {h}×{w} is not within 1..{self.cfg.max_student_pixels} pixels")
 
+    async def _check_classes(self, config: dict) -> None:
+        """A student must have an output for every class the teacher labels, and no more: a session whose
+        counts differ is refused at once (FAILED_PRECONDITION, both counts), not by failing every phase."""
+        teacher = await self.teacher.classes()
+        student = config.get("num_classes")
+        if teacher and isinstance(student, int) and student != len(teacher):
+            raise errors.FailedPrecondition(
+                f"the teacher labels {len(teacher)} classes ({', '.join(teacher)}); this student has {student}: "
+                f"open the session with a student of {len(teacher)} classes, or run the teacher it was made for")
+
     async def open(self, device_id: str, spec: streaming_pb2.StudentSpec, resume_sid: str,
                    codecs: Sequence[int] = (), label_hints: bool = False) -> tuple[Session, bool]:
         """Resume `resume_sid` if it still exists for this device (and its update codec is one the edge
@@ -322,6 +332,7 @@ class SessionManager:
         if len(self.sessions) - len(replaced) >= self.cfg.max_sessions:
             raise errors.ResourceExhausted(f"trainer serves at most {self.cfg.max_sessions} sessions")
         architecture, config, model = await self._ingest(self._build_model, spec)
+        await self._check_classes(config)
         for old in replaced:   # the device's own oldest session makes room (quota: max_sessions_per_device)
             log.info("device %s opens a new session: closing its session %s", device_id, old.sid)
             await self.close(old.sid, device_id)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 import numpy as np
@@ -25,6 +26,20 @@ class TeacherClient:
         self._channel = aio_channel(address, files, options=channel_options())
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._classes: tuple[list[str], float] | None = None    # (the teacher's classes, when they were asked)
+
+    async def classes(self, max_age_s: float = 60.0, timeout_s: float = 5.0) -> list[str] | None:
+        """The teacher's class names (DescribeTeacher), remembered for `max_age_s`; None while it cannot
+        be asked (the caller goes on without: the clips' labels are checked again when they arrive)."""
+        if self._classes is not None and time.monotonic() - self._classes[1] < max_age_s:
+            return self._classes[0]
+        try:
+            reply = await self._stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not ask the teacher at %s its classes: %s", self.address, exc.code().name)
+            return None
+        self._classes = (list(reply.classes), time.monotonic())
+        return self._classes[0]
 
     async def close(self) -> None:
         await self._channel.close()

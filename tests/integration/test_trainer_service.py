@@ -291,6 +291,10 @@ def test_malformed_requests_get_precise_codes_and_the_server_keeps_serving(stack
         with pytest.raises(grpc.RpcError) as err:
             method(request, metadata=metadata)
         assert err.value.code() == code, (code, err.value.details())
+    with pytest.raises(grpc.RpcError) as err:   # a student of 3 classes for a teacher of 2: refused at once
+        stack.stub.OpenSession(streaming_pb2.OpenSessionRequest(student=_spec(num_classes=3)), metadata=ME)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "teacher labels 2 classes" in err.value.details() and "student has 3" in err.value.details()
     _, call = _stream(stack.stub, sid, 0, metadata=device_metadata("device-b"))
     with pytest.raises(grpc.RpcError) as err:
         list(stack.stub.StreamUpdates(streaming_pb2.StreamUpdatesRequest(session_id="unknown", held_version=0), metadata=ME))

@@ -5,7 +5,7 @@ import asyncio
 import sys
 
 from ams.service_main import serve_forever, setup_logging
-from services.teacher.backends import make_backend
+from services.teacher.backends import backend_from_config
 from services.teacher.config import TeacherConfig
 from ams.config import load_config
 from services.teacher.service import create_server
@@ -15,8 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     config = load_config(TeacherConfig, "AMS_TEACHER_", sys.argv[1:] if argv is None else argv,
                          description="AMS teacher-inference gRPC service")
-    backend = make_backend(config.backend, config.model_path, config.scene, config.classes, config.threads, config.device,
-                           config.pose_model_path, config.face_parts)
+    backend = backend_from_config(config)
 
     async def start():
         return await create_server(config, backend)

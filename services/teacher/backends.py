@@ -175,53 +175,13 @@ class OracleBackend(TeacherBackend):
         return results
 
 
-class OnnxBackend(TeacherBackend):
-    """An operator's own ONNX segmentation model (onnxruntime): input (1, 3, H, W) float RGB in [0, 1]."""
-
-    name = "onnx"
-
-    def __init__(self, model_path: str, classes: list[str], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                 device: str = "auto"):
-        self.model_path, self.classes, self.device = model_path, classes, device
-        self.mean = np.array(mean, dtype=np.float32)[:, None, None]
-        self.std = np.array(std, dtype=np.float32)[:, None, None]
-        self._session: Any = None         # onnxruntime's InferenceSession, once loaded
-
-    def load(self) -> None:
-        import onnxruntime  # optional dependency: pip install onnxruntime
-
-        available = onnxruntime.get_available_providers()
-        if self.device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise RuntimeError("AMS_DEVICE=cuda but this onnxruntime has no CUDAExecutionProvider")
-        providers = ["CPUExecutionProvider"] if self.device == "cpu" else available   # CUDA first when present
-        self._session = onnxruntime.InferenceSession(self.model_path, providers=providers)
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        dims = [d if isinstance(d, int) else 0 for d in inp.shape[2:4]]   # 0: dynamic, use the frame's size
-        self.input_size = (dims[0], dims[1])
-
-    def infer_batch(self, items: list[TeacherInput]) -> list[TeacherOutput | Exception]:
-        results: list[TeacherOutput | Exception] = []
-        for item in items:
-            try:
-                h, w = (self.input_size[0] or item.rgb.shape[0], self.input_size[1] or item.rgb.shape[1])
-                x = cv2.resize(item.rgb, (w, h)).astype(np.float32).transpose(2, 0, 1) / 255.0
-                logits = self._session.run(None, {self._input_name: ((x - self.mean) / self.std)[None]})[0][0]
-                e = np.exp(logits - logits.max(0, keepdims=True))
-                probs = e / e.sum(0, keepdims=True)
-                probs = np.stack([cv2.resize(p, item.rgb.shape[1::-1]) for p in probs])
-                results.append(TeacherOutput(probs.argmax(0).astype(np.uint8), probs))
-            except Exception as exc:  # noqa: BLE001 - per-item error
-                results.append(exc)
-        return results
-
-
 POSE_MODEL = "assets/teacher/pose_landmark_full.tflite"   # the parts teacher's; its person detector and face mesh beside it
 
 
 def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes: str = "", threads: int = 2,
-                 device: str = "auto", pose_model_path: str = POSE_MODEL, face_parts: bool = False) -> TeacherBackend:
-    """Factory from config values."""
+                 device: str = "auto", pose_model_path: str = POSE_MODEL, face_parts: bool = False,
+                 onnx: Any = None, classes_file: str = "") -> TeacherBackend:
+    """Factory from config values (`onnx`: the onnx backend's OnnxSettings)."""
     if kind == "litert":
         return LiteRTSelfieBackend(model_path, threads)
     if kind == "parts":
@@ -231,5 +191,17 @@ def make_backend(kind: str, model_path: str = "", scene_spec: str = "", classes:
     if kind == "oracle":
         return OracleBackend(scene_spec)
     if kind == "onnx":
-        return OnnxBackend(model_path, [c for c in classes.split(",") if c], device=device)
+        from services.teacher.onnx_backend import OnnxBackend, OnnxSettings, read_classes
+        return OnnxBackend(model_path, read_classes(classes, classes_file), onnx or OnnxSettings(), device, threads)
     raise ValueError(f"unknown teacher backend {kind!r} (litert | parts | oracle | onnx)")
+
+
+def backend_from_config(config: Any) -> TeacherBackend:
+    """The backend a TeacherConfig describes."""
+    onnx = None
+    if config.backend == "onnx":
+        from services.teacher.onnx_backend import OnnxSettings
+        onnx = OnnxSettings.parse(config.onnx_mean, config.onnx_std, config.onnx_channels, config.onnx_layout,
+                                  config.onnx_output, config.onnx_output_kind)
+    return make_backend(config.backend, config.model_path, config.scene, config.classes, config.threads, config.device,
+                        config.pose_model_path, config.face_parts, onnx, config.classes_file)

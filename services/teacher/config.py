@@ -22,7 +22,19 @@ class TeacherConfig:
                              "mouth on faces large enough (9 classes; the face mesh face_landmark.tflite)"})
     scene: str = field(default="", metadata={"help": "the oracle backend's truth: a synthetic scene spec or "
                                                      "labels:PATH (a recorded label track)"})
-    classes: str = field(default="", metadata={"help": "comma-separated class names for the onnx backend"})
+    classes: str = field(default="", metadata={"help": "the onnx backend's class names, comma-separated (empty: "
+                         "class0, class1, ... as many as the model's output channels)"})
+    classes_file: str = field(default="", metadata={"help": "the onnx backend's class names from a file, one per line"})
+    onnx_mean: str = field(default="none", metadata={"help": "the onnx backend's per-channel mean, on pixels scaled "
+                           "to [0, 1] (R,G,B: three numbers), or imagenet, or none (0,0,0)"})
+    onnx_std: str = field(default="none", metadata={"help": "the onnx backend's per-channel std (R,G,B), or imagenet, "
+                          "or none (1,1,1): the model sees (pixel / 255 - mean) / std"})
+    onnx_channels: str = field(default="rgb", metadata={"help": "the onnx model's channel order: rgb or bgr"})
+    onnx_layout: str = field(default="nchw", metadata={"help": "the onnx model's layout: nchw or nhwc (TensorFlow's), "
+                             "input and output alike"})
+    onnx_output: str = field(default="", metadata={"help": "the onnx model's output to read (empty: the first)"})
+    onnx_output_kind: str = field(default="logits", metadata={"help": "what that output holds: logits (a softmax "
+                                  "is taken) or probabilities"})
     threads: int = field(default=2, metadata={"help": "inference threads"})
     device: str = field(default="auto", metadata={"env": "AMS_DEVICE", "help": "onnx backend: auto (CUDA when "
                         "onnxruntime has it), cpu or cuda; litert and oracle run on the CPU"})
@@ -54,6 +66,14 @@ class TeacherConfig:
                 raise ConfigError(f"AMS_TEACHER_TRUSTED_PROXY_SHA256: {exc}") from exc
         if self.backend not in ("litert", "parts", "oracle", "onnx"):
             raise ConfigError(f"AMS_TEACHER_BACKEND={self.backend!r}: use litert, parts, oracle or onnx")
+        if self.backend == "onnx":
+            from services.teacher.onnx_backend import OnnxSettings, read_classes
+            try:
+                OnnxSettings.parse(self.onnx_mean, self.onnx_std, self.onnx_channels, self.onnx_layout, self.onnx_output,
+                                   self.onnx_output_kind)
+                read_classes(self.classes, self.classes_file)
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"the onnx teacher (AMS_TEACHER_ONNX_*, AMS_TEACHER_CLASSES[_FILE]): {exc}") from exc
         if self.backend == "oracle" and not self.scene:
             raise ConfigError("the oracle backend needs AMS_TEACHER_SCENE (a synthetic scene spec or labels:PATH)")
         if self.device not in ("auto", "cpu", "cuda"):

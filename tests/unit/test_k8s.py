@@ -3,6 +3,7 @@
 services' own settings (images, probes, grace periods), and the trainers sit behind the load balancer;
 NetworkPolicies allow only the paths the services use, every pod runs unprivileged, Redis as its own
 user with ACL users and bounded memory, and the replicas trust only the configured balancer."""
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,50 @@ def test_the_replicas_believe_forwarded_certificates_only_from_the_configured_ba
     for app, name in (("trainer", "AMS_TRUSTED_PROXY_SHA256"), ("teacher", "AMS_TEACHER_TRUSTED_PROXY_SHA256")):
         assert _env(app)[name]["valueFrom"]["configMapKeyRef"] == {"name": "ams-config", "key": "AMS_LB_SHA256"}
     assert "lb.bundle.pem" in docs_of(K8S / "secrets.example.yaml")[("Secret", "ams-tls")]["stringData"]
+
+
+def _apply_json6902(doc: dict, ops: list[dict]) -> dict:
+    """The `add` and `replace` operations of RFC 6902 that the overlays use (`-`: append to a list)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
+        target = doc
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        assert op["op"] in ("add", "replace"), op
+        if isinstance(target, list):
+            target.append(op["value"]) if last == "-" else target.insert(int(last), op["value"])
+        else:
+            assert (last in target) == (op["op"] == "replace"), f"{op['op']} {op['path']}"
+            target[last] = op["value"]
+    return doc
+
+
+def test_the_onnx_teacher_overlay_mounts_the_models_read_only_and_sets_only_real_settings(tmp_path):
+    from dataclasses import fields
+    from services.teacher.config import TeacherConfig
+    overlay = K8S / "onnx-teacher"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../", "models-pvc.yaml"]
+    docs = _docs()
+    for patch in kustomization["patches"]:
+        key = (patch["target"]["kind"], patch["target"]["name"])
+        docs[key] = _apply_json6902(docs[key], yaml.safe_load((overlay / patch["path"]).read_text()))
+    docs.update(docs_of(overlay / "models-pvc.yaml"))
+    out = tmp_path / "rendered.yaml"
+    out.write_text(yaml.safe_dump_all(list(docs.values())))
+    result = subprocess.run([str(VALIDATE), "-k", KUBERNETES_VERSION, "--strict", "--quiet", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pod = docs[("Deployment", "teacher")]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert volume["persistentVolumeClaim"] == {"claimName": "teacher-models", "readOnly": True}
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert docs[("PersistentVolumeClaim", "teacher-models")]["spec"]["accessModes"] == ["ReadOnlyMany"]
+    config = docs[("ConfigMap", "ams-config")]["data"]
+    assert config["AMS_TEACHER_BACKEND"] == "onnx" and config["AMS_TEACHER_MODEL_PATH"].startswith("/models/")
+    known = {"AMS_TEACHER_" + f.name.upper() for f in fields(TeacherConfig)}
+    assert {k for k in config if k.startswith("AMS_TEACHER_")} <= known
+    compose_teacher = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["teacher"]
+    assert {k for k in compose_teacher["environment"] if k.startswith("AMS_TEACHER_")} <= known
+    assert any(str(v).endswith(":/models:ro") for v in compose_teacher["volumes"])

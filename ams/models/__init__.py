@@ -1,10 +1,23 @@
-"""Student model registry: architecture name + config dict -> nn.Module (shared by edge and trainer)."""
-from __future__ import annotations
+"""Student model registry: architecture name + config dict -> nn.Module (shared by edge and trainer).
 
-from typing import Any, cast
+The built-in students are below; an installed package adds its own under the entry-point group
+`ams.students`, each entry point naming a (config dataclass, model class) pair:
+
+    [project.entry-points."ams.students"]
+    my_student = "my_package.models:MY_STUDENT"      # MY_STUDENT = (MyConfig, MyModel)
+
+The config is a frozen dataclass with `num_classes`, `input_height` and `input_width` that raises
+ValueError on bad values; the model is built as `MyModel(config)`, keeps it as `.config`, and maps
+(N, 3, H, W) RGB in [0, 1] to (N, num_classes, H, W) logits.
+"""
+from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import importlib.metadata
+import logging
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -13,20 +26,53 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ams.models.deeplab_mnv2 import DeepLabMNv2Config, DeepLabV3MobileNetV2
 from ams.models.lowlatency import LowLatencyConfig, LowLatencySegNet
+from ams.models.lraspp import LRASPPConfig, LRASPPMobileNetV3
 from ams.models.streamdeq import StreamDEQ, StreamDEQConfig
 
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "ams.students"
 ARCHITECTURES = {
     "deeplabv3_mnv2": (DeepLabMNv2Config, DeepLabV3MobileNetV2),
     "streamdeq": (StreamDEQConfig, StreamDEQ),
     "lowlatency": (LowLatencyConfig, LowLatencySegNet),
+    "lraspp_mnv3": (LRASPPConfig, LRASPPMobileNetV3),     # torchvision's lraspp_mobilenet_v3_large
 }
+
+
+@functools.cache
+def installed_students() -> dict[str, tuple[type, type]]:
+    """Students that installed packages declare under `ams.students` (read once per process). One that
+    fails to load, is not a (dataclass, nn.Module) pair or takes a built-in's name is skipped, with a
+    warning: a broken plug-in does not take the built-in students down with it."""
+    found: dict[str, tuple[type, type]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in ARCHITECTURES:
+            log.warning("student %r of %s is a built-in's name: ignored", entry.name, entry.value)
+            continue
+        try:
+            value = entry.load()
+        except Exception as exc:  # noqa: BLE001 - whatever a plug-in raises on import
+            log.warning("student %r (%s) could not be loaded: %s", entry.name, entry.value, exc)
+            continue
+        if not (isinstance(value, tuple) and len(value) == 2 and dataclasses.is_dataclass(value[0])
+                and isinstance(value[1], type) and issubclass(value[1], nn.Module)):
+            log.warning("student %r (%s) is not a (config dataclass, nn.Module class) pair: ignored", entry.name, entry.value)
+            continue
+        found[entry.name] = value
+    return found
+
+
+def architectures() -> dict[str, tuple[type, type]]:
+    """Every student this process can build: the built-ins and the installed ones."""
+    return {**installed_students(), **ARCHITECTURES}
 
 
 def build_student(architecture: str, config: dict) -> nn.Module:
     """Build a student; raise ValueError for an unknown architecture or config field."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown student architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    config_cls, model_cls = ARCHITECTURES[architecture]
+    known_students = architectures()
+    if architecture not in known_students:
+        raise ValueError(f"unknown student architecture {architecture!r}; known: {sorted(known_students)}")
+    config_cls, model_cls = known_students[architecture]
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(config) - known
     if unknown:

@@ -96,6 +96,8 @@ test-e2e: install assets redis
 
 pretrain: install assets
 	$(BIN)/python -m scripts.pretrain --steps 300 --video data/videos/bikes.mp4
+	$(BIN)/python -m scripts.pretrain --steps 300 --video data/videos/bikes.mp4 --arch lraspp_mnv3 --name lraspp_mnv3_selfie \
+	  --config '{"num_classes": 2, "width_mult": 1.0, "input_height": 144, "input_width": 256}'
 
 clean:
 	rm -rf out .pytest_cache

@@ -114,6 +114,8 @@ class LRASPPMobileNetV3(nn.Module):
     def __init__(self, config: LRASPPConfig):
         super().__init__()
         self.config = config
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(self.MEAN)[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(self.STD)[:, None, None], persistent=False)
         ch = lambda c: _make_divisible(c * config.width_mult, 8)  # noqa: E731 - torchvision's adjust_channels

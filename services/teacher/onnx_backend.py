@@ -109,7 +109,8 @@ class OnnxBackend(TeacherBackend):
             raise ValueError(f"{self.model_path}: no output {self.settings.output!r}; it has {names}")
         self._input_name, self._output_name = inp.name, self.settings.output or names[0]
         spatial = inp.shape[1:3] if self.settings.layout == "nhwc" else inp.shape[2:4]
-        self.input_size = tuple(d if isinstance(d, int) and d > 0 else 0 for d in spatial)  # 0: dynamic, the frame's
+        h, w = (d if isinstance(d, int) and d > 0 else 0 for d in spatial)   # 0: dynamic, the frame's size
+        self.input_size = (h, w)
         self._batched = not (isinstance(inp.shape[0], int) and inp.shape[0] > 0)
         probe = self._run(np.zeros((self.input_size[0] or 64, self.input_size[1] or 64, 3), np.uint8)[None])
         channels = probe.shape[1]

@@ -43,6 +43,7 @@ DEVICE_ID = "eval-edge"     # the session's RNG is seeded by it: the services ro
 STUDENTS = {
     "deeplabv3_mnv2": ("deeplabv3_mnv2_selfie", {}, []),
     "deeplabv3_mnv2_parts": ("deeplabv3_mnv2_parts", {}, []),   # five classes, for the parts teacher's playlists
+    "lraspp_mnv3": ("lraspp_mnv3_selfie", {}, []),             # torchvision's LR-ASPP MobileNetV3 (not in make eval)
     "streamdeq": ("streamdeq_selfie", {"iters": 2, "solver": "unroll", "budget_ms": None, "cut_threshold": 0.15},
                   ["--deq-iters", "2", "--deq-solver", "unroll", "--deq-cut-threshold", "0.15"]),
     "lowlatency": ("lowlatency_selfie", {"scheme": "adaptive", "threshold": 0.02, "interval": 5},

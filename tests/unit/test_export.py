@@ -13,7 +13,7 @@ from ams.models.export import export_student
 from edge_client.video_source import VideoSource
 
 
-@pytest.mark.parametrize("name", ["deeplabv3_mnv2_selfie", "streamdeq_selfie", "lowlatency_selfie"])
+@pytest.mark.parametrize("name", ["deeplabv3_mnv2_selfie", "streamdeq_selfie", "lowlatency_selfie", "lraspp_mnv3_selfie"])
 def test_an_exported_student_matches_pytorch_in_onnxruntime_and_torchscript(name, tmp_path):
     torch.set_num_threads(1)
     architecture, config, model = load_checkpoint(checkpoint_file(name))

@@ -166,3 +166,37 @@ def test_the_parts_teacher_serves_five_classes(loop_thread, pki):
         channel.close()
         loop_thread.run(server.stop(0))
         loop_thread.run(batcher.stop())
+
+
+def test_the_teacher_process_serves_an_operators_onnx_model_as_its_settings_say(tmp_path, pki):
+    """`python -m services.teacher` from the environment a compose file gives it: an ONNX model under a models
+    folder with ImageNet normalisation and a class file; its labels are the PyTorch source's."""
+
+    from scripts.procs import free_port, service
+    from tests.unit.test_teacher_backends import _export, _net, _reference
+    model = _net()
+    models = tmp_path / "models"
+    models.mkdir()
+    _export(model, models / "teacher.onnx")
+    (models / "classes.txt").write_text("background\nperson\ncar\n")
+    port = free_port()
+    files = tls_config(pki, "teacher")
+    env = {"AMS_TEACHER_BACKEND": "onnx", "AMS_TEACHER_MODEL_PATH": str(models / "teacher.onnx"),
+           "AMS_TEACHER_CLASSES_FILE": str(models / "classes.txt"), "AMS_TEACHER_ONNX_MEAN": "imagenet",
+           "AMS_TEACHER_ONNX_STD": "imagenet", "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(port),
+           "AMS_TEACHER_METRICS_PORT": "0", "AMS_TEACHER_TLS_CA": files["tls_ca"],
+           "AMS_TEACHER_TLS_CERT": files["tls_cert"], "AMS_TEACHER_TLS_KEY": files["tls_key"]}
+    operator = service_tls(pki, "operator")
+    rgb = np.random.default_rng(5).integers(0, 255, (36, 64, 3), dtype=np.uint8)
+    with service("services.teacher", port, str(tmp_path / "teacher.log"), env, tls=operator) as (address, _):
+        channel = tls.channel(address, operator, options=channel_options(8 * 1024 * 1024))
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+        info = stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest(), timeout=10)
+        reply = stub.LabelFrames(teacher_pb2.LabelFramesRequest(
+            frames=[encode_frame(rgb, 0.0, common_pb2.Frame.RAW_RGB8)], want_probabilities=True), timeout=30)
+        channel.close()
+    assert info.backend == "onnx" and list(info.classes) == ["background", "person", "car"]
+    expected = _reference(model, rgb)
+    probs = from_tensor(reply.labels[0].probabilities).astype(np.float32)
+    np.testing.assert_allclose(probs, expected, atol=2e-3)      # sent as float16
+    assert (from_tensor(reply.labels[0].class_map) == expected.argmax(0)).mean() > 0.999

@@ -16,7 +16,7 @@ import threading
 import torch
 from prometheus_client import start_http_server
 
-from ams.models import resolve_device
+from ams.device import resolve_device
 from ams.pki import CertFiles, identity_of
 from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
 from ams.video import CLIP_CRF

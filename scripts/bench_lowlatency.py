@@ -39,7 +39,8 @@ import time
 import numpy as np
 import torch
 
-from ams.models import build_student, class_map, frame_tensor, resolve_device
+from ams.device import resolve_device
+from ams.models import build_student, class_map, frame_tensor
 from ams.models.lowlatency import PROPAGATION_PARTS
 from edge_client.evaluation import Confusion, FlipRate
 from edge_client.lowlatency_scheduler import LowLatencySegmenter

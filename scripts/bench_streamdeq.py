@@ -28,7 +28,8 @@ import time
 import numpy as np
 import torch
 
-from ams.models import build_student, class_map, frame_tensor, inference_copy, resolve_device
+from ams.device import resolve_device
+from ams.models import build_student, class_map, frame_tensor, inference_copy
 from ams.synthetic import SyntheticScene
 from edge_client.evaluation import Confusion, FlipRate, bootstrap_miou
 from edge_client.model_holder import ModelHolder

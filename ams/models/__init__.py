@@ -82,16 +82,6 @@ def build_student(architecture: str, config: dict) -> nn.Module:
     return model_cls(config_cls(**config))
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when a GPU is visible, else cpu; a named device that is not there is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch sees no CUDA device")
-    return device
-
-
 def inference_copy(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """An eval-only copy of a student for the edge's inference: every Conv2d followed by a BatchNorm2d
     inside an nn.Sequential is folded into one conv (torch's `fuse_conv_bn_eval`), and the weights are

@@ -171,7 +171,7 @@ def test_unknown_propagation_is_refused():
 
 
 def test_the_holder_runs_on_the_named_device_and_refuses_a_missing_gpu():
-    from ams.models import resolve_device
+    from ams.device import resolve_device
 
     holder = _holder()
     assert holder.device.type == "cpu" and next(holder.active.parameters()).device.type == "cpu"

@@ -26,20 +26,22 @@ class TeacherClient:
         self._channel = aio_channel(address, files, options=channel_options())
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._classes: tuple[list[str], float] | None = None    # (the teacher's classes, when they were asked)
+        self._classes: tuple[list[str], float] | None = None    # (the teacher's classes or [], when asked)
 
-    async def classes(self, max_age_s: float = 60.0, timeout_s: float = 5.0) -> list[str] | None:
+    async def classes(self, max_age_s: float = 60.0, retry_s: float = 10.0, timeout_s: float = 2.0) -> list[str] | None:
         """The teacher's class names (DescribeTeacher), remembered for `max_age_s`; None while it cannot
-        be asked (the caller goes on without: the clips' labels are checked again when they arrive)."""
-        if self._classes is not None and time.monotonic() - self._classes[1] < max_age_s:
-            return self._classes[0]
+        be asked, remembered for `retry_s` so that opens during a teacher outage do not each wait
+        `timeout_s` (the caller goes on without: the clips' labels are checked again when they arrive)."""
+        if self._classes is not None and time.monotonic() - self._classes[1] < (max_age_s if self._classes[0] else retry_s):
+            return self._classes[0] or None
         try:
             reply = await self._stub.DescribeTeacher(teacher_pb2.DescribeTeacherRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             log.warning("could not ask the teacher at %s its classes: %s", self.address, exc.code().name)
+            self._classes = ([], time.monotonic())
             return None
         self._classes = (list(reply.classes), time.monotonic())
-        return self._classes[0]
+        return self._classes[0] or None
 
     async def close(self) -> None:
         await self._channel.close()

@@ -98,8 +98,8 @@ class LabelCarrier:
     def _flow(self, t: float, prev_t: float) -> np.ndarray:
         """Backward flow of frame t: where each of its pixels was in frame prev_t (computed once)."""
         if t not in self.flows:
-            self.flows[t] = cv2.calcOpticalFlowFarneback(self.grays[t], self.grays[prev_t], None, 0.5, 3, self.winsize,
-                                                         5, 5, 1.1, cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
+            self.flows[t] = cv2.calcOpticalFlowFarneback(  # type: ignore[call-overload]  # the stub lacks flow=None
+                self.grays[t], self.grays[prev_t], None, 0.5, 3, self.winsize, 5, 5, 1.1, cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
         return self.flows[t]
 
     def _carrying(self) -> bool:
@@ -111,7 +111,8 @@ class LabelCarrier:
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if self.grid is None or self.grid[0].shape != gray.shape:
             h, w = gray.shape
-            self.grid = tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+            gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            self.grid = (gx, gy)
             self.winsize = max(5, round(64 * w / 1024))   # 64 at the paper's 1024 px
             self.current = None
             self.grays.clear()
@@ -120,7 +121,7 @@ class LabelCarrier:
         if self.judge is not None:
             self.judge.step(t, gray)
         self.grays[t] = gray
-        if prev_t is not None and self._carrying():
+        if prev_t is not None and self.current is not None and self._carrying():
             self.current = self._warp(self.current, self._flow(t, prev_t))
         self.now = t
         while self.grays and next(iter(self.grays)) < t - self.keep_s:
@@ -166,8 +167,12 @@ class LabelCarrier:
         if hint is None or segmenter.stateful or (probe and judge is not None):
             pred = segmenter.segment(rgb)
         if probe and judge is not None:
+            assert pred is not None
             judge.probe(t, pred, held, self.captured_t)
-        return (pred, False) if hint is None else (hint, True)
+        if hint is None:
+            assert pred is not None
+            return pred, False
+        return hint, True
 
     def age(self) -> float | None:
         """Seconds from the held label's capture to the latest frame."""

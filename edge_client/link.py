@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -87,7 +88,7 @@ class TrainerLink:
         self._open_lock = threading.RLock()   # one OpenSession at a time (the uplink and the stream may both see NOT_FOUND)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._call = None
+        self._call: Any = None             # the StreamUpdates call in progress (cancelled by close)
         self._refused_version = 0          # set when an update is refused: the next stream asks for a snapshot
         self.resyncs = 0
 
@@ -110,7 +111,8 @@ class TrainerLink:
     def _open(self, timeout_s: float | None = None) -> ModelHolder:
         request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
                                                    held_version=self.holder.version if self.holder else 0,
-                                                   update_codecs=self.update_codecs, label_hints=self.label_hints)
+                                                   update_codecs=self.update_codecs,  # type: ignore[arg-type]  # enum ints
+                                                   label_hints=self.label_hints)
         reply = self._stub.OpenSession(request, metadata=self._metadata, timeout=timeout_s or self.timeout_s,
                                         wait_for_ready=True)
         self.stats.snapshot_bytes += reply.ByteSize()
@@ -124,12 +126,19 @@ class TrainerLink:
             else:
                 self.holder.load_snapshot(reply.snapshot)
             self.initial_snapshot = reply.snapshot
-        metrics.MODEL_VERSION.set(self.holder.version)
+        metrics.MODEL_VERSION.set(self.held.version)
         log.info("session %s (%s) at version %d, %s updates", self.session_id, "resumed" if reply.resumed else "new",
-                 self.holder.version, self.update_codec)
+                 self.held.version, self.update_codec)
         if self._thread is None:
             self._thread = threading.Thread(target=self._stream_loop, name="ams-updates", daemon=True)
             self._thread.start()
+        return self.held
+
+    @property
+    def held(self) -> ModelHolder:
+        """The model the device holds; an error before the first snapshot (the link was never opened)."""
+        if self.holder is None:
+            raise RuntimeError("the link holds no model: open() it first")
         return self.holder
 
     def close(self) -> None:
@@ -191,8 +200,8 @@ class TrainerLink:
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()
             try:
-                self.holder.load_snapshot(message.snapshot)
-                metrics.MODEL_VERSION.set(self.holder.version)
+                self.held.load_snapshot(message.snapshot)
+                metrics.MODEL_VERSION.set(self.held.version)
             except UpdateRejected as exc:   # a corrupt snapshot: keep the model, ask again after a backoff
                 log.warning("snapshot v%d refused: %s", message.snapshot.version, exc)
                 self._refused_version = message.snapshot.version or -1
@@ -211,7 +220,7 @@ class TrainerLink:
 
     def _take_hint(self, hint: streaming_pb2.LabelHint) -> None:
         """Queue a label hint for the runtime; a corrupt or mis-sized one is refused (counted, never shown)."""
-        config = self.holder.config
+        config = self.held.config
         try:
             label = read_hint(hint, (int(config["input_height"]), int(config["input_width"])),
                               int(config.get("num_classes", 2)))
@@ -233,10 +242,10 @@ class TrainerLink:
 
     def _apply_update(self, message: streaming_pb2.ServerMessage) -> bool:
         try:
-            ok = self.holder.apply(decode_update(message.update, self.holder.flat.size))
+            ok = self.held.apply(decode_update(message.update, self.held.flat.size))
         except UpdateRejected as exc:
             log.warning("corrupt update refused: %s", exc)
-            self.holder.updates_rejected += 1
+            self.held.updates_rejected += 1
             ok = False
         if not ok:   # out of step with the trainer: reconnect and ask for a snapshot
             metrics.UPDATES_REFUSED.inc()
@@ -246,10 +255,10 @@ class TrainerLink:
             return False
         self.stats.updates += 1
         metrics.UPDATES_APPLIED.inc()
-        metrics.MODEL_VERSION.set(self.holder.version)
+        metrics.MODEL_VERSION.set(self.held.version)
         self.stats.update_bytes.append(message.ByteSize())
         self.stats.update_index_bytes.append(len(message.update.index_mask_gz) + len(message.update.index_ans))
-        self.stats.update_values.append(self.holder.last_update_size)
+        self.stats.update_values.append(self.held.last_update_size)
         self.stats.update_times.append(self.video_time_s)
         return True
 
@@ -270,7 +279,7 @@ class TrainerLink:
             sid = self.session_id
             try:
                 self._call = self._stub.StreamUpdates(
-                    streaming_pb2.StreamUpdatesRequest(session_id=sid, held_version=self.holder.version,
+                    streaming_pb2.StreamUpdatesRequest(session_id=sid, held_version=self.held.version,
                                                        refused_version=refused),
                     metadata=self._metadata, wait_for_ready=True)
                 for message in self._call:
@@ -285,7 +294,7 @@ class TrainerLink:
                     self.resyncs += 1
                     metrics.RESYNCS.inc()
                     log.info("update v%d refused; resyncing by snapshot from version %d in %.1f s",
-                             self._refused_version, self.holder.version, resync_backoff)
+                             self._refused_version, self.held.version, resync_backoff)
                     self._stop.wait(resync_backoff * (1 + random.random()))   # never a tight loop
                     resync_backoff = min(resync_backoff * 2, 30.0)
                     continue

@@ -23,12 +23,14 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 
 from edge_client.model_holder import ModelHolder
 from ams.models import class_map, frame_tensor
+from ams.models.lowlatency import LowLatencySegNet
 
 SCHEMES = ("full", "fixed", "adaptive", "adaptive_lls")
 
@@ -92,7 +94,7 @@ class LowLatencySegmenter:
 
     # --- the slow track ---------------------------------------------------------------------------
     def _slow_track(self, low: torch.Tensor, frame: int, ready: torch.cuda.Event | None) -> None:
-        model = self.holder.active
+        model = cast(LowLatencySegNet, self.holder.active)
         on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with torch.inference_mode(), on_stream:
             if self._stream is not None and ready is not None:
@@ -120,7 +122,7 @@ class LowLatencySegmenter:
             pending.result(timeout=timeout_s)
 
     # --- per frame --------------------------------------------------------------------------------
-    def _is_key(self, model, low: torch.Tensor, cache: KeyCache | None) -> bool:
+    def _is_key(self, model: LowLatencySegNet, low: torch.Tensor, cache: KeyCache | None) -> bool:
         if cache is None or self.scheme == "full":
             return True
         if self.scheme == "fixed":
@@ -132,18 +134,21 @@ class LowLatencySegmenter:
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W) uint8 class map."""
         x = frame_tensor(rgb, self.holder.device)
-        model = self.holder.active
+        model = cast(LowLatencySegNet, self.holder.active)
         low = model.lower(x)
         with self._lock:
             cache = self.cache
         key = self._is_key(model, low, cache)
         if key and (self.scheme != "adaptive_lls" or cache is None):
             high = model.upper(low)                                  # blocking S_h
-            new_cache = KeyCache(low, high, self.frames, True)
+            new_cache: KeyCache | None = KeyCache(low, high, self.frames, True)
         else:
+            assert cache is not None                                 # _is_key: no cache is a key frame
             high = model.propagate(cache.high, cache.low, low)       # fast track
             new_cache = KeyCache(low, high, self.frames, False, cache.source) if key else None
-        self.feature_age = self.frames - (new_cache or cache).source
+        newest = new_cache or cache
+        assert newest is not None
+        self.feature_age = self.frames - newest.source
         logits = model.classify(high, x.shape[-2:])
         if new_cache is not None:
             with self._lock:
@@ -154,6 +159,7 @@ class LowLatencySegmenter:
                 if self._stream is not None:
                     ready = torch.cuda.Event()
                     ready.record()
+                assert self._worker is not None                     # adaptive_lls starts it
                 self._pending = self._worker.submit(self._slow_track, low, self.frames, ready)
         self.last_was_key = new_cache is not None
         self.frames += 1

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class EdgeRuntime:
                 evaluate = self.labeler and self.opt.eval_every and frame.index % self.opt.eval_every == 0
                 base_pred = (base_segmenter.segment(frame.rgb)
                              if base_segmenter and (evaluate or base_segmenter.stateful) else None)
-                if evaluate:
+                if evaluate and self.labeler is not None:
                     label = self.labeler.label(frame.rgb, video_t)
                     kind = "seen" if frame.repeat else "first"
                     conf_ams[kind].add(pred, label)
@@ -157,6 +158,7 @@ class EdgeRuntime:
         """mIoU over the first pass of each clip (the headline: each frame scored once, as it arrives,
         by a model trained only on earlier frames) and, separately, over repeated passes of looped clips."""
         first, seen = conf["first"], conf["seen"]
+        assert self.labeler is not None
         return {"miou": first.miou() if first.matrix.sum() else None,
                 "miou_seen": seen.miou() if seen.matrix.sum() else None,
                 "iou_per_class": dict(zip(self.labeler.classes, first.iou().tolist()))}
@@ -165,10 +167,10 @@ class EdgeRuntime:
                  wall_s: float) -> dict:
         s, lat = self.link.stats, np.array(list(self.client.latencies_ms) or [0.0])
         dur = max(video_s, 1e-6)
-        out = {
+        out: dict[str, Any] = {
             "mode": self.opt.mode, "frames": frames, "dropped_frames": self.dropped, "video_seconds": round(video_s, 3),
-            "wall_seconds": round(wall_s, 2), "updates": s.updates, "updates_rejected": self.link.holder.updates_rejected,
-            "final_version": self.link.holder.version, "clips_uploaded": s.clips,
+            "wall_seconds": round(wall_s, 2), "updates": s.updates, "updates_rejected": self.link.held.updates_rejected,
+            "final_version": self.link.held.version, "clips_uploaded": s.clips,
             "clips_dropped": self.client.clips_dropped, "frames_shown_hint": self.client.frames_shown_hint,
             "hints_refused": self.link.hints_refused,
             "uplink_kbps": s.uplink_bytes * 8 / 1000 / dur, "downlink_kbps": s.downlink_bytes * 8 / 1000 / dur,
@@ -177,7 +179,7 @@ class EdgeRuntime:
             "update_times_s": list(s.update_times), "update_bytes": list(s.update_bytes),
             "update_codec": self.link.update_codec,
             "update_index_bytes": list(s.update_index_bytes), "update_values": list(s.update_values),
-            "num_params": int(self.link.holder.flat.size),
+            "num_params": int(self.link.held.flat.size),
             "edge_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                                 "mean": float(lat.mean())},
             "edge_fps": 1000.0 / float(lat.mean()) if lat.mean() > 0 else 0.0,

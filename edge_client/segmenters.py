@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from edge_client.lowlatency_scheduler import LowLatencySegmenter
 from edge_client.model_holder import ModelHolder
 from ams.models import class_map, frame_tensor
+from ams.models.streamdeq import StreamDEQ
 
 
 class FrameSegmenter:
@@ -124,7 +126,7 @@ class StreamDEQSegmenter:
             self.reset()
             self.resets += 1
         m = iters if iters is not None else (self.budget.choose() if self.budget else self.iters)
-        model = self.holder.active
+        model = cast(StreamDEQ, self.holder.active)
         t0 = time.perf_counter()
         x = frame_tensor(rgb, self.holder.device)
         injection = model.inject(x)

@@ -12,6 +12,11 @@ import numpy as np
 from ams.errors import InvalidArgument
 from ams.v1 import common_pb2
 
+# ImageNet's per-channel mean and std on RGB in [0, 1]: the students normalise with them inside, and an
+# operator's ONNX teacher trained on ImageNet is told them (AMS_TEACHER_ONNX_MEAN=imagenet)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 _ALLOWED_DTYPES = {"float32", "float16", "uint8", "int64", "int32", "float64", "bool"}
 
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ams.tensors import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass(frozen=True)
 class DeepLabMNv2Config:
@@ -120,8 +122,8 @@ class DeepLabV3MobileNetV2(nn.Module):
         self.backbone = MobileNetV2Features(config.width_mult, config.output_stride)
         self.aspp = ASPPLite(self.backbone.out_channels, config.aspp_channels)
         self.classifier = nn.Conv2d(config.aspp_channels, config.num_classes, 1)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

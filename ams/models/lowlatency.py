@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ams.tensors import IMAGENET_MEAN, IMAGENET_STD
+
 from ams.models.deeplab_mnv2 import ASPPLite, MobileNetV2Features
 
 
@@ -140,8 +142,8 @@ class LowLatencySegNet(nn.Module):
             self.adapt = AdaptNet(low_channels, config.reduce_channels)
             self.fuse = nn.Sequential(nn.Conv2d(config.high_channels + config.reduce_channels, config.high_channels, 3,
                                                 padding=1), nn.ReLU())
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.low_channels = low_channels
 
     def lower(self, x: torch.Tensor) -> torch.Tensor:

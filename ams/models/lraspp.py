@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ams.models.deeplab_mnv2 import _make_divisible
+from ams.tensors import IMAGENET_MEAN, IMAGENET_STD
 
 # MobileNetV3-Large (Table 1): input, kernel, expanded, output, squeeze-excite, activation, stride, dilation
 _LARGE = [
@@ -109,15 +110,13 @@ class LRASPPMobileNetV3(nn.Module):
     ImageNet's mean and std, as torchvision's weights expect (buffers kept out of the state_dict, whose
     names stay torchvision's)."""
 
-    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
     def __init__(self, config: LRASPPConfig):
         super().__init__()
         self.config = config
         self.mean: torch.Tensor
         self.std: torch.Tensor
-        self.register_buffer("mean", torch.tensor(self.MEAN)[:, None, None], persistent=False)
-        self.register_buffer("std", torch.tensor(self.STD)[:, None, None], persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)
         ch = lambda c: _make_divisible(c * config.width_mult, 8)  # noqa: E731 - torchvision's adjust_channels
         layers: list[nn.Module] = [ConvNormActivation(3, ch(16), 3, 2, activation=nn.Hardswish)]
         for cin, k, expanded, cout, se, act, stride, dilation in _LARGE:

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ams.tensors import IMAGENET_MEAN, IMAGENET_STD
+
 from ams.models.deq_solvers import broyden, unroll
 
 State = list[torch.Tensor]   # one (B, C_i, H_i, W_i) tensor per resolution
@@ -122,8 +124,8 @@ class StreamDEQ(nn.Module):
         self.fusion = MultiscaleFusion(ch, g)
         self.head = nn.Sequential(nn.Conv2d(sum(ch), config.head_channels, 1, bias=False), _gn(config.head_channels, g),
                                   nn.ReLU(), nn.Conv2d(config.head_channels, config.num_classes, 1))
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.unroll_rng = random.Random(0)
 
     def sample_train_iters(self) -> int:

@@ -18,10 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ams.tensors import IMAGENET_MEAN, IMAGENET_STD
 from services.teacher.backends import TeacherBackend, TeacherInput, TeacherOutput
 
 log = logging.getLogger(__name__)
-PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+PRESETS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 
 def _triple(text: str, what: str, index: int) -> tuple[float, float, float]:

@@ -21,6 +21,7 @@ def test_litert_backend_reports_bad_items_without_failing_the_batch():
     assert results[2].probabilities.shape == (2, 72, 128)
 
 
+# written out here, not taken from ams.tensors
 IMAGENET = (torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None])
 
 

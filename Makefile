@@ -38,16 +38,16 @@ $(STAMP): pyproject.toml requirements/dev.txt
 install: $(STAMP)
 
 assets: $(STAMP)
-	PIP=$(BIN)/pip ./scripts/fetch_assets.sh
+	PIP=$(BIN)/pip ./tools/fetch_assets.sh
 
 # The evaluation's extra real clips with people (PyPI wheels, SHA-256 checked) -> data/videos/eval/
 eval-videos: $(STAMP)
-	PIP=$(BIN)/pip ./scripts/fetch_eval_videos.sh
+	PIP=$(BIN)/pip ./tools/fetch_eval_videos.sh
 
 # The long-scene playlist: Big Buck Bunny from moviepy's sdist (SHA-256 checked) with those people pasted in,
 # rendered once (≈ 2 min) -> data/videos/eval/longscene.mp4 + longscene_labels.npz
 long-scene: eval-videos assets
-	PIP=$(BIN)/pip ./scripts/fetch_eval_videos.sh --long-scene
+	PIP=$(BIN)/pip ./tools/fetch_eval_videos.sh --long-scene
 
 # A redis-server binary for the tests and the demo (they start their own on free ports).
 redis:
@@ -59,7 +59,7 @@ haproxy:
 
 # Replicas killed mid-session behind the load balancer -> out/chaos/summary.json (≈ 6 min on 2 cores).
 chaos: install assets redis haproxy
-	$(BIN)/python -m scripts.chaos --out out/chaos/summary.json
+	$(BIN)/python -m benchmarks.chaos --out out/chaos/summary.json
 
 # A real RTSP server for the edge's live-source tests: GStreamer's (Debian), run by the system Python's PyGObject.
 stream-server:
@@ -76,7 +76,7 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
 demo: install assets redis eval-videos
-	$(BIN)/python -m scripts.demo
+	$(BIN)/python -m ams.ops.demo
 
 lint: install
 	$(BIN)/ruff check .
@@ -95,73 +95,73 @@ test-e2e: install assets redis
 	$(BIN)/python -m pytest -q tests/e2e
 
 pretrain: install assets
-	$(BIN)/python -m scripts.pretrain --steps 300 --video data/videos/bikes.mp4
-	$(BIN)/python -m scripts.pretrain --steps 300 --video data/videos/bikes.mp4 --arch lraspp_mnv3 --name lraspp_mnv3_selfie \
+	$(BIN)/python -m ams.training.pretrain --steps 300 --video data/videos/bikes.mp4
+	$(BIN)/python -m ams.training.pretrain --steps 300 --video data/videos/bikes.mp4 --arch lraspp_mnv3 --name lraspp_mnv3_selfie \
 	  --config '{"num_classes": 2, "width_mult": 1.0, "input_height": 144, "input_width": 256}'
 
 clean:
 	rm -rf out .pytest_cache
 
 bench: install assets
-	$(BIN)/python -m scripts.bench
+	$(BIN)/python -m benchmarks.parts
 
 demo-streamdeq: install assets redis eval-videos
-	$(BIN)/python -m scripts.demo --segmenter streamdeq --out out/demo-streamdeq
+	$(BIN)/python -m ams.ops.demo --segmenter streamdeq --out out/demo-streamdeq
 
 bench-streamdeq: install assets
-	$(BIN)/python -m scripts.bench_streamdeq $(BENCH_ARGS)
-	$(BIN)/python -m scripts.bench_streamdeq --readme
+	$(BIN)/python -m benchmarks.streamdeq $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.streamdeq --readme
 
 bench-lowlatency: install assets
-	$(BIN)/python -m scripts.bench_lowlatency $(BENCH_ARGS)
-	$(BIN)/python -m scripts.bench_lowlatency --readme
+	$(BIN)/python -m benchmarks.lowlatency $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.lowlatency --readme
 
 demo-lowlatency: install assets redis eval-videos
-	$(BIN)/python -m scripts.demo --segmenter lowlatency --out out/demo-lowlatency
+	$(BIN)/python -m ams.ops.demo --segmenter lowlatency --out out/demo-lowlatency
 
 # The update codecs (float16, int8, int4, structured selection) on the evaluation's protocol, paper
 # settings, 2 playlists × 6 trainer seeds -> out/bench/codec.json (runs cached in out/bench/codec/runs)
 bench-codec: install assets redis eval-videos
-	$(BIN)/python -m scripts.bench_codec --jobs $(EVAL_JOBS)
-	$(BIN)/python -m scripts.bench_codec --readme
+	$(BIN)/python -m benchmarks.codec --jobs $(EVAL_JOBS)
+	$(BIN)/python -m benchmarks.codec --readme
 
 bench-fleet: install assets redis
-	$(BIN)/python -m scripts.bench_fleet
+	$(BIN)/python -m benchmarks.fleet
 
 # Operator smoke test on a host with a Docker engine (Docker SDK): build both images, compose up, health,
 # the edge profile, one update, down. Without an engine it says so and exits 0.
 smoke: install assets
-	$(BIN)/python -m scripts.smoke
+	$(BIN)/python -m ams.ops.smoke
 
 # The server side as local processes (no Docker): certificates in out/stack/pki, stack.json beside them.
 DEVICES ?= edge-1
 up: install assets redis
-	$(BIN)/python -m scripts.up --out out/stack --devices $(DEVICES)
+	$(BIN)/python -m ams.ops.up --out out/stack --devices $(DEVICES)
 
 # An edge left running: live mode on the real clips looping forever, its RSS and open files sampled
 # (out/soak/soak.json); SOAK_MINUTES long, then SIGTERM (exit 0 and a complete summary expected)
 SOAK_MINUTES ?= 10
 soak: install assets redis eval-videos
-	$(BIN)/python -m scripts.soak --minutes $(SOAK_MINUTES) --out out/soak
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES) --out out/soak
 
 FUZZ_CASES ?= 10000
 fuzz: install assets redis
-	$(BIN)/python -m scripts.fuzz --cases $(FUZZ_CASES) --out out/fuzz
+	$(BIN)/python -m benchmarks.fuzz --cases $(FUZZ_CASES) --out out/fuzz
 
 # The evaluation (paper §4): five schemes, Table 3 ablation, Fig. 4 sweeps, rate control, the three
 # students, and AMS through the real services; runs are cached in out/eval/runs (interrupt and rerun
 # to resume). Rewrites README's results block from out/eval/results.json.
 EVAL_JOBS ?= 2
 eval: install assets redis eval-videos
-	$(BIN)/python -m scripts.eval --jobs $(EVAL_JOBS)
-	$(BIN)/python -m scripts.eval --readme
+	$(BIN)/python -m ams.eval --jobs $(EVAL_JOBS)
+	$(BIN)/python -m ams.eval --readme
 
 eval-quick: install assets redis eval-videos
-	$(BIN)/python -m scripts.eval --quick --jobs $(EVAL_JOBS)
+	$(BIN)/python -m ams.eval --quick --jobs $(EVAL_JOBS)
 
 eval-long: install assets redis long-scene
-	$(BIN)/python -m scripts.eval --long --jobs $(EVAL_JOBS)
-	$(BIN)/python -m scripts.eval --long --readme
+	$(BIN)/python -m ams.eval --long --jobs $(EVAL_JOBS)
+	$(BIN)/python -m ams.eval --long --readme
 
 # The lock files (pip-tools) the venv and the images install from: requirements/teacher.txt (no torch),
 # trainer.txt (trainer and edge) and dev.txt (everything). torch is pinned without its local build

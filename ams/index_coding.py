@@ -8,7 +8,7 @@ floor log₂ C(P, k) / k bits per index; a clustered one (gradient-guided choice
 tensors) costs less; a structured one (whole blocks, `AMS_SELECTION_BLOCK`) far less, its gaps
 inside a block being all zero. The int8 / int4 update codecs send positions this way.
 
-Measured (`python -m scripts.codec_sizes`) on the 17 gradient-guided updates of an in-process AMS
+Measured (`python -m benchmarks.codec_sizes`) on the 17 gradient-guided updates of an in-process AMS
 run on `synthetic_shifts` (DeeplabV3-MobileNetV2, P = 2.11 M, γ = 5 %: k = 105 408): 5.11 bits per
 index on average, against 5.65 for the float16 codec's gzip'd bitmask and a floor of 5.73 for an
 unstructured choice: 10 % fewer index bytes than the bitmask. Consecutive sets share only 4–21 % of

@@ -38,7 +38,7 @@ FLOAT16, INT8, INT4 = (streaming_pb2.UPDATE_CODEC_FLOAT16, streaming_pb2.UPDATE_
 CODECS: dict[str, int] = {"float16": FLOAT16, "int8": INT8, "int4": INT4}          # name -> wire value
 CODEC_NAMES: dict[int, str] = {v: k for k, v in CODECS.items()}
 # quantised codecs: (bits, chosen coordinates per float16 scale); the block sizes trade scale bytes
-# against error (`python -m scripts.codec_sizes`), the codecs' mIoU is `make bench-codec`'s
+# against error (`python -m benchmarks.codec_sizes`), the codecs' mIoU is `make bench-codec`'s
 QUANTISED: dict[int, tuple[int, int]] = {INT8: (8, 256), INT4: (4, 64)}
 
 

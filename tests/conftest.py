@@ -48,12 +48,12 @@ def loop_thread():
 def pki(tmp_path_factory) -> dict:
     """An operator CA with trainer, teacher and operator certificates (device certificates on demand:
     `device_tls(pki, name)`)."""
-    from scripts.procs import make_pki
+    from ams.ops.procs import make_pki
     return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
 def device_tls(pki: dict, device_id: str):
-    from scripts.procs import device_files
+    from ams.ops.procs import device_files
     return device_files({"tls": pki}, device_id)
 
 

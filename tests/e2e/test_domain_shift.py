@@ -11,9 +11,9 @@ import pytest
 
 from ams.index_coding import floor_bits_per_index
 from ams.synthetic import SyntheticScene
-from scripts.pretrain import pretrain, save_checkpoint
-from scripts.train_lowlatency import train_lowlatency
-from scripts.procs import ROOT, ams_stack, edge_tls_args
+from ams.training.pretrain import pretrain, save_checkpoint
+from ams.training.lowlatency import train_lowlatency
+from ams.ops.procs import ROOT, ams_stack, edge_tls_args
 
 pytestmark = pytest.mark.e2e
 

@@ -5,12 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from scripts.eval.baselines import JustInTime, RemoteTracking
-from scripts.eval.harness import InProcessTrainer, play
-from scripts.eval.playlists import Playlist, synthetic, teacher_labels
-from scripts.eval.runs import PAPER, trainer_config
-from scripts.eval.schemes import UPDATE_DELAY_S, AMS, NoCustomization, OneTime, one_time_config
-from scripts.eval.services import run_services
+from ams.eval.baselines import JustInTime, RemoteTracking
+from ams.eval.harness import InProcessTrainer, play
+from ams.eval.playlists import Playlist, synthetic, teacher_labels
+from ams.eval.runs import PAPER, trainer_config
+from ams.eval.schemes import UPDATE_DELAY_S, AMS, NoCustomization, OneTime, one_time_config
+from ams.eval.services import run_services
 from services.trainer.store import RedisSessionStore
 
 STUDENT = "deeplabv3_mnv2"
@@ -112,7 +112,7 @@ def test_a_phase_leaves_no_flush_to_zero_behind(tmp_path, store):
 def test_the_ceiling_fits_the_scored_frames_and_beats_the_frozen_w0(tmp_path, store):
     """issue 23's ceiling: w0 fitted offline to the playlist's own labelled frames must score well above
     w0 itself on them (at the input size, and with the same weights at twice the input size)."""
-    from scripts.eval.ceiling import Ceiling
+    from ams.eval.ceiling import Ceiling
     labels = teacher_labels(SHIFTS, SIZE, str(tmp_path))
     frames = [(f.index, f.rgb) for f in SHIFTS.frames(SIZE) if SHIFTS.scored(f)]
     ceiling = Ceiling(STUDENT, [rgb for _, rgb in frames], [labels.by_index[i] for i, _ in frames], steps=100, batch=2)

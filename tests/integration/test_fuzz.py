@@ -1,6 +1,6 @@
 """A few hundred property-based fuzz cases against live teacher and trainer processes over mutual
 TLS (the long run is `make fuzz`): no INTERNAL, no crash, bounded memory, everyone else served."""
-from scripts.fuzz import METHODS, check, fuzz
+from benchmarks.fuzz import METHODS, check, fuzz
 
 
 def test_fuzzed_requests_never_answer_internal_nor_take_the_servers_down(tmp_path):

@@ -1,4 +1,4 @@
-"""The balancer's connection limits against a real HAProxy (Debian's 2.6, scripts/haproxy.py's config)
+"""The balancer's connection limits against a real HAProxy (Debian's 2.6, ams/ops/haproxy.py's config)
 in front of a real gRPC server (grpc.aio, mutual TLS, grpc.health.v1): idle connections that never
 send a ClientHello, stop half-way through the handshake or never send a request end within the
 handshake timeout; one source IP cannot hold more than its share of connections or open them faster
@@ -22,8 +22,8 @@ from grpc_health.v1.health import aio as health_aio
 
 from ams import tls
 from ams.pki import CertFiles
-from scripts import haproxy as lb_config
-from scripts.procs import free_port, make_pki
+from ams.ops import haproxy as lb_config
+from ams.ops.procs import free_port, make_pki
 from tests.conftest import LoopThread
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy (make haproxy)")

@@ -27,7 +27,7 @@ from ams.synthetic import SyntheticScene
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from ams.video import encode_clip
 from edge_client.link import TrainerLink
-from scripts.procs import SERVICE_ENV, free_port
+from ams.ops.procs import SERVICE_ENV, free_port
 from tests.conftest import oracle_teacher, TINY_STUDENT, device_tls
 from tests.integration.test_trainer_crash import _start_trainer, _trainer_setup
 

@@ -1,4 +1,4 @@
-"""Trainer replicas behind the real load balancer (HAProxy from Debian, scripts/cluster.py): routing by
+"""Trainer replicas behind the real load balancer (HAProxy from Debian, ams/ops/cluster.py): routing by
 the calling device, the forwarded certificate, a small chaos run (kill -9 of a session's owner mid-phase,
 its restart, a redis-server restart) with nothing lost."""
 import base64
@@ -16,9 +16,9 @@ from ams.grpc_common import channel_options
 from ams.pki import CertFiles, CertificateAuthority
 from ams.update_codec import CODECS
 from ams.v1 import streaming_pb2, streaming_pb2_grpc
-from scripts import chaos
-from scripts.bench_fleet import TEACHER_ENV
-from scripts.cluster import Cluster
+from benchmarks import chaos
+from benchmarks.fleet import TEACHER_ENV
+from ams.ops.cluster import Cluster
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy (make haproxy)")
 TRAINER_ENV = {**chaos.TRAINER_ENV, "AMS_K_ITERS": "5"}

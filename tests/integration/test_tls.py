@@ -30,7 +30,7 @@ from services.teacher.config import TeacherConfig
 from services.teacher.service import create_server as create_teacher
 from services.trainer.config import TrainerConfig
 from services.trainer.service import create_server as create_trainer
-from scripts.procs import free_port
+from ams.ops.procs import free_port
 from tests.conftest import device_tls, service_tls, tls_config
 
 SCENE = SyntheticScene(seed=6, w=64, h=36, fps=10, duration=30, shift=15)

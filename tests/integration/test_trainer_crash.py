@@ -14,7 +14,7 @@ from ams.synthetic import SyntheticScene
 from ams.v1 import streaming_pb2
 from ams.video import encode_clip
 from edge_client.link import TrainerLink
-from scripts.procs import ROOT, free_port
+from ams.ops.procs import ROOT, free_port
 from tests.conftest import oracle_teacher, TINY_STUDENT, device_tls, service_tls, tls_config
 
 SCENE = SyntheticScene(seed=5, w=64, h=36, fps=10, duration=30, shift=15)

@@ -1,4 +1,4 @@
-"""`python -m scripts.up`: the local stack for operators without Docker, as a process: TLS by default,
+"""`python -m ams.ops.up`: the local stack for operators without Docker, as a process: TLS by default,
 stack.json as documented, a device certificate that works, and everything stopped by SIGTERM."""
 import json
 import os
@@ -12,14 +12,14 @@ from ams.pki import CertFiles
 from ams.synthetic import SyntheticScene
 from ams.v1 import streaming_pb2
 from edge_client.link import TrainerLink
-from scripts.procs import ROOT
+from ams.ops.procs import ROOT
 
 SCENE = SyntheticScene(seed=3, w=64, h=36, fps=10, duration=10, shift=5)
 
 
 def test_up_serves_mutual_tls_writes_stack_json_and_stops_on_sigterm(tmp_path):
     out = tmp_path / "stack"
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.up", "--out", str(out), "--devices", "cam-a,cam-b",
+    proc = subprocess.Popen([sys.executable, "-m", "ams.ops.up", "--out", str(out), "--devices", "cam-a,cam-b",
                              "--teacher-env", "AMS_TEACHER_BACKEND=oracle", "--teacher-env", f"AMS_TEACHER_SCENE={SCENE.spec()}",
                              "--trainer-env", "AMS_CHECKPOINT_DIR=assets/students"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,5 +1,5 @@
 """bench-codec's summary: the issue's row schema, paired mIoU differences and Kbps at T_update 10 s."""
-from scripts.bench_codec import VARIANTS, readme_table, runs, summarise
+from benchmarks.codec import VARIANTS, readme_table, runs, summarise
 
 ROW_KEYS = {"codec", "bytes_per_update", "kbps_at_10s", "index_bits_per_coord", "floor_bits_per_coord", "miou",
             "miou_delta_vs_f16", "uplink_kbps"}

@@ -9,9 +9,9 @@ from ams.models import build_student
 from ams.models.deq_solvers import broyden, unroll
 from ams.synthetic import SyntheticScene
 from edge_client.evaluation import Confusion, FlipRate, bootstrap_miou
-from scripts import bench_lowlatency as ll
-from scripts import bench_streamdeq as sd
-from scripts.pretrain import CropSampler
+from benchmarks import lowlatency as ll
+from benchmarks import streamdeq as sd
+from ams.training.pretrain import CropSampler
 
 LL_TINY = {"num_classes": 2, "width_mult": 0.25, "high_channels": 16, "reduce_channels": 8, "kernel_size": 5,
            "input_height": 48, "input_width": 64}

@@ -443,11 +443,11 @@ def test_scale_override_puts_the_balancer_in_front_and_the_replicas_on_loopback(
 
 
 def test_the_deployed_haproxy_config_is_generated_and_valid(tmp_path):
-    from scripts.haproxy import DEPLOY_TLS, deployed
-    from scripts.procs import make_pki
+    from ams.ops.haproxy import DEPLOY_TLS, deployed
+    from ams.ops.procs import make_pki
 
     text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
-    assert text == deployed(), "deploy/haproxy/haproxy.cfg is stale: python -m scripts.haproxy"
+    assert text == deployed(), "deploy/haproxy/haproxy.cfg is stale: python -m ams.ops.haproxy"
     # the limits (tests/integration/test_haproxy_limits.py proves what each does on a live HAProxy)
     assert re.search(r"^global$(?:\n  .*)*\n  maxconn \d+$", text, re.M)
     for frontend in ("trainers_in", "teachers_in"):
@@ -483,7 +483,7 @@ def test_redis_acl_users_can_do_their_jobs_and_nothing_more(tmp_path):
     import torch
 
     from ams.revocation import REVOKED_CERTS_KEY, revoked_serials
-    from scripts.procs import free_port
+    from ams.ops.procs import free_port
     from services.trainer.coordinate_descent import AdamCDState
     from services.trainer.leases import SessionLeases
     from services.trainer.redis_client import connect

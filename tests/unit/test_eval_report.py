@@ -2,7 +2,7 @@
 reported as such), and report.md, its plots and README's table come from results.json alone."""
 import os
 
-from scripts.eval.report import findings, readme_table, write_report
+from ams.eval.report import findings, readme_table, write_report
 
 
 def _row(scheme, miou, down=0.0, playlist="real", student="deeplabv3_mnv2"):
@@ -74,7 +74,7 @@ def test_results_follow_the_issue_schema(monkeypatch):
 
     import numpy as np
 
-    from scripts.eval import plan
+    from ams.eval import plan
 
     monkeypatch.setattr(plan, "playlist_seconds", lambda name: 100.0)
     planned = []

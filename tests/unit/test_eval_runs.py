@@ -2,8 +2,8 @@
 changed clip list or time scale is never answered from an old run."""
 import dataclasses
 
-from scripts.eval import harness, runs
-from scripts.eval.playlists import PLAYLISTS
+from ams.eval import harness, runs
+from ams.eval.playlists import PLAYLISTS
 
 
 def test_a_run_key_changes_with_the_playlists_definition_not_its_note(monkeypatch):

@@ -1,9 +1,9 @@
-"""The long-scene playlist's compositing (scripts/eval/longscene.py) and its recorded labels (ams/label_track.py)."""
+"""The long-scene playlist's compositing (ams/eval/longscene.py) and its recorded labels (ams/label_track.py)."""
 import numpy as np
 import pytest
 
 from ams import label_track
-from scripts.eval.longscene import EDGE_S, Cutout, Visit, composite, schedule
+from ams.eval.longscene import EDGE_S, Cutout, Visit, composite, schedule
 from services.teacher.backends import TeacherInput, make_backend
 
 

@@ -2,12 +2,12 @@
 import subprocess
 import sys
 
-from scripts.procs import ROOT
+from ams.ops.procs import ROOT
 
 
 def test_smoke_without_an_engine_says_so_and_exits_zero(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "scripts.smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "ams.ops.smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "no Docker engine reachable" in result.stdout and "nothing was built or run" in result.stdout

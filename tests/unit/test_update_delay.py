@@ -1,6 +1,6 @@
 """Replay with an update delay (`ams-edge --update-delay-s`, the evaluation's 1 s): an update that
 arrives while the edge waits at video time t is counted at once but applies only at the first frame
-at or after t + delay, in arrival order, exactly as the in-process harness (scripts/eval/schemes.py)."""
+at or after t + delay, in arrival order, exactly as the in-process harness (ams/eval/schemes.py)."""
 import numpy as np
 import torch
 
@@ -9,7 +9,7 @@ from ams.update_codec import FLOAT16, encode_update, sparse_update
 from ams.v1 import streaming_pb2
 from edge_client.link import TrainerLink
 from edge_client.model_holder import ModelHolder
-from scripts.eval.schemes import UPDATE_DELAY_S
+from ams.eval.schemes import UPDATE_DELAY_S
 from tests.conftest import TINY_STUDENT
 
 

@@ -1,0 +1,1 @@
+"""Maintainers' helpers (documentation tables, asset fetchers). Not installed."""

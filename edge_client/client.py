@@ -22,7 +22,6 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import cv2
 import grpc
@@ -33,61 +32,21 @@ from ams.models.export import export_student
 from ams.pki import CertFiles
 from ams.update_codec import CODECS
 from ams.v1 import streaming_pb2
-from ams.video import CLIP_CRF, encode_clip
+from ams.video import encode_clip
 from edge_client import metrics
-from edge_client.label_carrier import HINT_TTL_S, HintJudge, LabelCarrier
+from edge_client.label_carrier import HintJudge, LabelCarrier
 from edge_client.link import TrainerLink
 from edge_client.live_source import Backoff
 from edge_client.model_holder import ModelHolder
+from edge_client.options import DEFAULT_STUDENT, EdgeError, EdgeOptions, Result  # re-exported: the client's API
 from edge_client.sampler import IntervalSampler
-from edge_client.segmenters import make_segmenter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STUDENT = "deeplabv3_mnv2_selfie"
 MAX_PENDING_CLIPS = 4        # clips waiting for the uplink; a trainer away longer loses the oldest (counted)
 UPLOAD_RETRY_S = 30.0        # how long a clip upload is retried: longer than a trainer replica's fail-over (lease TTL)
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.ABORTED}
-
-
-class EdgeError(RuntimeError):
-    """The trainer refused this device or its student, or no model can be had: retrying will not help."""
-
-
-@dataclass
-class EdgeOptions:
-    mode: str = "live"                   # live: uploads on a background thread; replay: each interval's clip is
-                                         # uploaded in line and its update awaited (deterministic runs)
-    eval_every: int = 1                  # evaluate every n-th frame (0 = off; needs a teacher to score against)
-    clip_bitrate: int = 0                # > 0: an average bit rate instead of constant quality
-    clip_crf: int = CLIP_CRF
-    progress: bool = False
-    overlay_path: str | None = None
-    baseline: bool = True                # also run the never-updated w0 on evaluated frames
-    segmenter: str = "auto"              # auto | frame | streamdeq | lowlatency
-    update_delay_s: float = 0.0          # replay: video seconds from a clip's interval end to its update applying
-    hint_delay_s: float = 0.0            # replay: video seconds from a clip's upload to its label hint arriving
-    hint_ttl_s: float = HINT_TTL_S       # a carried label hint is shown while at most this old (0: never shown)
-    hint_judge: bool = True              # show the student over a fresh hint while it scores better (HintJudge)
-    # per student architecture: streamdeq: iters, solver, budget_ms, cut_threshold; lowlatency: scheme, threshold,
-    # interval (the options of the student's own architecture apply)
-    segmenter_options: dict[str, dict] = field(default_factory=dict)
-
-    def segmenter_for(self, holder: ModelHolder):
-        """The segmenter these options ask for, over `holder`'s model."""
-        return make_segmenter(holder, self.segmenter, **self.segmenter_options.get(holder.architecture, {}))
-
-
-@dataclass(frozen=True)
-class Result:
-    """One frame's output."""
-
-    mask: np.ndarray          # (h, w) uint8 class per pixel at the student's input size
-    timestamp_s: float        # the frame's capture time on the client's clock
-    model_version: int        # the model that made it (0: w0)
-    hinted: bool              # the trainer's label hint carried to this frame, not the student's own output
-    latency_ms: float
 
 
 class EdgeClient:

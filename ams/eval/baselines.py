@@ -29,7 +29,9 @@ def jpeg(rgb: np.ndarray, quality: int = 95) -> tuple[int, np.ndarray]:
     """(bytes, decoded frame) of the frame sent at full quality."""
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
-    return len(data), cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    assert decoded is not None
+    return len(data), cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def label_at_server(teacher: TeacherBackend, rgb: np.ndarray, t: float) -> np.ndarray:
@@ -51,7 +53,7 @@ class RemoteTracking:
         self.teacher, self.rate, self.delay = teacher, rate_fps, delay_s
         self.carrier = LabelCarrier()
         self.traffic = Traffic()
-        self.next_sample = None
+        self.next_sample: float | None = None
         self.pending: collections.deque = collections.deque()   # (arrival time, capture time, label)
 
     def predict(self, frame: Frame) -> np.ndarray:
@@ -95,7 +97,8 @@ class JustInTime(Scheme):
         super().__init__(trainer, student)
         self.threshold, self.max_updates, self.lr, self.momentum, self.gamma = threshold, max_updates, lr, momentum, gamma
         self.min_stride, self.max_stride = min_stride_s, max_stride_s
-        self.stride, self.next_sample = min_stride_s, None
+        self.stride = min_stride_s
+        self.next_sample: float | None = None
         session = trainer.session
         if getattr(session.model, "training_loss", None) is not None:
             raise ValueError("Just-In-Time is implemented for feed-forward students")

@@ -29,10 +29,11 @@ from edge_client.evaluation import Confusion, frame_miou
 from edge_client.model_holder import ModelHolder
 from ams.eval.playlists import Labels, Playlist
 from ams.ops.procs import ROOT
-from services.teacher.backends import TeacherBackend, TeacherInput
+from services.teacher.backends import TeacherBackend, TeacherInput, TeacherOutput
 from services.trainer.config import TrainerConfig
-from services.trainer.downlink import snapshot_bytes
-from services.trainer.session import Session, resize_frame
+from services.trainer.ingest import resize_frame
+from services.trainer.serde import snapshot_bytes
+from services.trainer.session import Session
 from services.trainer.store import SessionStore
 
 DEVICE_ID = "eval-edge"     # the session's RNG is seeded by it: the services row uses the same id
@@ -108,14 +109,16 @@ class InProcessTrainer:
         Returns the bytes that crossed the uplink."""
         data = encode_clip(frames, bit_rate=self.clip_bitrate)
         size = self.session.input_size()
+        if size is None:
+            raise ValueError("the session's student has no fixed input size")
         decoded = decode_clip(data, len(timestamps), transform=lambda f: resize_frame(f, size))
         outputs = self.teacher.infer_batch([TeacherInput(f, t) for f, t in zip(decoded, timestamps)])
-        keep = [i for i, o in enumerate(outputs) if not isinstance(o, Exception)]
+        kept = [(t, f, o) for t, f, o in zip(timestamps, decoded, outputs) if not isinstance(o, Exception)]
         self.clip_seq += 1
-        if keep:
-            self.newest = (timestamps[keep[-1]], outputs[keep[-1]].class_map)
-        self.session.ingest(self.clip_seq, [timestamps[i] for i in keep], [decoded[i] for i in keep],
-                            [outputs[i].class_map for i in keep], [outputs[i].probabilities for i in keep])
+        if kept:
+            self.newest = (kept[-1][0], kept[-1][2].class_map)
+        self.session.ingest(self.clip_seq, [t for t, _, _ in kept], [f for _, f, _ in kept],
+                            [o.class_map for _, _, o in kept], [_probabilities(o) for _, _, o in kept])
         request = streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=self.clip_seq)
         return len(data) + request.ByteSize() + 16   # clip + envelope (codec, timestamps, size: ≈ 16 bytes)
 
@@ -124,10 +127,18 @@ class InProcessTrainer:
         outcome = self.session.run_phase()
         if outcome is None:
             return None
-        return streaming_pb2.ServerMessage(update=outcome.message, processed_clip_seq=outcome.seq_seen)
+        return streaming_pb2.ServerMessage(update=streaming_pb2.ModelUpdate.FromString(outcome.message),
+                                          processed_clip_seq=outcome.seq_seen)
 
     def close(self) -> None:
         self.store.delete(self.sid)
+
+
+def _probabilities(out: TeacherOutput) -> np.ndarray:
+    """The teacher's probabilities of a frame (every backend gives them; the trainer's rate control needs them)."""
+    if out.probabilities is None:
+        raise ValueError("the teacher gave no probabilities: the trainer's sampling rate control needs them")
+    return out.probabilities
 
 
 def apply(holder: ModelHolder, message: streaming_pb2.ServerMessage) -> None:

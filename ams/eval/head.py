@@ -29,11 +29,14 @@ def cut(src: str, dst: str, seconds: float) -> None:
     """The first `seconds` of `src`, its packets copied."""
     with av.open(src) as inp, av.open(dst + ".tmp.mp4", "w") as out:
         stream = inp.streams.video[0]
+        time_base = stream.time_base
+        if time_base is None:
+            raise ValueError(f"{src}: its video stream has no time base")
         copy = out.add_stream_from_template(stream)
         for packet in inp.demux(stream):
             if packet.dts is None:
                 continue
-            if packet.pts is not None and float(packet.pts * stream.time_base) >= seconds:
+            if packet.pts is not None and float(packet.pts * time_base) >= seconds:
                 break
             packet.stream = copy
             out.mux(packet)

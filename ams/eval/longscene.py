@@ -138,7 +138,7 @@ def composite(background: np.ndarray, t: float, visits: list[Visit], bank: list[
     """(frame, label) at t: each visiting person pasted over `background` (later visits in front),
     the label 1 exactly where a person's pixels were pasted."""
     frame, label = background.copy(), np.zeros(background.shape[:2], np.uint8)
-    H, W = label.shape
+    H, W = background.shape[:2]
     for v in visits:
         pos = v.position(t)
         if pos is None:

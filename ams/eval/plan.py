@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,7 +107,8 @@ def schemes_section(run: Runner, playlists: list[str], students: list[str], loop
     """(rows, per-frame gains by playlist and scheme) for every scheme on every playlist (DLv3),
     `student_schemes` for each of `students` on `students_on` (the ablation's playlist of people), the
     slow-motion `sensitivity` playlists (no One-Time), and every scheme on each (playlist, student) of `parts`."""
-    rows, gains = [], {}
+    rows: list[dict] = []
+    gains: dict[str, dict[str, list[float]]] = {}
 
     def rows_of(playlist: str, schemes, student: str = "deeplabv3_mnv2", keep_gains: bool = False) -> None:
         base = run(scheme_spec("no_customization", playlist, student))
@@ -136,7 +137,8 @@ def ceiling_section(run: Runner, students: list[str], large: bool) -> list[dict]
     the input size for DLv3 (`large`), and the teacher against itself on uploaded frames."""
     out = []
     for student, scale in [(s, 1) for s in students] + ([("deeplabv3_mnv2", 2)] if large else []):
-        res = run(spec("ceiling", ABLATION_PLAYLIST, student, steps=CEILING_STEPS, **({"scale": scale} if scale > 1 else {})))
+        params: dict[str, Any] = {"steps": CEILING_STEPS, **({"scale": scale} if scale > 1 else {})}
+        res = run(spec("ceiling", ABLATION_PLAYLIST, student, **params))
         nc = run(scheme_spec("no_customization", ABLATION_PLAYLIST, student))
         ams = run(ams_spec(ABLATION_PLAYLIST, student=student))   # the student's online learning, no hints
         out.append({"check": "ceiling", "student": student, "scale": scale, "miou": res["miou"],

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +137,8 @@ def teacher_labels(playlist: Playlist, size_hw: tuple[int, int], cache_dir: str)
     flush()
     backend.close()
     os.makedirs(cache_dir, exist_ok=True)
-    np.savez_compressed(path + ".tmp.npz", classes=np.array(labels.classes), **{f"i{k}": v for k, v in labels.by_index.items()})
+    # Any: numpy's stub would also let ** fill savez_compressed's allow_pickle: bool
+    arrays: dict[str, Any] = {f"i{k}": v for k, v in labels.by_index.items()}
+    np.savez_compressed(path + ".tmp.npz", classes=np.array(labels.classes), **arrays)
     os.replace(path + ".tmp.npz", path)
     return labels

@@ -63,8 +63,11 @@ def findings(results: dict) -> list[dict]:
     stds = ", ".join(f"{100 * v['std']:.1f}" for v in spread)
     noise = f"; run-to-run std over seeds {stds} points" if spread else ""
 
-    def get(playlist: str, scheme: str) -> dict | None:
-        return next((r for r in rows if r["playlist"] == playlist and r["scheme"] == scheme), None)
+    def get(playlist: str, scheme: str) -> dict:
+        for r in rows:
+            if r["playlist"] == playlist and r["scheme"] == scheme:
+                return r
+        raise KeyError(f"no {scheme} row for {playlist}")
 
     for playlist in dict.fromkeys(r["playlist"] for r in rows if r["scheme"] == "one_time"):
         ams, once, rt, nc, jit, paper = (get(playlist, s) for s in ("ams", "one_time", "remote_tracking",
@@ -96,27 +99,27 @@ def findings(results: dict) -> list[dict]:
                     "evidence": f"{_f(ams['miou'])} vs {_f(nc['miou'])}, better on {_pct(ams['better_frames'])} of frames"})
     for playlist in dict.fromkeys(s["playlist"] for s in results.get("sweeps", [])):
         pts = [s for s in results["sweeps"] if s["playlist"] == playlist]
-        ams = [s for s in pts if s["scheme"] == "ams" and s["param"] == "t_update_s" and s["value"] == 10.0]
-        jit = sorted((s for s in pts if s["scheme"] == "just_in_time"), key=lambda s: s["miou"])
-        if not ams or not jit:
+        ams_at_10 = [s for s in pts if s["scheme"] == "ams" and s["param"] == "t_update_s" and s["value"] == 10.0]
+        jit_by_miou = sorted((s for s in pts if s["scheme"] == "just_in_time"), key=lambda s: s["miou"])
+        if not ams_at_10 or not jit_by_miou:
             continue
-        target = ams[0]["miou"]
-        reach = [s for s in jit if s["miou"] >= target]
+        target = ams_at_10[0]["miou"]
+        reach = [s for s in jit_by_miou if s["miou"] >= target]
         if reach:
-            ratio = reach[0]["downlink_kbps"] / max(ams[0]["downlink_kbps"], 1e-9)
+            ratio = reach[0]["downlink_kbps"] / max(ams_at_10[0]["downlink_kbps"], 1e-9)
             out.append({"claim": f"JIT needs ≈ 10× AMS's downlink for equal mIoU ({playlist})", "holds": ratio >= 5,
                         "evidence": f"the cheapest JIT at ≥ AMS's {_f(target)} mIoU ({_f(reach[0]['miou'])}, threshold "
                                     f"{reach[0]['value']}) uses {reach[0]['downlink_kbps']} Kbps = {ratio:.1f}× AMS's "
-                                    f"{ams[0]['downlink_kbps']} Kbps"})
+                                    f"{ams_at_10[0]['downlink_kbps']} Kbps"})
         else:
             out.append({"claim": f"JIT needs ≈ 10× AMS's downlink for equal mIoU ({playlist})", "holds": False,
-                        "evidence": f"no JIT threshold reached AMS's {_f(target)} (best {_f(jit[-1]['miou'])} at "
-                                    f"{jit[-1]['downlink_kbps']} Kbps)"})
+                        "evidence": f"no JIT threshold reached AMS's {_f(target)} (best {_f(jit_by_miou[-1]['miou'])} at "
+                                    f"{jit_by_miou[-1]['downlink_kbps']} Kbps)"})
     ablation = results.get("ablation", [])
     mean = {s: float(np.mean([r["miou_delta_vs_full"] for r in ablation if r["selection"] == s]))
             for s in dict.fromkeys(r["selection"] for r in ablation)}
     if {"gradient", "random", "first", "last"} <= set(mean):
-        order = sorted(mean, key=mean.get, reverse=True)
+        order = sorted(mean, key=lambda s: mean[s], reverse=True)
         holds = mean["gradient"] > mean["random"] > max(mean["first"], mean["last"], mean.get("first_last", -1))
         out.append({"claim": "gradient-guided > random > first/last layers (Table 3)", "holds": holds,
                     "evidence": "mean Δ vs full model over γ: " + ", ".join(f"{s} {_pts(mean[s])}" for s in order)

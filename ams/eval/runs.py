@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,14 +22,15 @@ from ams.eval.baselines import JustInTime, RemoteTracking
 from ams.eval.ceiling import Ceiling, TeacherOnUploads
 from ams.eval.harness import STUDENTS, checkpoint_digest, InProcessTrainer, play, student_size
 from ams.eval.playlists import PLAYLISTS, teacher_labels
-from ams.eval.schemes import NETWORK_DELAY_S, AMS, NoCustomization, OneTime, one_time_config
+from ams.eval.schemes import NETWORK_DELAY_S, AMS, NoCustomization, OneTime, Scheme, one_time_config
 from services.trainer.config import TrainerConfig
 from services.trainer.store import RedisSessionStore
 
 log = logging.getLogger("ams-eval")
 EVAL_VERSION = 6     # bump when a change to the harness or the trainer invalidates cached runs
 
-# The paper's settings (§4.1) with our trainer's ASR constants (φ is a cross-entropy here, DESIGN §5)
+# The paper's settings (§4.1) with our trainer's ASR constants (φ is a cross-entropy here, docs/design.md §5)
+PAPER: dict[str, Any]
 PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "gamma": 0.05, "batch_size": 4,
          "r_init": 1.0, "r_min": 0.1, "r_max": 1.0, "asr_delta_t_s": 10.0, "atr": True,
          "torch_threads": 1,           # one thread per run: runs go in parallel
@@ -41,6 +43,7 @@ PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "g
          "phase_share": 0.0}
 # What the system adds to the paper's AMS (issue 23), at TrainerConfig's defaults: fast start and scene changes,
 # label hints, and its update codec (the first it prefers: int4)
+OURS: dict[str, Any]
 OURS = {f.name: f.default for f in dataclasses.fields(TrainerConfig)
         if f.name in ("t_fast_s", "settle_miou", "hint_miou", "hint_paced", "hint_gamma", "update_codecs")}
 ONE_TIME_SHARE = 0.15        # One-Time trains on the first 15 % of a playlist (the paper: 60 s of 7-15 min videos)
@@ -83,7 +86,8 @@ def execute(run: RunSpec, redis_url: str, cache_dir: str) -> dict:
     playlist = PLAYLISTS[run.playlist]
     params = dict(run.params)
     scale = int(params.get("scale", 1)) if run.scheme == "ceiling" else 1
-    size = tuple(scale * n for n in student_size(run.student))
+    height, width = student_size(run.student)
+    size = (scale * height, scale * width)
     labels = teacher_labels(playlist, size, cache_dir)
     torch.manual_seed(0)
     if run.scheme == "teacher_on_uploads":   # a diagnostic: the teacher on what the trainer receives
@@ -95,13 +99,14 @@ def execute(run: RunSpec, redis_url: str, cache_dir: str) -> dict:
         return {"spec": dataclasses.asdict(run), "config": run.config(), "result": result.to_json()}
     if run.scheme == "ceiling":   # a diagnostic, not a streaming scheme (ceiling.py): no trainer, no teacher
         frames = [(f.index, f.rgb) for f in playlist.frames(size) if playlist.scored(f) and not f.repeat]
-        scheme = Ceiling(run.student, [rgb for _, rgb in frames], [labels.by_index[i] for i, _ in frames], **params)
+        ceiling = Ceiling(run.student, [rgb for _, rgb in frames], [labels.by_index[i] for i, _ in frames], **params)
         return {"spec": dataclasses.asdict(run), "config": run.config(),
-                "result": play(playlist, size, labels, scheme).to_json()}
+                "result": play(playlist, size, labels, ceiling).to_json()}
     cfg = trainer_config(run.config())
     teacher = playlist.backend()
     store = RedisSessionStore(redis_url, ttl_s=3600, updates_kept=cfg.updates_kept)
     trainer = None
+    scheme: RemoteTracking | Scheme
     try:
         if run.scheme == "remote_tracking":
             scheme = RemoteTracking(teacher, params.get("rate_fps", cfg.r_max), params.get("delay_s", RT_DELAY_S), size[1])
@@ -148,6 +153,7 @@ def cached(run: RunSpec, redis_url: str, out_dir: str) -> dict:
     return record
 
 
+PLACEHOLDER: dict[str, Any]
 PLACEHOLDER = {"miou": 0.0, "miou_seen": None, "frames_scored": 0, "video_seconds": 1.0, "series_t": [],
                "series_miou": [], "traffic": {"uplink": 0, "downlink": 0, "updates": 0, "update_times": [],
                                               "control": []}, "wall_seconds": 0.0, "extra": {}}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import numpy as np
+
 from ams.label_hint import make_hint
 from edge_client.label_carrier import HINT_TTL_S, HintJudge, LabelCarrier
 from edge_client.model_holder import ModelHolder
@@ -158,10 +160,13 @@ class OneTime(Scheme):
 
     def __init__(self, trainer: InProcessTrainer, student: str, seconds: float):
         super().__init__(trainer, student)
-        self.seconds, self.start, self.done = seconds, None, False
+        self.seconds, self.done = seconds, False
+        self.start: float | None = None
         cfg = trainer.session.cfg
         self.sampler_rate = cfg.r_max
-        self.frames, self.stamps, self.next_t = [], [], None
+        self.frames: list[np.ndarray] = []
+        self.stamps: list[float] = []
+        self.next_t: float | None = None
 
     def observe(self, frame: Frame) -> None:
         if self.done:

@@ -141,7 +141,7 @@ def service_files(stack: dict) -> CertFiles | None:
 def edge_tls_args(stack: dict, device_id: str) -> list[str]:
     """ams-edge flags for `device_id` in this stack (certificates, or --insecure)."""
     files, service = device_files(stack, device_id), service_files(stack)
-    if files is None:
+    if files is None or service is None:   # both come from the stack's tls: neither or both
         return ["--insecure", "--device-id", device_id]
     return ["--ca", files.ca, "--cert", files.cert, "--key", files.key, "--eval-cert", service.cert, "--eval-key", service.key]
 

@@ -14,14 +14,16 @@ import argparse
 import json
 import os
 import time
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ams.models.lowlatency import LowLatencySegNet
 from edge_client.video_source import VideoSource
 from ams.training.pretrain import CropSampler, save_checkpoint, train_student
-from services.teacher.backends import TeacherInput, make_backend
+from services.teacher.backends import TeacherInput, all_labelled, make_backend
 
 DEFAULT_CONFIG = {"num_classes": 2, "input_height": 144, "input_width": 256}
 
@@ -33,7 +35,8 @@ def label_clips(videos: list[str], size: tuple[int, int], model_path: str) -> li
     clips = []
     for video in videos:
         frames = [f.rgb for f in VideoSource([video], size)]
-        clips.append((frames, [o.class_map for o in backend.infer_batch([TeacherInput(f, 0.0) for f in frames])]))
+        outputs = all_labelled(backend.infer_batch([TeacherInput(f, 0.0) for f in frames]))
+        clips.append((frames, [o.class_map for o in outputs]))
     return clips
 
 
@@ -61,6 +64,7 @@ def train_propagation(model: torch.nn.Module, clips, steps: int, batch: int, rng
     """Stage 2: with the basic network fixed (BatchNorm statistics included), the propagation modules on
     frame pairs 2–10 apart, the loss on the second frame; returns the last loss."""
     sampler = _sampler(clips)
+    model = cast(LowLatencySegNet, model)   # the student stage 1 made (train_student: "lowlatency")
     model.eval()
     opt = torch.optim.Adam(model.propagation_parameters(), lr=1e-3)
     loss = torch.zeros(())
@@ -82,6 +86,7 @@ def train_deviation(model: torch.nn.Module, clips, steps: int, batch: int,
                     rng: np.random.Generator, log=print) -> float:
     """Stage 3: regress the deviation predictor on the basic network's label changes; returns the last loss."""
     sampler = _sampler(clips)
+    model = cast(LowLatencySegNet, model)   # a "lowlatency" student
     model.eval()
     opt = torch.optim.Adam(model.deviation.parameters(), lr=1e-3)
     loss = torch.zeros(())
@@ -131,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     config = json.loads(args.config)
     videos = args.video or ["data/videos/bikes.mp4"]
     clips = label_clips(videos, (config.get("input_height", 144), config.get("input_width", 256)), args.model_path)
-    steps = tuple(int(s) for s in args.steps.split(","))
+    try:
+        basic, propagation, deviation = (int(s) for s in args.steps.split(","))
+    except ValueError:
+        p.error("--steps: three integers, basic,propagation,deviation")
+    steps = (basic, propagation, deviation)
     if args.stages == "deviation":
         model, meta = resume_deviation(args.resume, clips, steps[2])
     else:

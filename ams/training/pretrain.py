@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from ams.models import batch_tensor, build_student, student_config_dict
 from edge_client.video_source import VideoSource
-from services.teacher.backends import TeacherInput, make_backend
+from services.teacher.backends import TeacherInput, all_labelled, make_backend
 
 DEFAULT_CONFIG = {"num_classes": 2, "width_mult": 1.0, "input_height": 144, "input_width": 256}
 
@@ -43,7 +44,7 @@ def pretrain(videos: list[str], teacher: str, model_path: str, scene: str, archi
     backend = make_backend(teacher, model_path, scene)
     backend.load()
     frames = [f for i, f in enumerate(VideoSource(videos, size)) if i % every == 0]
-    outputs = backend.infer_batch([TeacherInput(f.rgb, f.timestamp_s) for f in frames])
+    outputs = all_labelled(backend.infer_batch([TeacherInput(f.rgb, f.timestamp_s) for f in frames]))
     model, meta = train_student([f.rgb for f in frames], [o.class_map for o in outputs], architecture, config,
                                 steps, batch, lr, seed, log)
     meta.update({"videos": [os.path.basename(v) for v in videos], "teacher": teacher})
@@ -100,13 +101,16 @@ def train_student(frames: list[np.ndarray], labels: list[np.ndarray], architectu
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_student(architecture, config)
+    draw: Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
     if sampler is None:   # whole frames, drawn as w0 always was (its checkpoints stay reproducible)
         x_all, y_all = batch_tensor(frames), torch.from_numpy(np.stack(labels)).long()
         n_frames, crop = len(frames), tuple(frames[0].shape[:2])
 
-        def draw(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def draw_frames(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = torch.from_numpy(rng.integers(0, len(frames), size=n))
             return x_all[idx], y_all[idx]
+
+        draw = draw_frames
     else:
         draw, n_frames, crop = sampler, sampler.frames, sampler.crop
     log(f"training on {n_frames} labelled frames, crops of {crop}")

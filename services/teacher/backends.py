@@ -27,6 +27,16 @@ class TeacherOutput:
     probabilities: np.ndarray | None       # (C, H, W) float32
 
 
+def all_labelled(outputs: list[TeacherOutput | Exception]) -> list[TeacherOutput]:
+    """A batch's outputs where every item must have been labelled: the first failed item's error is raised."""
+    labelled: list[TeacherOutput] = []
+    for out in outputs:
+        if isinstance(out, Exception):
+            raise out
+        labelled.append(out)
+    return labelled
+
+
 class TeacherBackend(abc.ABC):
     """A large segmentation model. Ready only after `load()`."""
 

@@ -150,7 +150,7 @@ fuzz: install assets redis
 
 # The evaluation (paper §4): five schemes, Table 3 ablation, Fig. 4 sweeps, rate control, the three
 # students, and AMS through the real services; runs are cached in out/eval/runs (interrupt and rerun
-# to resume). Rewrites README's results block from out/eval/results.json.
+# to resume). Rewrites the results block of docs/evaluation.md from out/eval/results.json.
 EVAL_JOBS ?= 2
 eval: install assets redis eval-videos
 	$(BIN)/python -m ams.eval --jobs $(EVAL_JOBS)

@@ -1,5 +1,5 @@
 """mIoU as in the AMS paper: per-class IoU from a confusion matrix, mean over the classes that occur
-(DESIGN §9). Shared: the edge scores its output with it, the trainer the model a device holds."""
+(docs/design.md §9). Shared: the edge scores its output with it, the trainer the model a device holds."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Accuracy as in the AMS paper: mIoU of the edge's output against the teacher's labels on the same
-frames, from confusion matrices accumulated per class (DESIGN §9)."""
+frames, from confusion matrices accumulated per class (docs/design.md §9)."""
 from __future__ import annotations
 
 import numpy as np

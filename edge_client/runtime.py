@@ -1,4 +1,4 @@
-"""The edge's run over a frame source (DESIGN §1, §8): each frame through the client's AMS loop, scored
+"""The edge's run over a frame source (docs/design.md §1, §8): each frame through the client's AMS loop, scored
 against a teacher when one is given, drawn into an overlay, progress on stderr.
 
 replay: frames as fast as possible; at each T_update boundary the edge uploads the interval's clip

@@ -1,7 +1,7 @@
 """Video sources: files read with PyAV (a playlist, optionally looped) or a synthetic scene.
 
 Frames come out resized to the model's input size with capture timestamps in video seconds that
-keep increasing across files and loops (the algorithm's clock, DESIGN §8). `time_scale` plays files
+keep increasing across files and loops (the algorithm's clock, docs/design.md §8). `time_scale` plays files
 in slow motion on that clock (× time_scale): the evaluation runs the paper's time constants over
 our short sample clips this way; synthetic scenes always run at their own time (their oracle renders
 by it).

@@ -45,7 +45,7 @@ def _exported_metrics() -> set[str]:
 
 EXPORTED_METRICS = _exported_metrics()
 
-# What the dashboard must show (see the Grafana panel list in DESIGN/deploy brief).
+# What the dashboard must show (docs/design.md §13).
 DASHBOARD_REQUIRED = {
     "ams_teacher_frames_total",
     "ams_teacher_inference_seconds_bucket",

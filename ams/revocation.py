@@ -29,9 +29,9 @@ import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ams import errors
+from ams import errors, keys
 
-REVOKED_CERTS_KEY = "ams:revoked:certs"
+REVOKED_CERTS_KEY = keys.REVOKED_CERTS
 INDEX_FILE = "issued.jsonl"
 _HEX = re.compile(r"^[0-9a-f]{1,64}$")
 

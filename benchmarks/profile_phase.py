@@ -20,10 +20,10 @@ import torch
 from ams.ops.procs import redis_server
 from services.teacher.backends import TeacherInput, make_backend
 from services.trainer.config import TrainerConfig
-from services.trainer.manager import SessionManager
+from services.trainer.serde import StudentSpec
+from services.trainer.students import build_model
 from services.trainer.session import Session
 from services.trainer.store import RedisSessionStore
-from ams.v1 import streaming_pb2
 
 PARTS = {"forward": "deeplab_mnv2.py:", "backward": "run_backward", "frames read": "_phase_frames",
          "commit": "commit_phase", "adam step": "adam_cd_step"}
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainerConfig(redis_url=url, checkpoint_dir="assets/students", k_iters=20, batch_size=4, t_horizon_s=60,
                             torch_threads=args.threads, device="cpu")
         store = RedisSessionStore(url)
-        arch, conf, model = SessionManager(cfg, store, None)._build_model(
-            streaming_pb2.StudentSpec(checkpoint="deeplabv3_mnv2_selfie"))
+        arch, conf, model = build_model(cfg, StudentSpec(checkpoint="deeplabv3_mnv2_selfie"))
         session = Session("profile", "profile-device", arch, conf, model, store, cfg)
         store.create("profile", {**session.ingest_meta(), "config_json": json.dumps(conf)}, model.state_dict(), session.adam)
         with av.open("data/videos/bikes.mp4") as container:

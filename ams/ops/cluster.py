@@ -16,6 +16,7 @@ import urllib.request
 
 import redis
 
+from ams import keys
 from ams.healthcheck import check
 from ams.pki import CertFiles
 from ams.ops.haproxy import Pool, TLSFiles, render
@@ -193,11 +194,11 @@ class Cluster:
         """Replica name (trainer0, ...) -> the sessions whose lease it holds, read from Redis."""
         client = redis.Redis(port=self.redis_port, socket_timeout=5)
         out: dict[str, list[str]] = collections.defaultdict(list)
-        for key in client.scan_iter("ams:lease:*"):
-            name = key.decode()
-            if name.count(":") != 2:          # ams:lease:{sid} (not :fence, :want)
+        for key in client.scan_iter(keys.LEASE_PREFIX + "*"):
+            sid = keys.lease_sid(key.decode())
+            if sid is None:                   # a fence or want key
                 continue
             owner = client.hget(key, "owner")
-            if owner:
-                out[owner.decode().split("-")[0]].append(name.rsplit(":", 1)[1])
+            if isinstance(owner, bytes):
+                out[owner.decode().split("-")[0]].append(sid)
         return dict(out)

@@ -6,7 +6,7 @@
 # redis-server with it and the arguments given (persistence), bounded by REDIS_MAXMEMORY with
 # noeviction: when Redis is full, writes fail loudly instead of evicting sessions.
 #   trainer  sessions (ams:s:*) and leases (ams:lease:*) read-write, revocations (ams:revoked*) read-only;
-#            the commands services/trainer/store.py and leases.py send (and their Lua scripts run), no
+#            the commands services/trainer/store/redis_store.py and leases.py send (and their Lua scripts run), no
 #            FLUSHALL/FLUSHDB/KEYS/SCAN/CONFIG/DEBUG/SHUTDOWN/ACL/... (a new key prefix or command the
 #            trainer uses goes here too: tests/unit/test_deploy_config.py runs the store against these rules)
 #   teacher  revocation reads only (ams:revoked*, read-only key permission)

@@ -17,73 +17,18 @@ import collections
 import functools
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 from ams import errors
-from ams.update_codec import encode_snapshot
-from ams.v1 import streaming_pb2
-from services.trainer import metrics
+from services.trainer import metrics, serde
+from services.trainer.events import Event
 from services.trainer.quotas import TokenBuckets
-from services.trainer.session import Control, Session
+from services.trainer.session import Session
 
 log = logging.getLogger(__name__)
 SNAPSHOTS_CACHED = 4      # (session, version) snapshots kept serialized; each is one whole model
 SNAPSHOT_BURST = 2
 END_GRACE_S = 2.0         # a stream told to end that is still stuck in a write then is cancelled
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something to push to a device: an update, a snapshot request, a control change or a label hint."""
-
-    kind: str                                   # "update" | "control" | "snapshot" | "hint"
-    processed_clip_seq: int
-    update: streaming_pb2.ModelUpdate | None = None
-    control: Control | None = None
-    snapshot: bytes = b""                       # a serialized ModelSnapshot (shared: never copied per stream)
-    hint: streaming_pb2.LabelHint | None = None
-
-    def message(self) -> bytes | streaming_pb2.ServerMessage:
-        """The ServerMessage to send: a snapshot as bytes framed around the shared ones."""
-        if self.kind == "snapshot":
-            head = streaming_pb2.ServerMessage(processed_clip_seq=self.processed_clip_seq).SerializeToString()
-            return head + embedded(SERVER_SNAPSHOT_FIELD, self.snapshot)
-        message = streaming_pb2.ServerMessage(processed_clip_seq=self.processed_clip_seq)
-        if self.kind == "update":
-            message.update.CopyFrom(self.update)
-        elif self.kind == "hint":
-            message.hint.CopyFrom(self.hint)
-        else:
-            assert self.control is not None
-            message.control.sampling_rate_fps = self.control.sampling_rate_fps
-            message.control.update_interval_s = self.control.update_interval_s
-        return message
-
-
-def embedded(field_number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2) holding `payload`: appended to a serialized
-    message, it sets that message field to the message `payload` serializes, without parsing it."""
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
-
-
-def snapshot_bytes(session: Session) -> tuple[int, bytes]:
-    """(version, serialized ModelSnapshot) of the session's current model (blocking: run it off the loop)."""
-    version, state = session.state_dict_copy()
-    names = [n for n, _ in session.model.named_parameters()]
-    return version, encode_snapshot(session.sid, version, session.architecture, session.student_config, state,
-                                    names).SerializeToString()
-
-
-SERVER_SNAPSHOT_FIELD = streaming_pb2.ServerMessage.DESCRIPTOR.fields_by_name["snapshot"].number
-OPEN_SNAPSHOT_FIELD = streaming_pb2.OpenSessionResponse.DESCRIPTOR.fields_by_name["snapshot"].number
 
 
 class Downlink:
@@ -121,24 +66,19 @@ class Downlink:
         future = self._snapshots.get(key)
         if future is None or (future.done() and future.exception() is not None):
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.encode_pool, functools.partial(snapshot_bytes, session))
+            future = loop.run_in_executor(self.encode_pool, functools.partial(serde.snapshot_bytes, session))
             self._snapshots[key] = future
             while len(self._snapshots) > SNAPSHOTS_CACHED:
                 self._snapshots.popitem(last=False)
         self._snapshots.move_to_end(key)
         return await asyncio.shield(future)
 
-    async def open_reply(self, reply: streaming_pb2.OpenSessionResponse, session: Session) -> bytes:
-        """A serialized OpenSessionResponse: `reply` with the session's snapshot."""
-        _, snapshot = await self.snapshot(session)
-        return reply.SerializeToString() + embedded(OPEN_SNAPSHOT_FIELD, snapshot)
-
     def forget(self, sid: str) -> None:
         for key in [k for k in self._snapshots if k[0] == sid]:
             del self._snapshots[key]
 
     # --- catch-up and live events -----------------------------------------------------------------
-    async def catch_up(self, session: Session, held_version: int, load_updates) -> list[streaming_pb2.ModelUpdate | None]:
+    async def catch_up(self, session: Session, held_version: int, load_updates) -> list[Event | None]:
         """The stored updates that bring `held_version` to the current version, or [None] if a
         snapshot is needed (the chain is incomplete or the device is ahead of this trainer)."""
         current = session.version
@@ -148,9 +88,10 @@ class Downlink:
             return [None]
         chain = {}
         for raw in await self.run_redis(load_updates, session.sid):
-            msg = streaming_pb2.ModelUpdate.FromString(raw)
-            chain[msg.base_version] = msg
-        out, version = [], held_version
+            event = Event.of_update(session.trained_clip_seq, raw)
+            chain[event.base_version] = event
+        out: list[Event | None] = []
+        version = held_version
         while version < current:
             if version not in chain:
                 return [None]
@@ -185,21 +126,20 @@ class Downlink:
                     last_sent, snapshot = await self.snapshot(session)
                     yield Event("snapshot", session.trained_clip_seq, snapshot=snapshot)
                     break
-                yield Event("update", session.trained_clip_seq, update=item)
+                yield item
                 last_sent = item.new_version
             while True:
                 event = await queue.get()
                 if event is None:
                     return
                 if event.kind == "update":
-                    assert event.update is not None
-                    if event.update.new_version <= last_sent:
+                    if event.new_version <= last_sent:
                         continue
-                    if event.update.base_version != last_sent:   # a gap: resync with a snapshot
+                    if event.base_version != last_sent:   # a gap: resync with a snapshot
                         last_sent, snapshot = await self.snapshot(session)
                         yield Event("snapshot", event.processed_clip_seq, snapshot=snapshot)
                         continue
-                    last_sent = event.update.new_version
+                    last_sent = event.new_version
                 yield event
         finally:
             if self.subscribers.get(sid) is entry:

@@ -17,13 +17,9 @@ from __future__ import annotations
 import redis
 
 from ams.errors import Unavailable
+from ams.keys import fence_key, lease_key, want_key
 from services.trainer.redis_client import redis_errors
 
-PREFIX = "ams:lease:"
-
-
-def lease_key(sid: str) -> str:
-    return f"{PREFIX}{sid}"
 
 
 class LeaseLost(Unavailable):
@@ -78,7 +74,7 @@ class SessionLeases:
 
     def _args(self, sid: str) -> tuple[list[str], list]:
         key = lease_key(sid)
-        return [key, key + ":fence", key + ":want"], [self.owner, self.ttl_ms, self.counter_ttl_ms]
+        return [key, fence_key(sid), want_key(sid)], [self.owner, self.ttl_ms, self.counter_ttl_ms]
 
     @redis_errors
     def acquire(self, sid: str) -> int | None:
@@ -112,13 +108,13 @@ class SessionLeases:
     @redis_errors
     def want(self, sid: str) -> None:
         """Ask the holder to hand the session over (the request expires with one lease period)."""
-        self.r.set(lease_key(sid) + ":want", self.owner, px=self.ttl_ms)
+        self.r.set(want_key(sid), self.owner, px=self.ttl_ms)
 
     @redis_errors
     def wanted(self, sids: list[str]) -> set[str]:
         """Those of `sids` (held here) that another replica has asked for."""
         if not sids:
             return set()
-        wanters = self.r.mget([lease_key(sid) + ":want" for sid in sids])
+        wanters = self.r.mget([want_key(sid) for sid in sids])
         return {sid for sid, w in zip(sids, wanters)
                 if w is not None and (w if isinstance(w, str) else w.decode()) != self.owner}

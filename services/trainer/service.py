@@ -1,8 +1,6 @@
 """ModelStreaming gRPC servicer (thin: decode request, call SessionManager, encode reply) and create_server."""
 from __future__ import annotations
 
-from typing import Any, cast
-
 import logging
 import os
 import socket
@@ -16,20 +14,14 @@ from ams.grpc_common import (add_health_and_reflection, add_servicer, check_well
                              grpc_errors, server_options, set_serving, status_code_for)
 from ams.pki import DEVICE_ROLE
 from ams.v1 import streaming_pb2, streaming_pb2_grpc
-from services.trainer import metrics
+from services.trainer import metrics, serde
 from services.trainer.config import TrainerConfig
-from services.trainer.leases import SessionLeases
-from services.trainer.manager import SessionManager
-from services.trainer.session import Control
-from services.trainer.store import RedisSessionStore, SessionStore
+from services.trainer.sessions import SessionManager
+from services.trainer.store import SessionStore, open_store
 from services.trainer.teacher_client import TeacherClient
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = streaming_pb2.DESCRIPTOR.services_by_name["ModelStreaming"].full_name
-
-
-def control_pb(control: Control) -> streaming_pb2.Control:
-    return streaming_pb2.Control(sampling_rate_fps=control.sampling_rate_fps, update_interval_s=control.update_interval_s)
 
 
 class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
@@ -50,18 +42,18 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         return identity.name
 
     @grpc_errors
-    async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> streaming_pb2.OpenSessionResponse:
+    async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> bytes:
         device_id = await self.device(context)
         with self.manager.calls.hold(device_id):
-            session, resumed = await self.manager.open(device_id, request.student, request.resume_session_id,
-                                                       list(request.update_codecs), request.label_hints)
-            reply = streaming_pb2.OpenSessionResponse(session_id=session.sid, control=control_pb(session.control()),
-                                                      resumed=resumed, update_codec=cast(Any, session.codec))
+            session, resumed = await self.manager.open(device_id, serde.StudentSpec.from_pb(request.student),
+                                                       request.resume_session_id, list(request.update_codecs),
+                                                       request.label_hints)
             if resumed:
-                return reply
-            data = await self.manager.downlink.open_reply(reply, session)   # the shared snapshot bytes
+                return serde.open_reply(session, resumed=True)
+            _, snapshot = await self.manager.downlink.snapshot(session)   # the shared snapshot bytes
+            data = serde.open_reply(session, resumed=False, snapshot=snapshot)
             metrics.UPDATE_BYTES.labels("snapshot").inc(len(data))
-            return cast(Any, data)
+            return data
 
     @grpc_errors
     async def UploadClip(self, request: streaming_pb2.UploadClipRequest, context) -> streaming_pb2.UploadClipResponse:
@@ -79,9 +71,8 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
             with self.manager.calls.hold(device_id):    # for as long as the stream lives
                 session = await self.manager.get(request.session_id, device_id)
                 async for event in self.manager.subscribe(session, request.held_version, request.refused_version):
-                    message = event.message()
-                    size = len(message) if isinstance(message, bytes) else message.ByteSize()
-                    metrics.UPDATE_BYTES.labels(event.kind).inc(size)
+                    message = serde.server_message(event)
+                    metrics.UPDATE_BYTES.labels(event.kind).inc(len(message))
                     yield message
         except errors.AMSError as exc:
             await context.abort(status_code_for(exc), error_details(exc))
@@ -97,12 +88,10 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
 async def create_server(config: TrainerConfig, store: SessionStore | None = None,
                         teacher: TeacherClient | None = None) -> tuple[grpc.aio.Server, int, SessionManager]:
     """Build and start the trainer on config.host:config.port; returns (server, bound port, manager)."""
-    store = store or RedisSessionStore(config.redis_url, config.session_ttl_s, config.updates_kept)
+    store = store or open_store(config.redis_url, config.session_ttl_s, config.updates_kept)
     teacher = teacher or TeacherClient(config.teacher_addr, tls.files_of(config))
-    leases = None
-    if isinstance(store, RedisSessionStore):
-        owner = f"{config.replica_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        leases = SessionLeases(store.r, owner, config.lease_ttl_s, counter_ttl_s=config.session_ttl_s)
+    owner = f"{config.replica_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    leases = store.leases(owner, config.lease_ttl_s, counter_ttl_s=config.session_ttl_s)
     manager = SessionManager(config, store, teacher, leases)
     server = grpc.aio.server(options=server_options(config.max_message_mb * 1024 * 1024, config.max_streams_per_connection),
                              interceptors=[metrics.RPC.interceptor()])

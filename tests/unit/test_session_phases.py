@@ -8,7 +8,7 @@ import torch
 
 from ams.errors import FailedPrecondition
 from ams.models import build_student
-from ams.update_codec import FLOAT16, INT4, INT8, apply_update, decode_update, flat_parameters
+from ams.update_codec import FLOAT16, INT4, INT8, apply_update, flat_parameters
 from services.trainer.config import TrainerConfig
 from services.trainer.session import Session
 from services.trainer.store import RedisSessionStore
@@ -46,7 +46,7 @@ def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_appl
     edge_flat, edge_version = session.flat.copy(), 0
     _ingest(session, 1, [0.0, 1.0, 2.0])
     first = session.run_phase()
-    edge_flat, edge_version = apply_update(edge_flat, 0, decode_update(first.message)), 1
+    edge_flat, edge_version = apply_update(edge_flat, 0, first.update), 1
     assert session.store.frame_keys("s1") and session.store.load_frames("s1", session.store.frame_keys("s1"))[
         "0.000000"][0].shape == (H, W, 3)                  # buffered at the student's size
     before = (session.flat.copy(), _adam(session), session.rng.bit_generator.state, session.version, session.phase)
@@ -70,7 +70,7 @@ def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_appl
     assert session.rng.bit_generator.state == before[2] and (session.version, session.phase) == before[3:]
     assert session.store.load_meta("s1")["version"] == "1"
     monkeypatch.setattr(type(session.model), "forward", forward)
-    second = decode_update(session.run_phase().message)
+    second = session.run_phase().update
     assert (second.base_version, second.new_version) == (1, 2)
     edge_flat = apply_update(edge_flat, edge_version, second)   # raises if the failed phase had left drift
     np.testing.assert_array_equal(edge_flat, session.flat)
@@ -88,7 +88,7 @@ def test_frames_trimmed_while_a_phase_reads_them_do_not_fail_it(redis_url, monke
         return keys
     monkeypatch.setattr(session.store, "frame_keys", list_then_trim)
     outcome = session.run_phase()
-    assert outcome is not None and outcome.message.new_version == 1
+    assert outcome is not None and outcome.update.new_version == 1
     assert len(listed) == 6 and outcome.stats["frames"] <= 2  # only 4.0 and 5.0 of the listed frames survived
 
 
@@ -125,7 +125,7 @@ def test_restore_is_exact_from_checkpoint_plus_chain(redis_url):
     assert session.train_phase().update.params_sha256 == restored.train_phase().update.params_sha256
     session.discard()
     restored.discard()
-    assert session.run_phase().message.new_version == 4
+    assert session.run_phase().update.new_version == 4
     with pytest.raises(FailedPrecondition):
         restored.run_phase()
     assert restored.version == 3 and store.load_meta("s1")["version"] == "4"
@@ -137,7 +137,7 @@ def test_quantised_sessions_keep_trainer_and_edge_bit_identical_across_phases_an
     edge_flat = session.flat.copy()
     for seq in range(1, 4):
         _ingest(session, seq, [2.0 * seq, 2.0 * seq + 1])
-        update = decode_update(session.run_phase().message)
+        update = session.run_phase().update
         assert update.codec == codec and update.deltas is not None
         edge_flat = apply_update(edge_flat, update.base_version, update)   # the SHA-256 check passes
         assert edge_flat.tobytes() == session.flat.tobytes()

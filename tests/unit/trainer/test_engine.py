@@ -4,40 +4,41 @@ import asyncio
 import types
 
 from services.trainer.config import TrainerConfig
-from services.trainer.manager import SessionManager
+from services.trainer.engine import Engine
 
 
 def _run(workers: int, deadlines: dict[str, float], arrivals_during_phase: dict[str, int]):
     cfg = TrainerConfig(train_workers=workers, device="cpu")
-    manager = SessionManager(cfg, store=None, teacher=None)
+    sessions: dict = {}
+    engine = Engine(cfg, sessions, downlink=None, forget=lambda sid: None)
     started: list[str] = []
     running: set[str] = set()
     overlaps: list[tuple] = []
 
-    async def fake_train_once(loop, session):
+    async def fake_train_once(session):
         if session.sid in running or len(running) >= workers:   # a session twice, or more phases than workers
             overlaps.append(session.sid)
         running.add(session.sid)
         started.append(session.sid)
         if arrivals_during_phase.get(session.sid, 0) > 0:     # a new clip lands while this phase runs
             arrivals_during_phase[session.sid] -= 1
-            manager.pending.setdefault(session.sid, 0.0)       # earliest possible deadline
-            manager._wakeup.set()
+            engine.pending.setdefault(session.sid, 0.0)       # earliest possible deadline
+            engine.wakeup.set()
         await asyncio.sleep(0.05 if session.sid == "a" else 0.005)   # a's phase outlasts the others'
         running.discard(session.sid)
 
     async def main():
-        manager._train_once = fake_train_once
+        engine.train_once = fake_train_once
         for sid, deadline in deadlines.items():
-            manager.sessions[sid] = types.SimpleNamespace(sid=sid)
-            manager.pending[sid] = deadline
-        manager.start()
-        manager._wakeup.set()
+            sessions[sid] = types.SimpleNamespace(sid=sid)
+            engine.pending[sid] = deadline
+        engine.start()
+        engine.wakeup.set()
         for _ in range(100):
             await asyncio.sleep(0.01)
-            if not manager.pending and not manager.training:
+            if not engine.pending and not engine.training:
                 break
-        manager._engine.cancel()
+        await engine.stop()
     asyncio.run(main())
     return started, overlaps
 

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-deploy test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -83,10 +83,14 @@ lint: install
 	$(BIN)/mypy
 
 test: install assets redis haproxy tools stream-server lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
-test-unit: install assets redis tools
-	$(BIN)/python -m pytest -q tests/unit
+# the packages' unit tests: no redis-server, no network, no deployment validators
+test-unit: install assets
+	$(BIN)/python -m pytest -q --durations=10 -m "not redis" tests/unit
+
+test-deploy: install tools
+	$(BIN)/python -m pytest -q tests/deploy
 
 test-integration: install assets redis haproxy stream-server
 	$(BIN)/python -m pytest -q tests/integration

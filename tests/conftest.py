@@ -21,6 +21,25 @@ def redis_url(redis_proc, redisdb) -> str:
     return f"redis://{redis_proc.host}:{redis_proc.port}/0"
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store_url(request) -> str:
+    """A session store's URL: the in-memory store, then a real redis-server (the same test on both)."""
+    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers from what a test needs: `redis` (a redis-server), `deploy` (tests/deploy: the deployment
+    files and their validators), `slow` (tests/e2e and tests/integration: processes, real video)."""
+    for item in items:
+        path = str(item.path)
+        if "redis_proc" in item.fixturenames and "store_url" not in item.fixturenames:
+            item.add_marker(pytest.mark.redis)
+        if "/tests/deploy/" in path:
+            item.add_marker(pytest.mark.deploy)
+        if "/tests/e2e/" in path or "/tests/integration/" in path:
+            item.add_marker(pytest.mark.slow)
+
+
 class LoopThread:
     """An asyncio loop on a background thread, for running grpc.aio servers beside sync test code."""
 

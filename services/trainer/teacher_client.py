@@ -77,3 +77,30 @@ class TeacherClient:
                     # probabilities stay float16, as sent: a clip's are held until it is ingested
                     out.append((from_tensor(label.class_map), from_tensor(label.probabilities)))
         return out
+
+
+class LocalTeacher:
+    """The teacher run in this process: a loaded backend (services/teacher/backends.py, or anything with
+    `infer_batch` and `classes`) behind TeacherClient's interface, for the evaluation harness and the
+    core's tests. Labelling runs on the calling thread pool, not the loop."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    async def classes(self) -> list[str] | None:
+        return list(self.backend.classes) or None
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    async def label(self, frames: list[np.ndarray], timestamps: list[float]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        import asyncio
+        from types import SimpleNamespace
+
+        items = [SimpleNamespace(rgb=f, timestamp_s=t) for f, t in zip(frames, timestamps)]
+        outputs = await asyncio.get_running_loop().run_in_executor(None, self.backend.infer_batch, items)
+        return [None if isinstance(o, Exception) or o.probabilities is None else (o.class_map, o.probabilities)
+                for o in outputs]

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from ams.ops.procs import ROOT, ams_stack, edge_tls_args, free_port
-from tests.unit.test_deploy_config import _alert_rules, _dashboards, _panels
+from tests.deploy.test_deploy_config import _alert_rules, _dashboards, _panels
 
 pytestmark = pytest.mark.e2e
 PROMETHEUS = shutil.which("prometheus")

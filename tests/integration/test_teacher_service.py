@@ -173,7 +173,7 @@ def test_the_teacher_process_serves_an_operators_onnx_model_as_its_settings_say(
     folder with ImageNet normalisation and a class file; its labels are the PyTorch source's."""
 
     from ams.ops.procs import free_port, service
-    from tests.unit.test_teacher_backends import _export, _net, _reference
+    from tests.unit.teacher.test_backends import _export, _net, _reference
     model = _net()
     models = tmp_path / "models"
     models.mkdir()

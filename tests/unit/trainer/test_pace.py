@@ -8,7 +8,7 @@ import numpy as np
 from ams.miou import frame_miou
 from services.trainer.pace import PaceController, draw_batches
 from services.trainer.session import Session
-from tests.unit.test_session_phases import H, W, _session
+from tests.unit.trainer.test_phase import H, W, _session
 
 
 def test_the_newest_frames_miou_counts_only_the_classes_present():
@@ -53,8 +53,8 @@ def _clip(session: Session, seq: int, times: list[float], invert: bool = False) 
     session.ingest(seq, times, frames, labels, [np.full((2, H, W), 0.5, np.float32) for _ in times])
 
 
-def test_a_session_trains_every_clip_until_settled_skips_then_wakes_at_a_scene_change(redis_url):
-    session = _session(redis_url, t_fast_s=2.0, settle_miou=0.6, k_iters=12, lr=0.01, t_horizon_s=60.0)
+def test_a_session_trains_every_clip_until_settled_skips_then_wakes_at_a_scene_change(store_url):
+    session = _session(store_url, t_fast_s=2.0, settle_miou=0.6, k_iters=12, lr=0.01, t_horizon_s=60.0)
     assert session.control().update_interval_s == 2.0              # the device uploads every 2 s from the start
     versions, t = [], 0.0
     for seq in range(1, 9):                                        # the same scene until the model settles

@@ -12,7 +12,7 @@ import torch
 
 from ams.models import architectures, build_student, installed_students
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "torchvision_lraspp_mobilenet_v3_large_21.json"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "torchvision_lraspp_mobilenet_v3_large_21.json"
 SMALL = {"num_classes": 2, "width_mult": 0.25, "inter_channels": 16, "input_height": 36, "input_width": 64}
 
 

@@ -1,4 +1,4 @@
-"""Training phases as transactions, on a real redis-server: a phase that fails leaves no trace, buffer
+"""Training phases as transactions, on the in-memory store and a real redis-server: a phase that fails leaves no trace, buffer
 churn cannot fail a phase, ingest never rolls the stored version back, and a restore is exact."""
 import json
 
@@ -11,16 +11,16 @@ from ams.models import build_student
 from ams.update_codec import FLOAT16, INT4, INT8, apply_update, flat_parameters
 from services.trainer.config import TrainerConfig
 from services.trainer.session import Session
-from services.trainer.store import RedisSessionStore
+from services.trainer.store import open_store
 from tests.conftest import TINY_STUDENT
 
 H, W = TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]
 
 
-def _session(redis_url, codec=FLOAT16, **cfg) -> Session:
-    config = TrainerConfig(**{**dict(redis_url=redis_url, k_iters=4, batch_size=2, torch_threads=1, t_horizon_s=10.0,
+def _session(store_url, codec=FLOAT16, **cfg) -> Session:
+    config = TrainerConfig(**{**dict(redis_url=store_url, k_iters=4, batch_size=2, torch_threads=1, t_horizon_s=10.0,
                                      device="cpu", checkpoint_every=2, updates_kept=4), **cfg})
-    store = RedisSessionStore(redis_url, updates_kept=config.updates_kept)
+    store = open_store(store_url, updates_kept=config.updates_kept)
     torch.manual_seed(0)
     model = build_student("deeplabv3_mnv2", TINY_STUDENT)
     session = Session("s1", "device-a", "deeplabv3_mnv2", TINY_STUDENT, model, store, config, codec=codec)
@@ -41,8 +41,8 @@ def _adam(session):
     return a.m.clone(), a.v.clone(), None if a.u is None else a.u.clone(), a.step
 
 
-def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_applies(redis_url, monkeypatch):
-    session = _session(redis_url)
+def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_applies(store_url, monkeypatch):
+    session = _session(store_url)
     edge_flat, edge_version = session.flat.copy(), 0
     _ingest(session, 1, [0.0, 1.0, 2.0])
     first = session.run_phase()
@@ -76,8 +76,8 @@ def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_appl
     np.testing.assert_array_equal(edge_flat, session.flat)
 
 
-def test_frames_trimmed_while_a_phase_reads_them_do_not_fail_it(redis_url, monkeypatch):
-    session = _session(redis_url, t_horizon_s=5.0)
+def test_frames_trimmed_while_a_phase_reads_them_do_not_fail_it(store_url, monkeypatch):
+    session = _session(store_url, t_horizon_s=5.0)
     _ingest(session, 1, [float(t) for t in range(6)])      # 0..5 s
     listed = session.store.frame_keys("s1")
     real_frame_keys = session.store.frame_keys
@@ -92,8 +92,8 @@ def test_frames_trimmed_while_a_phase_reads_them_do_not_fail_it(redis_url, monke
     assert len(listed) == 6 and outcome.stats["frames"] <= 2  # only 4.0 and 5.0 of the listed frames survived
 
 
-def test_ingest_never_rolls_the_stored_version_back(redis_url):
-    session = _session(redis_url)
+def test_ingest_never_rolls_the_stored_version_back(store_url):
+    session = _session(store_url)
     _ingest(session, 1, [0.0, 1.0])
     stale_fields = session.ingest_meta()                    # what a slow I/O thread computed before the phase
     session.run_phase()
@@ -105,8 +105,8 @@ def test_ingest_never_rolls_the_stored_version_back(redis_url):
     np.testing.assert_array_equal(restored.flat, session.flat)
 
 
-def test_restore_is_exact_from_checkpoint_plus_chain(redis_url):
-    session = _session(redis_url, checkpoint_every=2)
+def test_restore_is_exact_from_checkpoint_plus_chain(store_url):
+    session = _session(store_url, checkpoint_every=2)
     for seq in range(1, 4):                                 # checkpoints at v2; v3 is the chain's
         _ingest(session, seq, [2.0 * seq, 2.0 * seq + 1])
         session.run_phase()
@@ -132,8 +132,8 @@ def test_restore_is_exact_from_checkpoint_plus_chain(redis_url):
 
 
 @pytest.mark.parametrize("codec", [INT8, INT4])
-def test_quantised_sessions_keep_trainer_and_edge_bit_identical_across_phases_and_a_restore(redis_url, codec):
-    session = _session(redis_url, codec, checkpoint_every=2)
+def test_quantised_sessions_keep_trainer_and_edge_bit_identical_across_phases_and_a_restore(store_url, codec):
+    session = _session(store_url, codec, checkpoint_every=2)
     edge_flat = session.flat.copy()
     for seq in range(1, 4):
         _ingest(session, seq, [2.0 * seq, 2.0 * seq + 1])
@@ -147,12 +147,12 @@ def test_quantised_sessions_keep_trainer_and_edge_bit_identical_across_phases_an
     assert restored.codec == codec and restored.flat.tobytes() == session.flat.tobytes()
 
 
-def test_a_compute_aware_phase_trains_the_k_its_budget_gives_and_reports_its_cost(redis_url):
+def test_a_compute_aware_phase_trains_the_k_its_budget_gives_and_reports_its_cost(store_url):
     """phase_budget.py inside a real phase: the first phase trains k_iters and is measured; the next
     gets K from that cost, and K = k_min when the budget leaves nothing for iterations."""
     from services.trainer.phase_budget import PhaseBudget
 
-    session = _session(redis_url, t_update_s=10.0, t_fast_s=0.0)
+    session = _session(store_url, t_update_s=10.0, t_fast_s=0.0)
     held = [1]
     session.budget = PhaseBudget(share=0.5, interval_s=10.0, workers=1, k_fixed=4, k_min=1, k_max=7,
                                  held=lambda: held[0])
@@ -170,9 +170,9 @@ def test_a_compute_aware_phase_trains_the_k_its_budget_gives_and_reports_its_cos
     assert session.run_phase().stats["iterations"] == 1
 
 
-def test_labels_of_classes_the_student_lacks_are_refused_before_anything_is_buffered(redis_url):
+def test_labels_of_classes_the_student_lacks_are_refused_before_anything_is_buffered(store_url):
     """A parts teacher (5 classes) behind a trainer whose session holds a 2-class student: FAILED_PRECONDITION."""
-    session = _session(redis_url)
+    session = _session(store_url)
     frames = [np.zeros((H, W, 3), np.uint8)]
     labels = [np.full((H, W), TINY_STUDENT["num_classes"], np.uint8)]
     with pytest.raises(FailedPrecondition, match="classes"):

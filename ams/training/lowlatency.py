@@ -59,6 +59,15 @@ def train_lowlatency(clips, config: dict, steps: tuple[int, int, int] = (300, 30
     return model.eval(), meta
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, stage: str, step: int, steps: int, log, digits: int = 4) -> None:
+    """One optimizer step of a stage, logged every 100 steps and at the last."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step % 100 == 0 or step == steps - 1:
+        log(f"{stage} step {step:4d}  loss {loss.item():.{digits}f}")
+
+
 def train_propagation(model: torch.nn.Module, clips, steps: int, batch: int, rng: np.random.Generator,
                       log=print) -> float:
     """Stage 2: with the basic network fixed (BatchNorm statistics included), the propagation modules on
@@ -74,11 +83,7 @@ def train_propagation(model: torch.nn.Module, clips, steps: int, batch: int, rng
             low_k, low_t = model.lower(xk), model.lower(xt)
             high_k = model.upper(low_k)
         loss = F.cross_entropy(model.classify(model.propagate(high_k, low_k, low_t), xt.shape[-2:]), yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"propagation step {step:4d}  loss {loss.item():.4f}")
+        _step(opt, loss, "propagation", step, steps, log)
     return float(loss.item())
 
 
@@ -98,11 +103,7 @@ def train_deviation(model: torch.nn.Module, clips, steps: int, batch: int,
             pt = model.classify(model.upper(low_t), xt.shape[-2:]).argmax(1)
             target = (pk != pt).float().mean((1, 2))          # fraction of pixels whose label changed
         loss = F.mse_loss(model.deviation(low_k, low_t), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"deviation step {step:4d}  loss {loss.item():.5f}")
+        _step(opt, loss, "deviation", step, steps, log, digits=5)
     return float(loss.item())
 
 

@@ -32,6 +32,14 @@ def _clip(start: float, n: int = 6) -> tuple[bytes, list[float]]:
     return encode_clip([SCENE.render(t)[0] for t in times]), times
 
 
+async def _started() -> tuple[SessionManager, object]:
+    """A started manager with one session of device dev-a."""
+    manager = _manager()
+    manager.start()
+    session, _ = await manager.open("dev-a", SPEC, "", [FLOAT16])
+    return manager, session
+
+
 async def _open_and_train(manager: SessionManager, device: str = "dev-a"):
     manager.start()
     session, resumed = await manager.open(device, SPEC, "", [FLOAT16])
@@ -79,9 +87,7 @@ def test_a_restarted_trainer_restores_the_session_bit_exactly_from_the_store():
 
 def test_another_device_a_made_up_id_and_a_closed_session_are_refused_precisely():
     async def main():
-        manager = _manager()
-        manager.start()
-        session, _ = await manager.open("dev-a", SPEC, "", [FLOAT16])
+        manager, session = await _started()
         with pytest.raises(errors.PermissionDenied):
             await manager.get(session.sid, "dev-b")
         with pytest.raises(errors.NotFound):
@@ -96,9 +102,7 @@ def test_another_device_a_made_up_id_and_a_closed_session_are_refused_precisely(
 
 def test_uploads_are_checked_before_anything_is_decoded():
     async def main():
-        manager = _manager()
-        manager.start()
-        session, _ = await manager.open("dev-a", SPEC, "", [FLOAT16])
+        manager, session = await _started()
         data, times = _clip(1.0)
         with pytest.raises(errors.InvalidArgument, match="codec"):
             await manager.upload(session, 1, "vp9", data, times)
@@ -124,9 +128,7 @@ def test_a_student_whose_class_count_differs_from_the_teachers_is_refused_at_ope
 
 def test_a_draining_trainer_opens_nothing_and_streams_nothing():
     async def main():
-        manager = _manager()
-        manager.start()
-        session, _ = await manager.open("dev-a", SPEC, "", [FLOAT16])
+        manager, session = await _started()
         manager.drain()
         with pytest.raises(errors.Unavailable):
             await manager.open("dev-b", SPEC, "", [FLOAT16])

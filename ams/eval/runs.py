@@ -23,6 +23,7 @@ from ams.eval.ceiling import Ceiling, TeacherOnUploads
 from ams.eval.harness import STUDENTS, checkpoint_digest, InProcessTrainer, play, student_size
 from ams.eval.playlists import PLAYLISTS, teacher_labels
 from ams.eval.schemes import NETWORK_DELAY_S, AMS, NoCustomization, OneTime, Scheme, one_time_config
+from services.trainer.config import PAPER as PAPER_SETTINGS
 from services.trainer.config import TrainerConfig
 from services.trainer.store import RedisSessionStore
 
@@ -31,8 +32,7 @@ EVAL_VERSION = 6     # bump when a change to the harness or the trainer invalida
 
 # The paper's settings (§4.1) with our trainer's ASR constants (φ is a cross-entropy here, docs/design.md §5)
 PAPER: dict[str, Any]
-PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "gamma": 0.05, "batch_size": 4,
-         "r_init": 1.0, "r_min": 0.1, "r_max": 1.0, "asr_delta_t_s": 10.0, "atr": True,
+PAPER = {**PAPER_SETTINGS,
          "torch_threads": 1,           # one thread per run: runs go in parallel
          "update_codecs": "float16",   # the paper's downlink encoding; `make bench-codec` compares ours against it
          "t_fast_s": 0.0,              # a fixed T_update: no fast start, no scene-change pace (pace.py)

@@ -1,13 +1,21 @@
 """Trainer service configuration (AMS_* environment variables, CLI overrides)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ams.config import ConfigError, check_tls
+from ams.config import ConfigError, check_tls, env_name
 from ams.device import resolve_device
 from ams.update_codec import parse_codecs
 from services.trainer.coordinate_descent import SELECTIONS
+
+
+# The paper's settings (AMS §4.1): T_update 10 s, T_horizon 240 s, K 20, lr 1e-3, γ 5 %, batch 4, ASR from
+# 1 fps within [0.1, 1] every 10 s, ATR on. `TrainerConfig.paper()` starts from them; the evaluation, the
+# fleet benchmark and chaos override what they must, by name.
+PAPER = {"t_update_s": 10.0, "t_horizon_s": 240.0, "k_iters": 20, "lr": 1e-3, "gamma": 0.05, "batch_size": 4,
+         "r_init": 1.0, "r_min": 0.1, "r_max": 1.0, "asr_delta_t_s": 10.0, "atr": True}
 
 
 def _f(default, help_: str, env: str | None = None):
@@ -163,6 +171,21 @@ class TrainerConfig:
                               "0 ≤ AMS_HINT_MIOU ≤ 1, AMS_CHANGE_JUMP > 0")
         if self.t_update_s <= 0 or self.t_horizon_s < self.t_update_s:
             raise ConfigError("need 0 < AMS_T_UPDATE_S ≤ AMS_T_HORIZON_S")
+
+    @classmethod
+    def paper(cls, **overrides) -> TrainerConfig:
+        """The paper's settings (PAPER), then `overrides`; everything else at its default."""
+        return cls(**{**PAPER, **overrides})
+
+    def env(self, names: list[str] | tuple[str, ...]) -> dict[str, str]:
+        """These fields as the AMS_* environment variables the trainer process reads."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        out = {}
+        for name in names:
+            value = getattr(self, name)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            out[fields[name].metadata.get("env") or env_name("AMS_", name)] = text
+        return out
 
     def buffer_cap(self) -> int:
         """Frames one session's buffer may hold (AMS_MAX_BUFFER_FRAMES, or what r_max × T_horizon needs)."""

@@ -141,12 +141,12 @@ class RedisSessionStore(SessionStore):
 
     @redis_errors
     def load_frames(self, sid, keys):
-        raw = self.r.hmget(self.key(sid, "blobs"), [f"{p}:{k}" for k in keys for p in ("f", "l")])
+        blobs = self.r.hmget(self.key(sid, "blobs"), [f"{p}:{k}" for k in keys for p in ("f", "l")])
         out = {}
         for i, k in enumerate(keys):
-            frame, label = raw[2 * i], raw[2 * i + 1]
+            frame, label = blobs[2 * i], blobs[2 * i + 1]
             if frame is not None and label is not None:
-                out[k] = (decode_frame(frame), decode_label(label))
+                out[k] = (decode_frame(raw(frame)), decode_label(raw(label)))
         return out
 
     # --- model, optimizer, update chain -----------------------------------------------------------

@@ -27,7 +27,8 @@ class TrainerConfig:
     host: str = _f("0.0.0.0", "address to bind", "AMS_TRAINER_HOST")
     port: int = _f(50052, "gRPC port (0 = any free port)", "AMS_TRAINER_PORT")
     metrics_port: int = _f(9102, "Prometheus /metrics port (0 = off)", "AMS_TRAINER_METRICS_PORT")
-    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis holding frame buffers and session state")
+    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis holding frame buffers and session state (memory:// keeps them in "
+                        "this process: one trainer, nothing survives a restart; for trying it out and tests)")
     teacher_addr: str = _f("127.0.0.1:50051", "teacher service host:port")
     # transport security (ams-admin makes these files)
     tls_ca: str = _f("", "CA certificate: device and teacher certificates must be signed by it")

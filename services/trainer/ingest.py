@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from ams import errors
-from ams.errors import InvalidArgument, OutOfRange
 from ams.video import decode_clip
 from services.trainer import metrics, serde
 from services.trainer.config import TrainerConfig
@@ -53,16 +52,16 @@ class Ingest:
         second upload of the session while one is in flight, or frames beyond the device's upload
         budget (RESOURCE_EXHAUSTED)."""
         if codec.lower() != "h264":
-            raise InvalidArgument(f"unsupported clip codec {codec!r} (want h264)")
+            raise errors.InvalidArgument(f"unsupported clip codec {codec!r} (want h264)")
         if clip_seq < 1:
-            raise InvalidArgument("clip_seq starts at 1")
+            raise errors.InvalidArgument("clip_seq starts at 1")
         if not timestamps or len(timestamps) > self.cfg.max_clip_frames:
-            raise InvalidArgument(f"a clip needs 1..{self.cfg.max_clip_frames} timestamps, got {len(timestamps)}")
+            raise errors.InvalidArgument(f"a clip needs 1..{self.cfg.max_clip_frames} timestamps, got {len(timestamps)}")
         if clip_seq <= session.last_clip_seq:  # re-delivery after a retry: already buffered
             return 0, len(await self.run_redis(self.frame_keys, session.sid))
         try:
             check_timestamps(timestamps, session.latest_ts)
-        except OutOfRange:
+        except errors.OutOfRange:
             metrics.QUOTA_REFUSALS.labels("timestamps").inc()
             raise
         if session.uploading:
@@ -110,7 +109,7 @@ class Ingest:
             accepted += len(keep)
         metrics.TEACHER_SECONDS.observe(labelling_s)
         if not accepted:
-            raise InvalidArgument("the teacher could not label any frame of this clip")
+            raise errors.InvalidArgument("the teacher could not label any frame of this clip")
         await self._off_loop(session.end_clip, clip_seq, timestamps)
         metrics.BUFFERED_FRAMES.observe(buffered)
         if session.control() != before:
@@ -138,11 +137,11 @@ def check_timestamps(timestamps: list[float], after: float) -> None:
     `after` (the newest timestamp of the session's earlier clips): OUT_OF_RANGE otherwise, so a
     device cannot stack frames on one instant or rewind its clock to keep frames in its buffer."""
     if not all(math.isfinite(t) and t >= 0 for t in timestamps):
-        raise InvalidArgument("timestamps must be finite, non-negative video seconds")
+        raise errors.InvalidArgument("timestamps must be finite, non-negative video seconds")
     if any(b <= a for a, b in zip(timestamps, timestamps[1:])):
-        raise OutOfRange("a clip's timestamps must strictly increase")
+        raise errors.OutOfRange("a clip's timestamps must strictly increase")
     if timestamps and timestamps[0] <= after:
-        raise OutOfRange(f"clip starts at {timestamps[0]:.3f} s, not after the session's last frame at {after:.3f} s")
+        raise errors.OutOfRange(f"clip starts at {timestamps[0]:.3f} s, not after the session's last frame at {after:.3f} s")
 
 
 def resize_frame(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Async client of the teacher service, used by the trainer's inference phase."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -97,9 +99,6 @@ class LocalTeacher:
         return None
 
     async def label(self, frames: list[np.ndarray], timestamps: list[float]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        import asyncio
-        from types import SimpleNamespace
-
         items = [SimpleNamespace(rgb=f, timestamp_s=t) for f, t in zip(frames, timestamps)]
         outputs = await asyncio.get_running_loop().run_in_executor(None, self.backend.infer_batch, items)
         return [None if isinstance(o, Exception) or o.probabilities is None else (o.class_map, o.probabilities)

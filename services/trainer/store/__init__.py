@@ -2,15 +2,13 @@
 (encoding.py); Redis key names in ams/keys.py."""
 from __future__ import annotations
 
-from services.trainer.store.base import TRAINING_FIELDS, Checkpoint, SessionStore
-from services.trainer.store.encoding import deserialize_adam, serialize_adam, serialize_state
+from services.trainer.store.base import Checkpoint, SessionStore
 from services.trainer.store.memory import MemorySessionStore
 from services.trainer.store.redis_store import RedisSessionStore
 
 MEMORY_URL = "memory://"
 
-__all__ = ["TRAINING_FIELDS", "Checkpoint", "SessionStore", "MemorySessionStore", "RedisSessionStore", "open_store",
-           "serialize_adam", "serialize_state", "deserialize_adam", "MEMORY_URL"]
+__all__ = ["Checkpoint", "SessionStore", "MemorySessionStore", "RedisSessionStore", "open_store", "MEMORY_URL"]
 
 
 def open_store(url: str, ttl_s: int = 900, updates_kept: int = 32) -> SessionStore:

@@ -31,7 +31,7 @@ from ams.models.checkpoints import checkpoint_file, load_checkpoint
 from ams.models.export import export_student
 from ams.pki import CertFiles
 from ams.update_codec import CODECS
-from ams.v1 import streaming_pb2
+from ams.v1 import common_pb2, streaming_pb2
 from ams.video import encode_clip
 from edge_client import metrics
 from edge_client.label_carrier import HintJudge, LabelCarrier
@@ -110,7 +110,7 @@ class EdgeClient:
                 self._connector.join()
                 if link.holder is None:
                     raise EdgeError("closed before the trainer answered")
-        assert link.holder is not None
+        assert isinstance(link.holder, ModelHolder)   # (the client's link runs inference)
         self.holder: ModelHolder = link.holder
         self.segmenter = self.opt.segmenter_for(self.holder)
         self.carrier = (LabelCarrier(hold_s=self.opt.hint_ttl_s, judge=HintJudge() if self.opt.hint_judge else None)
@@ -263,15 +263,10 @@ class EdgeClient:
     def _send_clip(self, seq: int, frames: list[np.ndarray], timestamps: list[float]) -> None:
         data = encode_clip(frames, bit_rate=self.opt.clip_bitrate, crf=self.opt.clip_crf)
         h, w = frames[0].shape[:2]
-        deadline = time.monotonic() + UPLOAD_RETRY_S
-        attempt = 0
-        while not self._stop.is_set():   # gRPC already retried UNAVAILABLE; this covers a replica's fail-over
-            if self.link.upload(seq, data, timestamps, w, h):
-                return
-            if time.monotonic() > deadline:
-                break
-            self._stop.wait(min(1.0 + attempt, 5.0))
-            attempt += 1
+        clip = common_pb2.EncodedClip(codec="h264", data=data, timestamps_s=timestamps, width=w, height=h)
+        # gRPC already retried UNAVAILABLE; this covers a replica's fail-over
+        if self.link.upload_clip(seq, clip, retry_s=UPLOAD_RETRY_S, stop=self._stop):
+            return
         self.clips_dropped += 1
         metrics.CLIPS_DROPPED.inc()
         log.error("clip %d dropped after %.0f s of retries", seq, UPLOAD_RETRY_S)

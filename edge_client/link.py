@@ -5,6 +5,10 @@ them to the ModelHolder; on UNAVAILABLE it reconnects with backoff and resumes f
 the device holds (the trainer catches it up by missed updates or a snapshot). An update the device
 refuses (wrong base, corrupt, checksum mismatch) ends the stream; the link reconnects after an
 exponential backoff and names the refused version, and the trainer answers with a snapshot.
+
+`inference=False` keeps only the parameters (a `ParameterHolder`): the load generator and chaos runs
+emulate their devices with this same link. `listener`, when set, sees every server message after it
+was handled: (message, version held before it, whether it was accepted).
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +31,17 @@ from ams.pki import CertFiles
 from ams.update_codec import CODEC_NAMES, CODECS, UpdateRejected, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from edge_client import metrics
-from edge_client.model_holder import ModelHolder
+from edge_client.model_holder import ModelHolder, ParameterHolder
 
 log = logging.getLogger(__name__)
 
 
 PER_UPDATE_KEPT = 10_000      # per-update records kept (a device that runs forever keeps bounded state)
+# upload failures that may heal on their own (a replica's fail-over, an expired session reopened, a rate
+# limit, a proxy's reset); any other status (INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED, ...) will not
+UPLOAD_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN,
+                            grpc.StatusCode.CANCELLED})
 
 
 def _recent() -> deque:
@@ -50,19 +60,25 @@ class LinkStats:
     update_values: deque = field(default_factory=_recent)       # its number of chosen coordinates
     update_times: deque = field(default_factory=_recent)        # video time of the frame each update arrived at
     clips: int = 0
-    upload_failures: int = 0
+    upload_failures: int = 0                     # upload attempts that failed
+    upload_errors: Counter = field(default_factory=Counter)   # ... by status code
+    snapshots: int = 0                           # snapshots loaded on the update stream (catch-up, resync)
+    refused: int = 0                             # updates and snapshots refused (wrong base, corrupt, checksum)
+    stream_errors: Counter = field(default_factory=Counter)   # update streams ended by an error, by status code
 
 
 class TrainerLink:
     def __init__(self, address: str, device_id: str, student: streaming_pb2.StudentSpec, tls: CertFiles | None,
                  max_message_bytes: int = 64 * 1024 * 1024, timeout_s: float = 60.0,
-                 update_codecs: tuple[str, ...] = tuple(CODECS), device: str = "cpu", label_hints: bool = True):
+                 update_codecs: tuple[str, ...] = tuple(CODECS), device: str = "cpu", label_hints: bool = True,
+                 inference: bool = True):
         """`tls`: the operator's CA and this device's certificate and key (the trainer takes the
         device id from the certificate); None only against a trainer in insecure mode, which
         takes `device_id` from a header. `update_codecs`: the update codecs offered to the trainer.
         `device`: where the student's inference copy runs (cpu, cuda). `label_hints`: ask for the
-        trainer's label hints (the runtime carries them forward and shows them while fresh)."""
-        self.inference_device = device
+        trainer's label hints (the runtime carries them forward and shows them while fresh). `inference`:
+        False holds only the parameters (no model to run: load generators)."""
+        self.inference_device, self.inference = device, inference
         self.address, self.device_id, self.student, self.timeout_s = address, device_id, student, timeout_s
         self.update_codecs = [CODECS[name] for name in update_codecs]
         self.update_codec = ""             # the codec the trainer picked for this session
@@ -71,7 +87,8 @@ class TrainerLink:
         self._metadata = () if tls else device_metadata(device_id)
         self.stats = LinkStats()
         self.session_id = ""
-        self.holder: ModelHolder | None = None
+        self.holder: ParameterHolder | None = None
+        self.listener: Callable[[streaming_pb2.ServerMessage, int, bool], None] | None = None
         # replay only: an update waits this many seconds of video before it applies (the latency a live device
         # would see: uplink, labelling, the phase, downlink); None applies it on arrival
         self.update_delay_s: float | None = None
@@ -93,7 +110,7 @@ class TrainerLink:
         self.resyncs = 0
 
     # --- session ----------------------------------------------------------------------------------
-    def open(self, timeout_s: float | None = None) -> ModelHolder:
+    def open(self, timeout_s: float | None = None) -> ParameterHolder:
         """Open a session (or resume the current one) and start the update stream; waits up to `timeout_s`
         (default: the link's) for the trainer to be reachable. A holder set before (a local model the
         device served while offline) takes the trainer's snapshot."""
@@ -108,7 +125,7 @@ class TrainerLink:
             if self.session_id == stale_sid:
                 self._open()
 
-    def _open(self, timeout_s: float | None = None) -> ModelHolder:
+    def _open(self, timeout_s: float | None = None) -> ParameterHolder:
         request = streaming_pb2.OpenSessionRequest(student=self.student, resume_session_id=self.session_id,
                                                    held_version=self.holder.version if self.holder else 0,
                                                    update_codecs=self.update_codecs,  # type: ignore[arg-type]  # enum ints
@@ -122,7 +139,8 @@ class TrainerLink:
         self._set_control(reply.control)
         if reply.HasField("snapshot"):
             if self.holder is None:
-                self.holder = ModelHolder(reply.snapshot, self.inference_device)
+                self.holder = (ModelHolder(reply.snapshot, self.inference_device) if self.inference
+                               else ParameterHolder(reply.snapshot))
             else:
                 self.holder.load_snapshot(reply.snapshot)
             self.initial_snapshot = reply.snapshot
@@ -135,7 +153,7 @@ class TrainerLink:
         return self.held
 
     @property
-    def held(self) -> ModelHolder:
+    def held(self) -> ParameterHolder:
         """The model the device holds; an error before the first snapshot (the link was never opened)."""
         if self.holder is None:
             raise RuntimeError("the link holds no model: open() it first")
@@ -158,17 +176,33 @@ class TrainerLink:
     # --- uplink -----------------------------------------------------------------------------------
     def upload(self, clip_seq: int, data: bytes, timestamps: list[float], width: int, height: int) -> bool:
         """Upload one H.264 clip (gRPC retries UNAVAILABLE with backoff); False if it still failed."""
-        request = streaming_pb2.UploadClipRequest(session_id=self.session_id, clip_seq=clip_seq, clip=common_pb2.EncodedClip(
-            codec="h264", data=data, timestamps_s=timestamps, width=width, height=height))
-        try:
-            self._stub.UploadClip(request, metadata=self._metadata, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            self.stats.upload_failures += 1
-            metrics.UPLOAD_FAILURES.inc()
-            log.warning("upload of clip %d failed: %s %s", clip_seq, exc.code(), exc.details())
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                self.reopen(request.session_id)  # the session expired: start a new one
-            return False
+        return self.upload_clip(clip_seq, common_pb2.EncodedClip(codec="h264", data=data, timestamps_s=timestamps,
+                                                                 width=width, height=height))
+
+    def upload_clip(self, clip_seq: int, clip: common_pb2.EncodedClip, retry_s: float = 0.0,
+                    stop: threading.Event | None = None) -> bool:
+        """Upload one encoded clip; tried again (1 s, 2 s, ... up to 5 s apart) for up to `retry_s`
+        after gRPC's own retries of UNAVAILABLE (a replica's fail-over outlasts those), while the
+        failure may heal (UPLOAD_RETRIED). False, with every failed attempt counted by status code,
+        when it still failed, could not succeed, or `stop` (default: the link's close) was set."""
+        deadline, attempt, stop = time.monotonic() + retry_s, 0, stop or self._stop
+        while True:
+            request = streaming_pb2.UploadClipRequest(session_id=self.session_id, clip_seq=clip_seq, clip=clip)
+            try:
+                self._stub.UploadClip(request, metadata=self._metadata, timeout=self.timeout_s)
+                break
+            except grpc.RpcError as exc:
+                self.stats.upload_failures += 1
+                self.stats.upload_errors[exc.code().name] += 1
+                metrics.UPLOAD_FAILURES.inc()
+                log.warning("upload of clip %d failed: %s %s", clip_seq, exc.code(), exc.details())
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    self.reopen(request.session_id)  # the session expired: start a new one
+                if exc.code() not in UPLOAD_RETRIED:
+                    return False
+            if time.monotonic() >= deadline or stop.wait(min(1.0 + attempt, 5.0)):
+                return False
+            attempt += 1
         self.stats.uplink_bytes += request.ByteSize()
         metrics.UPLINK_BYTES.inc(request.ByteSize())
         self.stats.clips += 1
@@ -187,6 +221,15 @@ class TrainerLink:
             self.update_interval_s = control.update_interval_s
 
     def _handle(self, message: streaming_pb2.ServerMessage) -> None:
+        before = self.held.version
+        accepted = self._dispatch(message)
+        if not accepted:
+            self.stats.refused += 1
+        if self.listener is not None:
+            self.listener(message, before, accepted)
+
+    def _dispatch(self, message: streaming_pb2.ServerMessage) -> bool:
+        """Handle one server message; False when it was refused (the stream is being reopened)."""
         kind = message.WhichOneof("body")
         if kind:
             metrics.DOWNLINK_BYTES.labels(kind).inc(message.ByteSize())
@@ -196,18 +239,19 @@ class TrainerLink:
                 with self._cond:
                     self._deferred.append((self.video_time_s + self.update_delay_s, message))
             elif not self._apply_update(message):
-                return
+                return False
         elif kind == "snapshot":
             self.stats.snapshot_bytes += message.ByteSize()
             try:
                 self.held.load_snapshot(message.snapshot)
+                self.stats.snapshots += 1
                 metrics.MODEL_VERSION.set(self.held.version)
             except UpdateRejected as exc:   # a corrupt snapshot: keep the model, ask again after a backoff
                 log.warning("snapshot v%d refused: %s", message.snapshot.version, exc)
                 self._refused_version = message.snapshot.version or -1
                 if self._call is not None:
                     self._call.cancel()
-                return
+                return False
         elif kind == "control":
             self.stats.downlink_bytes += message.ByteSize()
             self._set_control(message.control)
@@ -217,6 +261,7 @@ class TrainerLink:
         with self._cond:
             self.processed_clip_seq = max(self.processed_clip_seq, message.processed_clip_seq)
             self._cond.notify_all()
+        return True
 
     def _take_hint(self, hint: streaming_pb2.LabelHint) -> None:
         """Queue a label hint for the runtime; a corrupt or mis-sized one is refused (counted, never shown)."""
@@ -290,6 +335,8 @@ class TrainerLink:
                 if self._stop.is_set():
                     return
             except grpc.RpcError as exc:
+                if not self._stop.is_set() and not self._refused_version:   # (not our own cancel of a refused one)
+                    self.stats.stream_errors[exc.code().name] += 1
                 if self._refused_version and not self._stop.is_set():
                     self.resyncs += 1
                     metrics.RESYNCS.inc()

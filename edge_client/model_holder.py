@@ -27,26 +27,21 @@ from ams.models import build_student, class_map, frame_tensor, inference_copy, s
 log = logging.getLogger(__name__)
 
 
-class ModelHolder:
-    """`device`: where the inference copy runs (cpu, cuda, cuda:1); the canonical model, which updates
-    address, stays on the CPU."""
+class ParameterHolder:
+    """The parameters a device holds and their version, without a model to run: a snapshot's checksum
+    and an update's base are checked exactly as ModelHolder does. Load generators and chaos runs hold
+    one per emulated device (`TrainerLink(inference=False)`): no inference copy to derive per update."""
 
-    def __init__(self, snapshot: streaming_pb2.ModelSnapshot, device: torch.device | str = "cpu"):
+    def __init__(self, snapshot: streaming_pb2.ModelSnapshot):
         self._lock = threading.Lock()
-        self.device = torch.device(device)
         self.updates_applied = 0
         self.updates_rejected = 0
         self.last_update_size = 0          # coordinates the last applied update changed
         self.load_snapshot(snapshot)
 
-    @classmethod
-    def of_model(cls, architecture: str, model: torch.nn.Module, device: torch.device | str = "cpu") -> "ModelHolder":
-        """A holder for a model in hand (benchmarks, tests), through the same snapshot path as the trainer's."""
-        names = [n for n, _ in model.named_parameters()]
-        return cls(encode_snapshot("local", 0, architecture, student_config_dict(model), model.state_dict(), names), device)
-
     def load_snapshot(self, snapshot: streaming_pb2.ModelSnapshot) -> None:
-        """Replace the model with a full snapshot (first contact, or catch-up)."""
+        """Replace the parameters with a full snapshot (first contact, or catch-up); UpdateRejected
+        (nothing changes) when its checksum does not match."""
         architecture, config, state = decode_snapshot(snapshot)
         model = build_student(architecture, config)
         model.load_state_dict(state)
@@ -54,22 +49,14 @@ class ModelHolder:
         flat = flat_parameters(model)
         if snapshot.params_sha256 and parameter_checksum(flat) != snapshot.params_sha256:
             raise UpdateRejected("snapshot checksum mismatch")
-        published = inference_copy(model, self.device)
         with self._lock:
             self.architecture, self.config = architecture, config
-            self.canonical = model
-            self.active = published
+            self._publish(model)
             self.flat = flat
             self.version = snapshot.version
 
-    def copy_model(self) -> tuple[str, dict, torch.nn.Module, int]:
-        """(architecture, config, a copy of the canonical model, its version), consistent under updates."""
-        with self._lock:
-            return self.architecture, dict(self.config), copy.deepcopy(self.canonical), self.version
-
     def apply(self, update: SparseUpdate) -> bool:
-        """Apply to the canonical model and publish a new inference copy. False (and nothing changes)
-        when refused; idempotent."""
+        """Apply an update. False (and nothing changes) when refused; idempotent."""
         with self._lock:
             if update.new_version <= self.version and update.base_version < self.version:
                 return True  # already applied (re-delivery)
@@ -79,12 +66,45 @@ class ModelHolder:
                 self.updates_rejected += 1
                 log.warning("update v%d->v%d refused: %s", update.base_version, update.new_version, exc)
                 return False
-            load_flat_parameters(self.canonical, new_flat)
-            self.active = inference_copy(self.canonical, self.device)   # the swap
+            self._swap(new_flat)
             self.flat, self.version = new_flat, update.new_version
             self.updates_applied += 1
             self.last_update_size = int(update.indices.size)
             return True
+
+    def _publish(self, model: torch.nn.Module) -> None:
+        """A snapshot's model arrived (under the lock): nothing to keep without inference."""
+
+    def _swap(self, flat: np.ndarray) -> None:
+        """An update's parameters are about to become current (under the lock)."""
+
+
+class ModelHolder(ParameterHolder):
+    """`device`: where the inference copy runs (cpu, cuda, cuda:1); the canonical model, which updates
+    address, stays on the CPU."""
+
+    def __init__(self, snapshot: streaming_pb2.ModelSnapshot, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        super().__init__(snapshot)
+
+    @classmethod
+    def of_model(cls, architecture: str, model: torch.nn.Module, device: torch.device | str = "cpu") -> "ModelHolder":
+        """A holder for a model in hand (benchmarks, tests), through the same snapshot path as the trainer's."""
+        names = [n for n, _ in model.named_parameters()]
+        return cls(encode_snapshot("local", 0, architecture, student_config_dict(model), model.state_dict(), names), device)
+
+    def copy_model(self) -> tuple[str, dict, torch.nn.Module, int]:
+        """(architecture, config, a copy of the canonical model, its version), consistent under updates."""
+        with self._lock:
+            return self.architecture, dict(self.config), copy.deepcopy(self.canonical), self.version
+
+    def _publish(self, model: torch.nn.Module) -> None:
+        self.canonical = model
+        self.active = inference_copy(model, self.device)
+
+    def _swap(self, flat: np.ndarray) -> None:
+        load_flat_parameters(self.canonical, flat)
+        self.active = inference_copy(self.canonical, self.device)   # the swap
 
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 import torch
 
-from ams.v1 import streaming_pb2
+from ams import keys
 from benchmarks.fleet import CHECKPOINT, TEACHER_ENV, VIDEOS, Device, Playlist
 from benchmarks.fleet import TRAINER_ENV as FLEET_TRAINER_ENV
 from ams.ops.cluster import Cluster
@@ -45,29 +45,6 @@ from benchmarks.cli import parse_bench_args
 # the gaps then measure capacity, not fail-over). One training worker per replica; short leases.
 TRAINER_ENV = {**FLEET_TRAINER_ENV, "AMS_K_ITERS": "10", "AMS_TRAIN_WORKERS": "1", "AMS_LEASE_TTL_S": "6",
                "AMS_CHECKPOINT_EVERY": "5"}
-
-
-class ChaosDevice(Device):
-    """A fleet device that also records when its model advanced and which held versions were dropped."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lost_versions = 0
-        self.model_times: list[float] = []
-
-    def _handle(self, message: streaming_pb2.ServerMessage) -> bool:
-        before = self.version
-        if message.WhichOneof("body") == "snapshot" and message.snapshot.version < before:
-            self.lost_versions += before - message.snapshot.version
-            print(f"  {self.device_id}: snapshot v{message.snapshot.version} below held v{before}", flush=True)
-        ok = super()._handle(message)
-        if ok and self.version > before:
-            self.model_times.append(time.monotonic())
-        return ok
-
-    def max_gap(self, run_end: float) -> float:
-        times = self.model_times + [run_end]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def _phases_running(cluster: Cluster, i: int) -> float:
@@ -104,10 +81,10 @@ def run(args) -> dict:
     events: list[dict] = []
     with Cluster(os.path.join(out_dir, "logs"), args.trainers, args.teachers, trainer_env, TEACHER_ENV,
                  devices=device_ids) as cluster:
-        devices = [ChaosDevice(cluster.address, d, cluster.device_files(d), playlist, (i * 7.3) % playlist.duration,
+        devices = [Device(cluster.address, d, cluster.device_files(d), playlist, (i * 7.3) % playlist.duration,
                                checkpoint=args.checkpoint, upload_retry_s=args.upload_retry_s) for i, d in enumerate(device_ids)]
         with ThreadPoolExecutor(len(devices)) as pool:
-            list(pool.map(ChaosDevice.open, devices))
+            list(pool.map(Device.open, devices))
             list(pool.map(lambda d: d.prepare(args.seconds), devices))
         t0 = time.monotonic() + 1.0
         load_end = t0 + args.seconds
@@ -142,13 +119,9 @@ def run(args) -> dict:
         run_end = time.monotonic()
         owners_end = {k: len(v) for k, v in cluster.owners().items()}
         store = redis.Redis(port=cluster.redis_port)
-        stored = {d.device_id: int(store.hget(f"ams:s:{d.sid}:meta", "version") or -1) for d in devices}
+        stored = {d.device_id: int(store.hget(keys.session_key(d.link.session_id, "meta"), "version") or -1) for d in devices}
         for device in devices:
-            device.stop.set()
-            if device.call is not None:
-                device.call.cancel()
-            device.reader.join(timeout=10)
-            device.channel.close()
+            device.close()
     for device in devices:   # a device ahead of what Redis keeps would have lost those versions on a restart
         device.lost_versions += max(0, device.version - stored[device.device_id])
     gaps = [d.max_gap(run_end) for d in devices]
@@ -157,13 +130,14 @@ def run(args) -> dict:
     summary = {
         "replicas": args.trainers, "teachers": args.teachers, "devices": len(devices), "kills": kills,
         "redis_restarts": redis_restarts, "max_update_gap_s": round(max(gaps), 2),
-        "lost_versions": sum(d.lost_versions for d in devices), "rejected_updates": sum(d.rejected for d in devices),
+        "lost_versions": sum(d.lost_versions for d in devices), "rejected_updates": sum(d.link.stats.refused for d in devices),
         "device_errors": {
             "uploads_dropped": sum(d.upload_failures for d in devices),
-            "upload_retries": dict(sum((d.upload_retries for d in devices), collections.Counter())),
-            "stream_errors": dict(sum((d.stream_errors for d in devices), collections.Counter()))},
+            "failed_upload_attempts": dict(sum((d.link.stats.upload_errors for d in devices), collections.Counter())),
+            "stream_errors": dict(sum((d.link.stats.stream_errors for d in devices), collections.Counter()))},
         "t_update_s": t_update, "lease_ttl_s": float(trainer_env["AMS_LEASE_TTL_S"]),
-        "updates_per_device": [d.updates for d in devices], "snapshots": sum(d.snapshots for d in devices),
+        "updates_per_device": [d.link.stats.updates for d in devices],
+        "snapshots": sum(d.link.stats.snapshots for d in devices),
         "gap_per_device_s": [round(g, 1) for g in gaps], "final_versions": [d.version for d in devices],
         "stored_versions": list(stored.values()), "owners_at_end": owners_end, "events": events,
         "load_seconds": args.seconds, "wall_s": round(time.monotonic() - started, 1),
@@ -178,12 +152,12 @@ def table(summary: dict) -> str:
     """README block `chaos`."""
     errors = summary["device_errors"]
     lines = ["| replicas | teachers | devices | kills (mid-phase) | redis restarts | max update gap (s) | lost versions "
-             "| refused updates | uploads dropped | upload retries | stream errors | updates / device | passed |",
+             "| refused updates | uploads dropped | failed upload attempts | stream errors | updates / device | passed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
              f"| {summary['replicas']} | {summary['teachers']} | {summary['devices']} | {summary['kills']} "
              f"({sum(bool(e.get('mid_phase')) for e in summary['events'])}) | {summary['redis_restarts']} "
              f"| {summary['max_update_gap_s']} (≤ {3 * summary['t_update_s']:.0f}) | {summary['lost_versions']} "
-             f"| {summary['rejected_updates']} | {errors['uploads_dropped']} | {errors['upload_retries'] or 0} "
+             f"| {summary['rejected_updates']} | {errors['uploads_dropped']} | {errors['failed_upload_attempts'] or 0} "
              f"| {errors['stream_errors'] or 0} | {summary['updates_per_device']} | {summary['passed']} |", "",
              "Events: " + "; ".join(
                  f"{e['t_s']:.0f} s {e['event']}" + (f" {e['replica']}" if "replica" in e else "")

@@ -24,32 +24,25 @@ with every smaller N, keeps p95 lag <= T_update with no failed phase, refused up
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import av
 import cv2
-import grpc
 import numpy as np
 import redis
 import torch
 
-from ams import tls
-from ams.grpc_common import channel_options, device_metadata
 from ams.pki import CertFiles
-from ams.models import build_student
-from ams.update_codec import (CODECS, UpdateRejected, apply_update, decode_snapshot, decode_update, flat_parameters,
-                              parameter_checksum)
-from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
+from ams.v1 import common_pb2, streaming_pb2
 from ams.video import encode_clip
 from ams.ops.demo import scrape
 from ams.ops.procs import ROOT, ams_stack, device_files
 from benchmarks.cli import parse_bench_args
+from edge_client.link import TrainerLink
 from services.trainer.config import TrainerConfig
 
 CHECKPOINT = "deeplabv3_mnv2_selfie"
@@ -91,106 +84,51 @@ class Playlist:
 
 
 class Device:
-    """One edge device: a session, its own copy of the parameters, an uploader and an update reader."""
+    """One emulated edge device: ams-edge's own `TrainerLink` without a model to run (its parameters and
+    checksums only), an uploader of prepared clips, and the timing of every model that arrives."""
 
     def __init__(self, address: str, device_id: str, files: CertFiles | None, playlist: Playlist, video_offset_s: float,
                  checkpoint: str = CHECKPOINT, upload_retry_s: float = 0.0):
-        self.channel = tls.channel(address, files, options=channel_options())
-        self.stub = streaming_pb2_grpc.ModelStreamingStub(self.channel)
-        self.device_id, self.metadata = device_id, () if files else device_metadata(device_id)
-        self.playlist, self.video_offset_s, self.checkpoint = playlist, video_offset_s, checkpoint
+        self.link = TrainerLink(address, device_id, streaming_pb2.StudentSpec(checkpoint=checkpoint), files,
+                                timeout_s=120, label_hints=False, inference=False)   # every codec, as ams-edge
+        self.link.listener = self._observe
+        self.device_id, self.playlist, self.video_offset_s = device_id, playlist, video_offset_s
         self.upload_retry_s = upload_retry_s
-        self.upload_retries: collections.Counter = collections.Counter()   # failed attempts retried, by code
-        self.sid, self.version, self.flat = "", 0, np.zeros(0, np.float32)
-        self.rate_fps, self.t_update_s = 1.0, 10.0
         self.arrivals: list[tuple[float, int]] = []      # (monotonic arrival, processed_clip_seq) per model
         self.uploads: list[tuple[int, float, float]] = []  # (clip_seq, upload start, upload end)
-        self.updates = self.rejected = self.snapshots = self.upload_failures = 0
-        self.refused = 0
-        self.stream_errors: collections.Counter = collections.Counter()   # update streams ended by an error, by code
-        self.stop = threading.Event()
+        self.model_times: list[float] = []               # when the held version advanced
+        self.lost_versions = 0                           # versions a snapshot took back
+        self.upload_failures = 0                         # clips that were never accepted
         self._clips: dict[tuple[float, ...], common_pb2.EncodedClip] = {}
         self.live_encodes = 0    # clips encoded during the load (the rate had changed from the prepared one)
-        self.call: grpc.Call | None = None
-        self.reader = threading.Thread(target=self._read, daemon=True)
 
     def open(self) -> None:
-        request = streaming_pb2.OpenSessionRequest(student=streaming_pb2.StudentSpec(checkpoint=self.checkpoint),
-                                                   update_codecs=list(CODECS.values()))   # as ams-edge
-        reply = self.stub.OpenSession(request, metadata=self.metadata, timeout=120, wait_for_ready=True)
-        self.sid = reply.session_id
-        self._control(reply.control)
-        self._load(reply.snapshot)
-        self.reader.start()
+        self.link.open(timeout_s=120)
 
     def close(self) -> None:
-        self.stop.set()
-        if self.call is not None:
-            self.call.cancel()
-        try:
-            self.stub.CloseSession(streaming_pb2.CloseSessionRequest(session_id=self.sid), metadata=self.metadata, timeout=10)
-        except grpc.RpcError:
-            pass
-        self.reader.join(timeout=10)
-        self.channel.close()
+        self.link.close()
 
-    def _control(self, control: streaming_pb2.Control) -> None:
-        self.rate_fps = control.sampling_rate_fps or self.rate_fps
-        self.t_update_s = control.update_interval_s or self.t_update_s
+    @property
+    def version(self) -> int:
+        return self.link.held.version
 
-    def _load(self, snapshot: streaming_pb2.ModelSnapshot) -> None:
-        architecture, config, state = decode_snapshot(snapshot)
-        model = build_student(architecture, config)
-        model.load_state_dict(state)
-        flat = flat_parameters(model)
-        if parameter_checksum(flat) != snapshot.params_sha256:
-            raise UpdateRejected(f"snapshot v{snapshot.version}: checksum mismatch")
-        self.flat, self.version = flat, snapshot.version
+    @property
+    def t_update_s(self) -> float:
+        return self.link.update_interval_s
 
-    def _handle(self, message: streaming_pb2.ServerMessage) -> bool:
-        """Apply one server message; False when it was refused (the stream must be reopened)."""
+    def _observe(self, message: streaming_pb2.ServerMessage, before: int, accepted: bool) -> None:
         kind, arrived = message.WhichOneof("body"), time.monotonic()
-        try:
-            if kind == "update":
-                update = decode_update(message.update, self.flat.size)
-                self.flat, self.version = apply_update(self.flat, self.version, update), update.new_version
-                self.updates += 1
-            elif kind == "snapshot":
-                self._load(message.snapshot)
-                self.snapshots += 1
-            else:
-                self._control(message.control)
-                if message.processed_clip_seq:   # clips the trainer dealt with without an update (a settled
-                    self.arrivals.append((arrived, message.processed_clip_seq))   # session between its phases)
-                return True
-        except UpdateRejected as exc:
-            self.rejected += 1
-            self.refused = message.update.new_version if kind == "update" else message.snapshot.version
-            print(f"  {self.device_id} refused {kind} v{self.refused} at v{self.version}: {exc}", flush=True)
-            return False
-        self.arrivals.append((arrived, message.processed_clip_seq))
-        return True
-
-    def _read(self) -> None:
-        backoff = 0.5
-        while not self.stop.is_set():
-            request = streaming_pb2.StreamUpdatesRequest(session_id=self.sid, held_version=self.version,
-                                                         refused_version=self.refused)
-            self.refused = 0
-            try:
-                self.call = self.stub.StreamUpdates(request, metadata=self.metadata, wait_for_ready=True)
-                for message in self.call:
-                    if not self._handle(message):
-                        self.call.cancel()
-                        break
-                    if message.WhichOneof("body") != "control":
-                        backoff = 0.5
-            except grpc.RpcError as exc:
-                if not self.stop.is_set():
-                    self.stream_errors[exc.code().name] += 1
-                    print(f"  {self.device_id} update stream: {exc.code()} {exc.details()}; reconnecting", flush=True)
-            self.stop.wait(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, 8.0)
+        if not accepted:
+            print(f"  {self.device_id} refused {kind} at v{before}", flush=True)
+            return
+        if kind == "snapshot" and message.snapshot.version < before:
+            self.lost_versions += before - message.snapshot.version
+            print(f"  {self.device_id}: snapshot v{message.snapshot.version} below held v{before}", flush=True)
+        if self.version > before:
+            self.model_times.append(arrived)
+        # a model, or the notice that the trainer dealt with clips without an update (a settled session)
+        if kind in ("update", "snapshot") or message.processed_clip_seq:
+            self.arrivals.append((arrived, message.processed_clip_seq))
 
     def _intervals(self, seconds: float):
         """The capture timestamps of each T_update interval, at the current sampling rate."""
@@ -200,7 +138,7 @@ class Device:
             stamps = []
             while next_sample < elapsed:
                 stamps.append(self.video_offset_s + next_sample)
-                next_sample += 1.0 / self.rate_fps
+                next_sample += 1.0 / self.link.sampling_rate_fps
             yield tuple(stamps)
 
     def _encode(self, stamps: tuple[float, ...]) -> common_pb2.EncodedClip:
@@ -224,35 +162,26 @@ class Device:
             stamps = []
             while next_sample < elapsed:
                 stamps.append(self.video_offset_s + next_sample)
-                next_sample += 1.0 / self.rate_fps
+                next_sample += 1.0 / self.link.sampling_rate_fps
             seq += 1
             clip = self._clips.pop(tuple(stamps), None)
             if clip is None:
                 self.live_encodes += 1
                 clip = self._encode(tuple(stamps))
             began = time.monotonic()
-            if self.upload(seq, clip):
+            if self.link.upload_clip(seq, clip, retry_s=self.upload_retry_s):
                 self.uploads.append((seq, began, time.monotonic()))
-
-    def upload(self, seq: int, clip: common_pb2.EncodedClip) -> bool:
-        """One upload (gRPC's retry policy retries UNAVAILABLE), tried again for up to `upload_retry_s`
-        (as ams-edge does; 0 here: a fleet row counts what fails); False, counted, when it failed."""
-        deadline = time.monotonic() + self.upload_retry_s
-        while True:
-            try:
-                self.stub.UploadClip(streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=seq, clip=clip),
-                                     metadata=self.metadata, timeout=120)
-                return True
-            except grpc.RpcError as exc:
-                if time.monotonic() >= deadline or self.stop.is_set():
-                    self.upload_failures += 1
-                    print(f"  {self.device_id} upload of clip {seq} failed: {exc.code()} {exc.details()}", flush=True)
-                    return False
-                self.upload_retries[exc.code().name] += 1
-                time.sleep(1.0)
+            else:
+                self.upload_failures += 1
+                print(f"  {self.device_id} clip {seq} was not accepted", flush=True)
 
     def caught_up(self) -> bool:
         return not self.uploads or any(p >= self.uploads[-1][0] for _, p in self.arrivals)
+
+    def max_gap(self, run_end: float) -> float:
+        """The longest wall time between two advances of the held version, the run's end counting as one."""
+        times = self.model_times + [run_end]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
     def lags(self, run_end: float) -> tuple[list[float], int]:
         """Lag per uploaded clip, and how many clips got no model before `run_end`."""
@@ -316,16 +245,16 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
     state_bytes = server.get("ams_trainer_state_bytes_total")
     pct = lambda xs, q: round(float(np.percentile(xs, q)), 2) if xs else None  # noqa: E731
     return {"sessions": n, "lag_p50_s": pct(lags, 50), "lag_p95_s": pct(lags, 95),
-            "updates_per_session": round(float(np.mean([d.updates for d in devices])), 2),
+            "updates_per_session": round(float(np.mean([d.link.stats.updates for d in devices])), 2),
             "phase_failures": None if failures is None else int(failures),
-            "rejected_updates": sum(d.rejected for d in devices),
+            "rejected_updates": sum(d.link.stats.refused for d in devices),
             "trainer_rss_mb": round(rss / 2**20, 1) if rss else None,
             "redis_bytes_per_phase": (round((state_bytes - state_open) / phases)
                                       if state_bytes is not None and state_open is not None and phases else None),
             "redis_bytes_per_session_open": None if state_open is None else round(state_open / n),
             "redis_net_input_bytes_per_phase": round((net_after - net_before) / phases) if phases else None,
             "phases": phases, "clips": len(lags), "clips_without_update": missing,
-            "snapshots": sum(d.snapshots for d in devices), "live_encodes": sum(d.live_encodes for d in devices),
+            "snapshots": sum(d.link.stats.snapshots for d in devices), "live_encodes": sum(d.live_encodes for d in devices),
             "upload_failures": sum(d.upload_failures for d in devices),
             "upload_p95_s": pct(uploads, 95), "trainer_died": not server, "t_update_s": t_update,
             "clip_interval_s": interval,

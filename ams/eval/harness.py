@@ -4,18 +4,21 @@ A scheme is the device side (what it predicts for each frame) plus whatever it d
 `play` feeds it frames in capture order, asks for its prediction first and only then lets it see the
 frame (sample, upload, train, update), so a prediction comes from a model trained only on earlier
 frames. `InProcessTrainer` is the trainer's own code without the network: a real `Session` over a
-real Redis store, the clip codec, the teacher backend, the update codec; the device applies the
-very update messages the service would stream.
+real Redis store, the trainer's `Ingest` (clip codec, teacher backend, buffering), the update codec;
+the device applies the very update and hint messages the service would stream.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,17 +27,19 @@ import torch
 from ams.models.checkpoints import load_checkpoint
 from ams.update_codec import decode_update
 from ams.v1 import streaming_pb2
-from ams.video import decode_clip, encode_clip
+from ams.video import encode_clip
 from edge_client.evaluation import Confusion, frame_miou
 from edge_client.model_holder import ModelHolder
 from ams.eval.playlists import Labels, Playlist
 from ams.ops.procs import ROOT
-from services.teacher.backends import TeacherBackend, TeacherInput, TeacherOutput
+from services.teacher.backends import TeacherBackend
 from services.trainer.config import TrainerConfig
-from services.trainer.ingest import resize_frame
+from services.trainer.events import Event
+from services.trainer.ingest import Ingest
 from services.trainer.serde import snapshot_bytes
 from services.trainer.session import Session
 from services.trainer.store import SessionStore
+from services.trainer.teacher_client import LocalTeacher
 
 DEVICE_ID = "eval-edge"     # the session's RNG is seeded by it: the services row uses the same id
 # name -> (checkpoint, segmenter options, the same as ams-edge flags). The low-latency student runs its
@@ -87,8 +92,25 @@ class Traffic:
     control: list[tuple[float, float, float]] = field(default_factory=list)   # (t, fps, T_update) after each clip
 
 
+class _Events:
+    """The downlink of an in-process session: what ingest publishes for the device (hints, control)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, sid: str, event: Event) -> None:
+        self.events.append(event)
+
+
+async def _call(fn, *args):
+    return fn(*args)
+
+
 class InProcessTrainer:
-    """One device's AMS session, driven directly: upload a clip, run a phase, hand back the update."""
+    """One device's AMS session, driven directly: upload a clip, run a phase, hand back the update.
+    A clip goes through the trainer's own `Ingest` (checks, decode at the student's size, the teacher
+    in chunks, buffering, φ/ASR/ATR, the label hint) with the teacher backend in this process; only
+    the device's upload rate limit is lifted: the harness plays video faster than real time."""
 
     def __init__(self, store: SessionStore, teacher: TeacherBackend, cfg: TrainerConfig, student: str,
                  clip_bitrate: int = 0):
@@ -99,26 +121,25 @@ class InProcessTrainer:
         store.create(self.sid, {**self.session.ingest_meta(), "config_json": json.dumps(config)}, model.state_dict(),
                      self.session.adam)
         self.store, self.clip_seq = store, 0
-        self.newest: tuple[float, np.ndarray] | None = None   # the last clip's newest frame's teacher label
+        self._loop = asyncio.new_event_loop()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="eval-ingest")
+        self._downlink = _Events()
+        self.ingest = Ingest(dataclasses.replace(cfg, max_upload_fps=math.inf), LocalTeacher(teacher), self._downlink,
+                             self._pool, _call, store.frame_keys, schedule=lambda session: None)
+        self.hint: streaming_pb2.LabelHint | None = None   # the last clip's label hint, when the trainer sent one
 
     def snapshot(self) -> streaming_pb2.ModelSnapshot:
         return streaming_pb2.ModelSnapshot.FromString(snapshot_bytes(self.session)[1])
 
     def upload(self, frames: list[np.ndarray], timestamps: list[float]) -> int:
-        """Encode the clip as the edge does, decode and label it as the trainer does, buffer it.
+        """Encode the clip as the edge does; the trainer's ingest decodes, labels and buffers it.
         Returns the bytes that crossed the uplink."""
         data = encode_clip(frames, bit_rate=self.clip_bitrate)
-        size = self.session.input_size()
-        if size is None:
-            raise ValueError("the session's student has no fixed input size")
-        decoded = decode_clip(data, len(timestamps), transform=lambda f: resize_frame(f, size))
-        outputs = self.teacher.infer_batch([TeacherInput(f, t) for f, t in zip(decoded, timestamps)])
-        kept = [(t, f, o) for t, f, o in zip(timestamps, decoded, outputs) if not isinstance(o, Exception)]
         self.clip_seq += 1
-        if kept:
-            self.newest = (kept[-1][0], kept[-1][2].class_map)
-        self.session.ingest(self.clip_seq, [t for t, _, _ in kept], [f for _, f, _ in kept],
-                            [o.class_map for _, _, o in kept], [_probabilities(o) for _, _, o in kept])
+        self._downlink.events.clear()
+        self._loop.run_until_complete(self.ingest.upload(self.session, self.clip_seq, "h264", data, list(timestamps)))
+        self.hint = next((streaming_pb2.LabelHint.FromString(e.hint) for e in self._downlink.events
+                          if e.kind == "hint" and e.hint), None)
         request = streaming_pb2.UploadClipRequest(session_id=self.sid, clip_seq=self.clip_seq)
         return len(data) + request.ByteSize() + 16   # clip + envelope (codec, timestamps, size: ≈ 16 bytes)
 
@@ -132,13 +153,8 @@ class InProcessTrainer:
 
     def close(self) -> None:
         self.store.delete(self.sid)
-
-
-def _probabilities(out: TeacherOutput) -> np.ndarray:
-    """The teacher's probabilities of a frame (every backend gives them; the trainer's rate control needs them)."""
-    if out.probabilities is None:
-        raise ValueError("the teacher gave no probabilities: the trainer's sampling rate control needs them")
-    return out.probabilities
+        self._pool.shutdown()
+        self._loop.close()
 
 
 def apply(holder: ModelHolder, message: streaming_pb2.ServerMessage) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from ams.label_hint import make_hint
+from ams.label_hint import read_hint
 from edge_client.label_carrier import HINT_TTL_S, HintJudge, LabelCarrier
 from edge_client.model_holder import ModelHolder
 from edge_client.sampler import IntervalSampler
@@ -129,10 +129,12 @@ class AMS(Scheme):
         if not frames:
             return
         self.traffic.uplink += self.trainer.upload(frames, stamps)
-        if self.hints and self.trainer.newest is not None and self.trainer.session.wants_hint():
-            captured, label = self.trainer.newest
-            self.hint_queue.append((t + NETWORK_DELAY_S, captured, label))
-            self.traffic.downlink += len(make_hint(self.trainer.clip_seq, captured, label).label_png) + HINT_ENVELOPE
+        if self.hints and (hint := self.trainer.hint) is not None:   # as the edge's link reads it
+            config = self.holder.config
+            label = read_hint(hint, (int(config["input_height"]), int(config["input_width"])),
+                              int(config.get("num_classes", 2)))
+            self.hint_queue.append((t + NETWORK_DELAY_S, hint.capture_time_s, label))
+            self.traffic.downlink += len(hint.label_png) + HINT_ENVELOPE
             self.hints_sent += 1
         if self.phase_s and t < self.busy_until:
             self.waiting = True

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import cv2
 import numpy as np
@@ -23,18 +23,23 @@ from services.trainer.quotas import TokenBuckets
 from services.trainer.redis_client import StoreFull
 
 if TYPE_CHECKING:
-    from services.trainer.downlink import Downlink
     from services.trainer.session import Session
-    from services.trainer.teacher_client import TeacherClient
+    from services.trainer.teacher_client import LocalTeacher, TeacherClient
 
 log = logging.getLogger(__name__)
 INGEST_CHUNK = 32                           # frames of a clip labelled and buffered at a time
 
 
+class Publisher(Protocol):
+    """Where ingest's events for the device go: the servicer's `Downlink`, or the harness's list."""
+
+    def publish(self, sid: str, event: Event) -> None: ...
+
+
 class Ingest:
     """Uploads of every session: checks before any decoding, then decode → label → buffer off the loop."""
 
-    def __init__(self, cfg: TrainerConfig, teacher: TeacherClient, downlink: Downlink, pool: Executor,
+    def __init__(self, cfg: TrainerConfig, teacher: TeacherClient | LocalTeacher, downlink: Publisher, pool: Executor,
                  run_redis: Callable[..., Awaitable], frame_keys: Callable[[str], list[str]],
                  schedule: Callable[[Session], None]):
         self.cfg, self.teacher, self.downlink, self.pool = cfg, teacher, downlink, pool

@@ -102,3 +102,26 @@ def oracle_teacher(loop_thread: LoopThread, pki: dict, scene):
     finally:
         loop_thread.run(server[0].stop(0))
         loop_thread.run(server[2].stop())
+
+
+LOCAL_SCENE = "synthetic:seed=3,w=64,h=36,fps=10,duration=30,shift=10"   # (the scene's other fields at their defaults)
+
+
+@pytest.fixture
+def local_trainer(loop_thread):
+    """The trainer's gRPC service on a free loopback port in plain-text mode (the device id is a header),
+    over the in-memory store, labelled by the oracle teacher of LOCAL_SCENE in this process: no
+    redis-server, no teacher process. Yields (address, manager)."""
+    from services.teacher.backends import make_backend
+    from services.trainer.config import TrainerConfig
+    from services.trainer.service import create_server
+    from services.trainer.store import MemorySessionStore
+    from services.trainer.teacher_client import LocalTeacher
+
+    cfg = TrainerConfig(host="127.0.0.1", port=0, metrics_port=0, insecure=True, allow_custom_students=True,
+                        t_update_s=2.0, k_iters=2, batch_size=2, torch_threads=1, t_fast_s=0.0, max_message_mb=4)
+    teacher = LocalTeacher(make_backend("oracle", scene_spec=LOCAL_SCENE))
+    server, port, manager = loop_thread.run(create_server(cfg, MemorySessionStore(), teacher))
+    yield f"127.0.0.1:{port}", manager
+    loop_thread.run(server.stop(0))
+    loop_thread.run(manager.stop())

@@ -16,9 +16,8 @@ import logging
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -31,40 +30,16 @@ from ams.pki import CertFiles
 from ams.update_codec import CODEC_NAMES, CODECS, UpdateRejected, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from edge_client import metrics
+from edge_client.link_stats import LinkStats
 from edge_client.model_holder import ModelHolder, ParameterHolder
 
 log = logging.getLogger(__name__)
 
-
-PER_UPDATE_KEPT = 10_000      # per-update records kept (a device that runs forever keeps bounded state)
 # upload failures that may heal on their own (a replica's fail-over, an expired session reopened, a rate
 # limit, a proxy's reset); any other status (INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED, ...) will not
 UPLOAD_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN,
                             grpc.StatusCode.CANCELLED})
-
-
-def _recent() -> deque:
-    return deque(maxlen=PER_UPDATE_KEPT)
-
-
-@dataclass
-class LinkStats:
-    uplink_bytes: int = 0
-    downlink_bytes: int = 0          # updates + control after the first snapshot
-    snapshot_bytes: int = 0          # full models (first contact, catch-up)
-    updates: int = 0
-    # the last PER_UPDATE_KEPT updates:
-    update_bytes: deque = field(default_factory=_recent)        # whole ServerMessage per applied update
-    update_index_bytes: deque = field(default_factory=_recent)  # its index set (gzip'd bitmask or ANS gaps)
-    update_values: deque = field(default_factory=_recent)       # its number of chosen coordinates
-    update_times: deque = field(default_factory=_recent)        # video time of the frame each update arrived at
-    clips: int = 0
-    upload_failures: int = 0                     # upload attempts that failed
-    upload_errors: Counter = field(default_factory=Counter)   # ... by status code
-    snapshots: int = 0                           # snapshots loaded on the update stream (catch-up, resync)
-    refused: int = 0                             # updates and snapshots refused (wrong base, corrupt, checksum)
-    stream_errors: Counter = field(default_factory=Counter)   # update streams ended by an error, by status code
 
 
 class TrainerLink:

@@ -157,6 +157,15 @@ def _closed_within(socks: list, limit_s: float) -> list[float | None]:
     return closed
 
 
+def _closed_then_shut(socks: list, limit_s: float) -> list[float | None]:
+    """`_closed_within`, our ends closed afterwards whatever happened."""
+    try:
+        return _closed_within(socks, limit_s)
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _tls_context(files: CertFiles) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=files.ca)
     ctx.load_cert_chain(files.cert, files.key)
@@ -177,11 +186,7 @@ def _check(port: int, pki, timeout_s: float = 3) -> int:
 
 def test_raw_connections_that_never_send_a_client_hello_are_closed_within_the_handshake_timeout(short_timeouts):
     socks = [_connect(short_timeouts) for _ in range(50)]     # 50 from one source: under its limit of 64
-    try:
-        closed = _closed_within(socks, HANDSHAKE_S + SLACK_S)
-    finally:
-        for s in socks:
-            s.close()
+    closed = _closed_then_shut(socks, HANDSHAKE_S + SLACK_S)
     assert None not in closed, f"{closed.count(None)} of 50 idle connections still open after {HANDSHAKE_S + SLACK_S} s"
     assert min(closed) >= HANDSHAKE_S - 0.5, f"closed before the timeout (refused, not timed out): {min(closed):.2f} s"
 
@@ -200,11 +205,7 @@ def test_a_stalled_or_completed_handshake_without_a_request_is_closed_within_the
     socks = [hello_only, handshake_done, preface_only]
     for s in socks[1:]:
         s.setblocking(False)
-    try:
-        closed = _closed_within(socks, HANDSHAKE_S + SLACK_S)
-    finally:
-        for s in socks:
-            s.close()
+    closed = _closed_then_shut(socks, HANDSHAKE_S + SLACK_S)
     assert None not in closed, f"still open after {HANDSHAKE_S + SLACK_S} s (hello only, handshake done, preface): {closed}"
 
 

@@ -8,9 +8,15 @@ from typing import Awaitable, Callable
 
 from prometheus_client import start_http_server
 
+from ams import logs
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def setup_logging() -> None:
+    """Logging from AMS_LOG_LEVEL and AMS_LOG_FORMAT (ams/logs.py); a bad value stops the process with one line."""
+    try:
+        logs.setup_logging()
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 async def serve_forever(start: Callable[[], Awaitable[tuple]], stop: Callable[[tuple], Awaitable[None]],

@@ -16,6 +16,7 @@ import threading
 import torch
 from prometheus_client import start_http_server
 
+from ams import logs
 from ams.device import resolve_device
 from ams.pki import CertFiles, identity_of
 from ams.update_codec import CODEC_NAMES, CODECS, parse_codecs
@@ -176,7 +177,11 @@ def _stop_on_signals() -> threading.Event:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.setup_logging(args.log_level)     # AMS_LOG_FORMAT=json for one JSON object per line
+    except ValueError as exc:
+        print(f"ams-edge: error: {exc}", file=sys.stderr)
+        return 2
     device_tls, eval_tls = _tls(args)
     try:
         device = str(resolve_device(args.device))

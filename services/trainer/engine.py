@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from ams import errors
+from ams import errors, logs
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.events import Event
@@ -94,10 +94,12 @@ class Engine:
 
     async def train_once(self, session: Session) -> None:
         """One transactional phase; a failure is counted and leaves the session as it was."""
+        logs.bind(session.sid, session.device_id)     # (a task of its own: its records carry the session)
         seq_before, control_before, scored_before = session.last_clip_seq, session.control(), session.pace.scored
         try:
             with metrics.PHASE_SECONDS.time():
-                outcome = await asyncio.get_running_loop().run_in_executor(self.executor, session.run_phase)
+                outcome = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, logs.bound(session.run_phase, session.sid, session.device_id))
         except Exception as exc:  # noqa: BLE001 - one session's failure never stops another's
             if session.sid not in self.sessions:   # closed (or replaced by its device) meanwhile: nothing to do
                 log.info("session %s closed during its phase; phase dropped", session.sid)

@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 
-from ams import cert_expiry, errors
+from ams import cert_expiry, errors, logs
 from ams import tls
 from ams.grpc_common import (add_health_and_reflection, add_servicer, check_well_formed, device_id_of, error_details,
                              grpc_errors, server_options, set_serving, status_code_for)
@@ -34,12 +34,15 @@ class ModelStreamingServicer(streaming_pb2_grpc.ModelStreamingServicer):
         forwarded by a trusted load balancer (or, only in insecure mode, the ams-device-id header);
         a revoked certificate (the device's, or the balancer's that forwarded it) is refused."""
         if self.insecure:
-            return device_id_of(context)
-        identity = tls.caller_identity(context, self.ca_pem, self.trusted_proxies)
-        if identity.role != DEVICE_ROLE:
-            raise errors.PermissionDenied(f"an {identity.role or 'unknown'} certificate cannot act as a device")
-        await self.manager.check_not_revoked(identity.name, identity.serials)
-        return identity.name
+            device_id = device_id_of(context)
+        else:
+            identity = tls.caller_identity(context, self.ca_pem, self.trusted_proxies)
+            if identity.role != DEVICE_ROLE:
+                raise errors.PermissionDenied(f"an {identity.role or 'unknown'} certificate cannot act as a device")
+            await self.manager.check_not_revoked(identity.name, identity.serials)
+            device_id = identity.name
+        logs.bind(device=device_id)          # this call's records carry the device (each call is its own task)
+        return device_id
 
     @grpc_errors
     async def OpenSession(self, request: streaming_pb2.OpenSessionRequest, context) -> bytes:

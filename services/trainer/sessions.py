@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Sequence
 
-from ams import errors
+from ams import errors, logs
 from ams.device import resolve_device
 from ams.update_codec import CODEC_NAMES, edge_decodes, pick_codec
 from services.trainer import metrics, students
@@ -131,6 +131,7 @@ class SessionManager:
             log.info("device %s opens a new session: closing its session %s", device_id, old.sid)
             await self.close(old.sid, device_id)
         sid = uuid.uuid4().hex
+        logs.bind(session=sid)
         session = Session(sid, device_id, architecture, config, model, self.store, self.cfg, device=self.device,
                           codec=codec)
         session.accepts_hints, session.budget = label_hints, self.engine.budget
@@ -167,6 +168,7 @@ class SessionManager:
         if session.device_id != device_id:
             raise errors.PermissionDenied("session belongs to another device")
         session.last_active = time.monotonic()
+        logs.bind(session=sid)               # this call's later records carry the session
         return session
 
     def _restore(self, sid: str, token: int | None = None) -> Session:

@@ -1,4 +1,4 @@
-"""`ams-admin`: the operator's certificates and their revocations.
+"""`ams-admin`: the operator's certificates and their revocations, and the sessions the trainers keep.
 
     ams-admin init --dir pki --trainer-host ams.example.com      # CA + trainer/teacher certificates
     ams-admin issue-device cam-042 --dir pki                     # pki/devices/cam-042.{pem,key}
@@ -9,6 +9,7 @@
     ams-admin revoke cam-042 --dir pki --redis-url redis://:PASSWORD@host:6379/0   # every certificate of cam-042
     ams-admin revoke --serial 5f3a... --redis-url ...            # one certificate
     ams-admin unrevoke --serial 5f3a... --redis-url ...  |  ams-admin revoked --redis-url ...
+    ams-admin sessions --redis-url ... [--json]                  # every stored session: version, live mIoU, lag
 
 `init` never overwrites an existing CA or certificate (safe to run twice); `issue-*` refuse an existing
 name unless `--force`. Every certificate issued is recorded in `<dir>/issued.jsonl`; revocations are
@@ -18,12 +19,13 @@ and the revoked one never does again unless its own serial is unrevoked.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import redis
 
-from ams import revocation
+from ams import revocation, sessions_report
 from ams.pki import CertificateAuthority, init_pki
 
 DEFAULT_HOSTS = {"trainer": ["localhost", "127.0.0.1", "trainer"], "teacher": ["localhost", "127.0.0.1", "teacher"]}
@@ -72,6 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unrevoke.add_argument("--redis-url", default=_REDIS_URL)
     listing = sub.add_parser("revoked", help="list revoked certificates")
     listing.add_argument("--redis-url", default=_REDIS_URL)
+    report = sub.add_parser("sessions", help="list the sessions stored in Redis: device, student, version, live mIoU "
+                                             "trend, loss, clips waiting, last update, rate, T_update, codec, owner")
+    report.add_argument("--redis-url", default=_REDIS_URL)
+    report.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
     return p.parse_args(argv)
 
 
@@ -126,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             print(revocation.fingerprint(args.file))
         elif args.command == "revoke":
             return _revoke(args)
+        elif args.command == "sessions":
+            records = sessions_report.sessions(_redis(args.redis_url))
+            print("\n".join(json.dumps(r) for r in records) if args.json else sessions_report.table(records))
         elif args.command == "unrevoke":
             serial = revocation.normalize_serial(args.serial)
             if not revocation.unrevoke(_redis(args.redis_url), serial):

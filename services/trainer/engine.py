@@ -95,7 +95,7 @@ class Engine:
     async def train_once(self, session: Session) -> None:
         """One transactional phase; a failure is counted and leaves the session as it was."""
         logs.bind(session.sid, session.device_id)     # (a task of its own: its records carry the session)
-        seq_before, control_before, scored_before = session.last_clip_seq, session.control(), session.pace.scored
+        seq_before, control_before, scored_before = session.last_clip_seq, session.control(), session.live_scored
         try:
             with metrics.PHASE_SECONDS.time():
                 outcome = await asyncio.get_running_loop().run_in_executor(
@@ -110,8 +110,8 @@ class Engine:
                 self.forget(session.sid)                                  # owner: reload it on next use
             self.processed(session, seq_before, Event("control", seq_before, control=session.control()))
             return
-        if session.pace.scored > scored_before and session.pace.last_miou is not None:
-            metrics.NEWEST_MIOU.observe(session.pace.last_miou)
+        if session.live_scored > scored_before and session.live_miou:
+            metrics.NEWEST_MIOU.observe(session.live_miou[-1])
         if outcome is None:
             self.processed(session, session.trained_clip_seq,
                            Event("control", session.trained_clip_seq, control=session.control()))
@@ -120,6 +120,7 @@ class Engine:
         metrics.STATE_BYTES.inc(outcome.stats["state_bytes"])
         stats, update = outcome.stats, outcome.update
         metrics.PHASE_ITERATIONS.observe(stats["iterations"])
+        metrics.PHASE_LOSS.observe(stats["loss_last"])
         log.info("session %s phase %d: v%d, %d frames, K %d, loss %.4f -> %.4f in %.1fs (frames read in %.2fs, %d "
                  "bytes stored)", session.sid, update.phase, update.new_version, stats["frames"], stats["iterations"],
                  stats["loss_first"], stats["loss_last"], stats["seconds"], stats["load_seconds"], stats["state_bytes"])

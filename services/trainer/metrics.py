@@ -1,4 +1,7 @@
 """Prometheus metrics of the trainer service (no session ids as labels)."""
+import statistics
+from typing import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from ams.rpc_metrics import RpcMetrics
@@ -28,9 +31,19 @@ TEACHER_SECONDS = Histogram("ams_trainer_teacher_seconds", "Seconds labelling on
 PACE_EVENTS = Counter("ams_trainer_pace_events_total", "Pace changes of sessions (AMS_T_FAST_S > 0): settled (the "
                       "held model reached AMS_SETTLE_MIOU on new frames: the paper's T_update from now), scene_change "
                       "(its mIoU on new frames dropped: short intervals again)", ["event"])
-NEWEST_MIOU = Histogram("ams_trainer_newest_frames_miou", "mIoU of the model a device holds on the frames new to a "
-                        "phase, against the teacher (before training on them; AMS_T_FAST_S > 0)",
+# Are devices getting better? (no session or device ids as labels: ams-admin sessions gives the detail)
+NEWEST_MIOU = Histogram("ams_trainer_newest_frames_miou", "Live mIoU: the model a device holds, scored against the "
+                        "teacher on the frames new to a phase before training on them (the paper's accuracy measure)",
                         buckets=(0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0))
+PHASE_LOSS = Histogram("ams_trainer_phase_loss", "Training loss (cross-entropy vs the teacher) of a committed phase's "
+                       "last iteration", buckets=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2))
+PHI = Histogram("ams_trainer_phi", "Mean φ per sampling-rate decision (ASR: how fast a device's scene changes)",
+                buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5))
+SESSION_RATES = Gauge("ams_trainer_session_sampling_rate_fps", "Sampling rate (ASR) over the sessions held: "
+                      "min, median, max", ["stat"])
+SESSION_INTERVALS = Gauge("ams_trainer_session_update_interval_seconds", "T_update (ATR) over the sessions held: "
+                          "min, median, max", ["stat"])
+
 UPDATES = Counter("ams_trainer_updates_total", "Sparse model updates produced")
 UPDATES_REFUSED = Counter("ams_trainer_updates_refused_total",
                           "Updates devices reported refusing (a resync asked for a snapshot)")
@@ -48,3 +61,12 @@ QUOTA_REFUSALS = Counter("ams_trainer_quota_refusals_total", "Calls refused by a
 BUFFERED_FRAMES = Histogram("ams_trainer_buffered_frames", "Frames in a session's buffer after an upload (≤ its cap)",
                             buckets=(8, 16, 32, 64, 128, 192, 256, 320, 512, 1024))
 RPC = RpcMetrics("ams_trainer", "Trainer")   # requests, latency and streams of every method (server interceptor)
+
+
+def track_sessions(values: Callable[[], list[tuple[float, float]]]) -> None:
+    """Set the rate and interval gauges to be read at scrape time from `values()`: (rate, T_update) per session."""
+    def reader(index: int, pick: Callable[[list[float]], float]) -> Callable[[], float]:
+        return lambda: float(pick([v[index] for v in values()] or [0.0]))
+    for index, gauge in ((0, SESSION_RATES), (1, SESSION_INTERVALS)):
+        for stat, pick in (("min", min), ("median", statistics.median), ("max", max)):
+            gauge.labels(stat).set_function(reader(index, pick))

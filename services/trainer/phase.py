@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from services.trainer.session import Session
 
 log = logging.getLogger(__name__)
-NEWEST_SCORED = 8    # at most this many of a phase's new frames are scored for the pace controller
+NEWEST_SCORED = 8    # at most this many of a phase's new frames are scored (the live mIoU; the pace controller)
 
 
 class Skipped:
@@ -36,7 +36,6 @@ class Skipped:
 
 
 SKIPPED = Skipped()
-NEWEST_SCORED = 8    # at most this many of a phase's new frames are scored for the pace controller
 
 
 @dataclass
@@ -74,7 +73,7 @@ def _phase_frames(session: Session, rng: np.random.Generator, pace: PaceControll
     if not keys:
         return None
     times = [float(k) for k in keys]        # a frame's key is its capture time (store.add_frames)
-    new = [k for k, t in zip(keys, times) if t > pace.seen_t][-NEWEST_SCORED:] if pace.enabled else []
+    new = [k for k, t in zip(keys, times) if t > pace.seen_t][-NEWEST_SCORED:]
     newest = _observe_newest(session, pace, new) if new else {}
     pace.seen_t = max(pace.seen_t, times[-1])
     # a device shown the teacher's hints needs no update per clip: its student trains at the paper's pace
@@ -122,8 +121,9 @@ def cost_key(session: Session) -> tuple:
 
 
 def _observe_newest(session: Session, pace: PaceController, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Score the model the device holds (the published parameters) on frames it never trained on;
-    returns the frames read ({key: (frame, label)}, as `store.load_frames`)."""
+    """Score the model the device holds (the published parameters) on frames it never trained on, against
+    the teacher's labels (the live mIoU; with the pace controller on, it also decides the pace); returns
+    the frames read ({key: (frame, label)}, as `store.load_frames`)."""
     loaded = session.store.load_frames(session.sid, keys)
     keys = [k for k in keys if k in loaded]
     if not keys:
@@ -134,7 +134,10 @@ def _observe_newest(session: Session, pace: PaceController, keys: list[str]) -> 
     with torch.no_grad():
         logits = session.model(batch_tensor([f for f, _ in pairs]).to(session.device))
     pred = logits.argmax(1).cpu().numpy()
-    if pace.observe(frame_miou(pred, np.stack([lab for _, lab in pairs]), logits.shape[1]), float(keys[0])):
+    miou = frame_miou(pred, np.stack([lab for _, lab in pairs]), logits.shape[1])
+    session.live_miou.append(miou)           # the operator's signal (metrics, ams-admin sessions), pace or not
+    session.live_scored += 1
+    if pace.enabled and pace.observe(miou, float(keys[0])):
         log.info("session %s: scene change at %.1fs (newest-frames mIoU %.3f)", session.sid, float(keys[0]),
                  pace.last_miou)
     return loaded

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from ams.errors import FailedPrecondition, Unavailable
 from ams.models import build_student
 from ams.update_codec import FLOAT16, apply_update, flat_parameters, load_flat_parameters
-from services.trainer import serde
+from services.trainer import metrics, serde
 from services.trainer.config import TrainerConfig
 from services.trainer.coordinate_descent import AdamCDConfig, AdamCDState, adam_direction
 from services.trainer.ingest import check_timestamps, resize_pair
@@ -32,6 +33,7 @@ from services.trainer.rate_control import ASRController, ATRController, phi_scor
 from services.trainer.store import Checkpoint, SessionStore
 
 log = logging.getLogger(__name__)
+LIVE_KEPT = 8         # live mIoU scores a session keeps (its trend, stored with each phase)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Session:
         self.asr = ASRController(cfg.r_init, cfg.asr_eta, cfg.phi_target, cfg.r_min, cfg.r_max, cfg.asr_delta_t_s)
         self.atr = ATRController(cfg.t_update_s, cfg.atr_delta_s, tau_max_s=cfg.atr_max_s)
         self.pace = PaceController(cfg.t_fast_s, cfg.settle_miou, cfg.change_jump, cfg.recent_share)
+        self.live_miou: deque[float] = deque(maxlen=LIVE_KEPT)   # the held model on new frames vs the teacher
+        self.live_scored = 0                # scores taken since this replica held the session
         self.last_clip_seq = 0         # highest clip seq ingested
         self.trained_clip_seq = 0      # highest clip seq a finished phase has seen
         self.latest_ts = float("-inf")
@@ -134,6 +138,7 @@ class Session:
                 if self.prev_label is not None and self.prev_label.shape == labels[i].shape:
                     phi = phi_score(probs[i], self.prev_label)
                     if self.asr.observe(timestamps[i], phi):
+                        metrics.PHI.observe(self.asr.last_phi_mean)
                         if self.cfg.atr:
                             self.atr.decide(self.asr.rate_fps)
                         log.info("session %s at %.1fs: mean φ %.3f -> sampling %.2f fps, T_update %.0f s", self.sid,
@@ -196,7 +201,10 @@ class Session:
     def training_meta(self, result: PhaseResult) -> dict:
         return {"version": result.update.new_version, "phase": result.update.phase,
                 "trained_clip_seq": result.seq_seen, "rng": json.dumps(result.rng.bit_generator.state),
-                "pace": json.dumps(result.pace.state())}
+                "pace": json.dumps(result.pace.state()),
+                # for operators (ams-admin sessions): the live mIoU trend, the phase's loss, when it committed
+                "live_miou": json.dumps([round(m, 4) for m in self.live_miou]),
+                "loss": round(float(result.stats["loss_last"]), 5), "committed_at": round(time.time(), 3)}
 
     @classmethod
     def from_checkpoint(cls, sid: str, ckpt: Checkpoint, store: SessionStore, cfg: TrainerConfig,
@@ -228,6 +236,7 @@ class Session:
             session.rng.bit_generator.state = json.loads(meta["rng"])
         if "pace" in meta:
             session.pace.restore(json.loads(meta["pace"]))
+        session.live_miou.extend(json.loads(meta.get("live_miou", "[]")))
         session.last_clip_seq = int(meta.get("last_clip_seq", 0))
         session.asr.rate_fps = float(meta.get("rate_fps", session.asr.rate_fps))
         session.atr.update_interval_s = float(meta.get("update_interval_s", session.atr.update_interval_s))

@@ -59,6 +59,8 @@ class SessionManager:
         self.open_limiter = OpenRateLimiter(cfg.max_opens_per_minute)
         metrics.MAX_SESSIONS.set(cfg.max_sessions)
         metrics.UPDATE_INTERVAL.set(cfg.t_update_s)
+        metrics.track_sessions(lambda: [(c.sampling_rate_fps, c.update_interval_s)
+                                        for c in (s.control() for s in list(self.sessions.values()))])
 
     async def redis(self, fn, *args):
         """`fn(*args)` (a blocking Redis call) on the Redis threads."""

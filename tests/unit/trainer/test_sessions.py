@@ -1,11 +1,14 @@
 """The trainer's core without gRPC and without Redis: sessions opened, fed, trained, restored and closed
 through SessionManager on the in-memory store, labelled by the oracle teacher in this process."""
 import asyncio
+import json
 
 import numpy as np
 import pytest
 
-from ams import errors
+from prometheus_client import REGISTRY
+
+from ams import admin, errors
 from ams.synthetic import SyntheticScene
 from ams.update_codec import FLOAT16, apply_update, flat_parameters
 from ams.video import encode_clip
@@ -13,7 +16,7 @@ from services.teacher.backends import make_backend
 from services.trainer import serde
 from services.trainer.config import TrainerConfig
 from services.trainer.sessions import SessionManager
-from services.trainer.store import MemorySessionStore
+from services.trainer.store import MemorySessionStore, open_store
 from services.trainer.teacher_client import LocalTeacher
 from tests.conftest import TINY_STUDENT
 
@@ -136,3 +139,31 @@ def test_a_draining_trainer_opens_nothing_and_streams_nothing():
             manager.subscribe(session, 0)
         await manager.stop()
     asyncio.run(main())
+
+
+def _count(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_every_phase_scores_the_held_model_live_and_ams_admin_lists_the_session(redis_url, capsys):
+    """At the paper's pace too (no pace controller), each phase first scores the model the device holds
+    on the new frames against the teacher: the live-mIoU histogram moves, the trend and the loss are
+    stored with the phase, and `ams-admin sessions` reads them back from Redis."""
+    async def main():
+        manager = _manager(open_store(redis_url))
+        scored, losses = _count("ams_trainer_newest_frames_miou_count"), _count("ams_trainer_phase_loss_count")
+        session, _ = await _open_and_train(manager, device="cam-live")
+        assert _count("ams_trainer_newest_frames_miou_count") == scored + 1 and len(session.live_miou) == 1
+        assert _count("ams_trainer_phase_loss_count") == losses + 1
+        assert REGISTRY.get_sample_value("ams_trainer_session_update_interval_seconds", {"stat": "max"}) == 10.0
+        await manager.stop()
+        return session
+    session = asyncio.run(main())
+    assert admin.main(["sessions", "--redis-url", redis_url, "--json"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["session"] == session.sid and record["device"] == "cam-live" and record["version"] == 1
+    assert record["live_miou"] == [round(session.live_miou[0], 4)] and record["loss"] is not None
+    assert record["clips_waiting"] == 0 and record["codec"] == "float16" and record["last_update_s_ago"] >= 0
+    assert admin.main(["sessions", "--redis-url", redis_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["session", "device", "student", "version"] and "cam-live" in lines[1]

@@ -55,6 +55,12 @@ DASHBOARD_REQUIRED = {
     "ams_trainer_update_bytes_total",
     "ams_trainer_upload_bytes_total",
     "ams_trainer_phase_failures_total",
+    # the row "Are devices getting better?"
+    "ams_trainer_newest_frames_miou_bucket",
+    "ams_trainer_phase_loss_bucket",
+    "ams_trainer_phi_bucket",
+    "ams_trainer_session_sampling_rate_fps",
+    "ams_trainer_session_update_interval_seconds",
 }
 
 REQUIRED_ALERTS = {
@@ -381,16 +387,21 @@ def test_dashboard_uses_only_ams_metrics():
     assert DASHBOARD_REQUIRED <= used, f"dashboard misses {sorted(DASHBOARD_REQUIRED - used)}"
 
 
-def test_dashboard_targets_use_provisioned_datasource():
+def test_dashboards_ask_for_their_prometheus_data_source():
+    """Every panel and query uses the dashboard's `datasource` variable (compose's provisioned default, any
+    Prometheus in a Kubernetes Grafana), never a fixed uid."""
     datasources = _load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
-    uids = {ds["uid"] for ds in datasources}
-    assert any(ds["url"] == "http://prometheus:9090" for ds in datasources)
+    assert any(ds["url"] == "http://prometheus:9090" and ds["type"] == "prometheus" and ds["isDefault"]
+               for ds in datasources)
     for path, dashboard in _dashboards().items():
         assert dashboard.get("uid"), f"{path.name}: dashboard needs a stable uid"
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
         for panel in _panels(dashboard):
-            for target in panel.get("targets", []):
-                uid = (target.get("datasource") or panel.get("datasource") or {}).get("uid")
-                assert uid in uids, f"{path.name}: panel {panel.get('title')!r} uses datasource {uid!r}"
+            for holder in [panel, *panel.get("targets", [])]:
+                if "datasource" in holder or panel["type"] != "row":
+                    assert holder.get("datasource") == {"type": "prometheus", "uid": "${datasource}"}, \
+                        f"{path.name}: panel {panel.get('title')!r}"
 
 
 def _seconds(value: str) -> float:

@@ -1,7 +1,10 @@
 """Every Grafana panel and every alert against live processes: redis-server, teacher and trainer
 processes, an `ams-edge --metrics-port` device in live mode, and Debian's Prometheus scraping all
-three on loopback every second. Each expression is evaluated through Prometheus's HTTP API: every one
-must parse, and every panel must return data."""
+three on loopback every second (with deploy/prometheus/alerts.yml loaded). Each expression is evaluated
+through Prometheus's HTTP API, as Grafana sends it (Grafana itself is not in Debian): every one must
+parse, and every panel must return data, the row "Are devices getting better?" included. The live-mIoU
+histogram moves with every phase, `ams-admin sessions` lists the device with its trend, and every alert
+Prometheus loaded has a runbook page."""
 import json
 import os
 import shutil
@@ -10,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +70,17 @@ def _evaluate(base: str) -> tuple[list[str], list[str], int]:
     return errors, empty, evaluated
 
 
+def _rules(base: str) -> list[dict]:
+    with LOOPBACK.open(f"{base}/api/v1/rules?type=alert", timeout=10) as reply:
+        return [rule for group in json.load(reply)["data"]["groups"] for rule in group["rules"]]
+
+
+def _sessions(redis_url: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "ams.admin", "sessions", "--json", "--redis-url", redis_url],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
 def test_every_panel_returns_data_and_every_alert_parses_against_live_services(tmp_path):
     assert PROMETHEUS, "prometheus not on PATH (make tools installs Debian's)"
     log_dir = str(tmp_path)
@@ -97,6 +112,7 @@ def test_every_panel_returns_data_and_every_alert_parses_against_live_services(t
                 assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no updates scraped in time: " + (tmp_path / "edge.log").read_text()[-2000:]
                 time.sleep(1)
+            scored = _value(base, "sum(ams_trainer_newest_frames_miou_count)")
             # rates over the panels' 10 s windows need a few scrapes after the first update: poll for them
             deadline = time.monotonic() + 30
             while True:
@@ -106,6 +122,18 @@ def test_every_panel_returns_data_and_every_alert_parses_against_live_services(t
                 time.sleep(1)
             assert not errors and not empty, "\n".join(errors + empty)
             assert evaluated >= 35 and len(_alert_rules()) >= 5     # both dashboards, every rule
+            # the live-mIoU histogram moves with each phase; ams-admin lists the device and its trend
+            deadline = time.monotonic() + 30
+            while _value(base, "sum(ams_trainer_newest_frames_miou_count)") < scored + 2:
+                assert time.monotonic() < deadline, "the live-mIoU histogram did not move"
+                time.sleep(1)
+            assert 0 <= _value(base, "sum(ams_trainer_newest_frames_miou_sum) / sum(ams_trainer_newest_frames_miou_count)") <= 1
+            [record] = _sessions(stack["redis_url"])
+            assert record["device"] == "dashboard-edge" and record["version"] >= 3 and record["live_miou"]
+            rules = _rules(base)
+            assert {r["name"] for r in rules} == {r["alert"] for r in _alert_rules()}
+            for rule in rules:
+                assert (Path(ROOT) / rule["annotations"]["runbook_url"]).is_file(), rule["name"]
         finally:
             for proc in (edge, prometheus):
                 proc.terminate()

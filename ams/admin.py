@@ -10,6 +10,7 @@
     ams-admin revoke --serial 5f3a... --redis-url ...            # one certificate
     ams-admin unrevoke --serial 5f3a... --redis-url ...  |  ams-admin revoked --redis-url ...
     ams-admin sessions --redis-url ... [--json]                  # every stored session: version, live mIoU, lag
+    ams-admin schema --redis-url ...                             # the state's schema version, and this release's
 
 `init` never overwrites an existing CA or certificate (safe to run twice); `issue-*` refuse an existing
 name unless `--force`. Every certificate issued is recorded in `<dir>/issued.jsonl`; revocations are
@@ -25,7 +26,7 @@ import sys
 
 import redis
 
-from ams import revocation, sessions_report
+from ams import revocation, schema, sessions_report
 from ams.pki import CertificateAuthority, init_pki
 
 DEFAULT_HOSTS = {"trainer": ["localhost", "127.0.0.1", "trainer"], "teacher": ["localhost", "127.0.0.1", "teacher"]}
@@ -78,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              "trend, loss, clips waiting, last update, rate, T_update, codec, owner")
     report.add_argument("--redis-url", default=_REDIS_URL)
     report.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
+    version = sub.add_parser("schema", help="the schema version of the state in Redis, and the one this release "
+                                            "reads (exit 1 if Redis holds a newer one)")
+    version.add_argument("--redis-url", default=_REDIS_URL)
     return p.parse_args(argv)
 
 
@@ -135,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sessions":
             records = sessions_report.sessions(_redis(args.redis_url))
             print("\n".join(json.dumps(r) for r in records) if args.json else sessions_report.table(records))
+        elif args.command == "schema":
+            client = _redis(args.redis_url)
+            stored = schema.stored_version(client)
+            print(f"stored v{stored if stored is not None else '0 (none stored: before versioning, or empty)'}; "
+                  f"this release reads v{schema.SCHEMA_VERSION}")
+            try:
+                schema.check(client)
+            except schema.SchemaTooNew as exc:
+                print(f"ams-admin: {exc}", file=sys.stderr)
+                return 1
         elif args.command == "unrevoke":
             serial = revocation.normalize_serial(args.serial)
             if not revocation.unrevoke(_redis(args.redis_url), serial):

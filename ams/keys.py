@@ -13,6 +13,8 @@ Per session, the replicas' ownership (services/trainer/leases.py):
   ams:lease:{s}:fence   string  the fencing counter (never goes back)
   ams:lease:{s}:want    string  another replica asks for the session (expires with one lease period)
 Fleet-wide:
+  ams:schema            string  the layout version of everything here (ams/schema.py: checked at start,
+                                older ones migrated, newer ones refused); ams:schema:lock while migrating
   ams:revoked:certs     hash    revoked certificate serial (lowercase hex) -> JSON {name, role, revoked_at}
                                 (ams/revocation.py; the name-keyed hash `ams:revoked` of earlier versions is not read)
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 SESSION_PARTS = ("meta", "frames", "blobs", "model", "adam", "updates")
 LEASE_PREFIX = "ams:lease:"
 REVOKED_CERTS = "ams:revoked:certs"
+REVOKED_BY_NAME = "ams:revoked"          # before schema v1: name -> reason; reported by the migration, not read
+SCHEMA = "ams:schema"
 
 
 def session_key(sid: str, part: str) -> str:

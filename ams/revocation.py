@@ -18,6 +18,7 @@ import asyncio
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
 import weakref
@@ -29,8 +30,9 @@ import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ams import errors, keys
+from ams import errors, keys, schema
 
+log = logging.getLogger(__name__)
 REVOKED_CERTS_KEY = keys.REVOKED_CERTS
 INDEX_FILE = "issued.jsonl"
 _HEX = re.compile(r"^[0-9a-f]{1,64}$")
@@ -171,6 +173,14 @@ class RevocationChecker:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="revocation")
         weakref.finalize(self, self._executor.shutdown, wait=False)    # with the server that held it
+
+    def check_schema(self) -> None:
+        """At start: Redis holds no state of a later release (SchemaTooNew); unreachable: checked later by
+        no one, since the teacher only reads revocations, whose layout has not changed."""
+        try:
+            schema.check(self.client)
+        except redis.RedisError as exc:
+            log.warning("Redis unreachable at start (%s): revocation checks fail closed until it answers", exc)
 
     async def check(self, serials: Iterable[str]) -> None:
         wanted = tuple(serials)

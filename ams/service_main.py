@@ -9,6 +9,7 @@ from typing import Awaitable, Callable
 from prometheus_client import start_http_server
 
 from ams import logs
+from ams.schema import SchemaTooNew
 
 
 def setup_logging() -> None:
@@ -27,7 +28,11 @@ async def serve_forever(start: Callable[[], Awaitable[tuple]], stop: Callable[[t
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
         log.info("metrics on %s:%d/metrics", metrics_host, metrics_port)
-    handles = await start()
+    try:
+        handles = await start()
+    except SchemaTooNew as exc:                 # a later release's state in Redis: refuse, write nothing
+        log.critical("%s", exc)
+        raise SystemExit(3) from None
     log.info("%s serving on port %d", name, handles[1])
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -92,6 +92,7 @@ async def create_server(config: TeacherConfig, backend: TeacherBackend) -> Teach
     if not config.insecure:
         if config.redis_url:
             revocations = RevocationChecker(config.redis_url)
+            revocations.check_schema()
         else:
             log.warning("teacher: no AMS_TEACHER_REDIS_URL: revoked certificates are NOT refused (ams-admin revoke "
                         "needs the Redis the trainers use)")

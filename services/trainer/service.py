@@ -92,6 +92,7 @@ async def create_server(config: TrainerConfig, store: SessionStore | None = None
                         teacher: TeacherClient | None = None) -> tuple[grpc.aio.Server, int, SessionManager]:
     """Build and start the trainer on config.host:config.port; returns (server, bound port, manager)."""
     store = store or open_store(config.redis_url, config.session_ttl_s, config.updates_kept)
+    store.check_schema()                       # SchemaTooNew: a later release's state; nothing is written
     teacher = teacher or TeacherClient(config.teacher_addr, tls.files_of(config))
     owner = f"{config.replica_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     leases = store.leases(owner, config.lease_ttl_s, counter_ttl_s=config.session_ttl_s)

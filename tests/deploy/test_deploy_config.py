@@ -486,13 +486,15 @@ def test_redis_acl_users_can_do_their_jobs_and_nothing_more(tmp_path):
     """deploy/redis/start.sh as compose runs it (its environment and arguments; a local redis-server
     on a free port): the trainer's URL runs every operation of the session store and the leases (their
     Lua scripts from a cold script cache too) and reads revocations, but cannot FLUSHALL, CONFIG,
-    KEYS, ... or touch a key outside ams:*; the teacher only reads revocations; admin only manages them;
+    KEYS, ... or touch a key outside ams:*; the teacher only reads revocations and the schema version; admin
+    manages revocations and reads sessions' meta, leases and the schema version (ams-admin sessions, schema);
     a connection without a user can do nothing; a full Redis refuses writes and evicts nothing; the
     compose healthcheck passes."""
     import numpy as np
     import redis
     import torch
 
+    from ams import schema, sessions_report
     from ams.revocation import REVOKED_CERTS_KEY, revoked_serials
     from ams.ops.procs import free_port
     from services.trainer.coordinate_descent import AdamCDState
@@ -559,9 +561,17 @@ def test_redis_acl_users_can_do_their_jobs_and_nothing_more(tmp_path):
         assert set(admin.hgetall(REVOKED_CERTS_KEY)) == {b"0a"} and revoked_serials(store.r, ["0a", "0b"]) == {"0a"}
         teacher = redis.Redis.from_url(_compose_redis_url("teacher", "AMS_TEACHER_REDIS_URL", port))
         assert teacher.ping() and revoked_serials(teacher, ["0a", "0b"]) == {"0a"}
+        # the schema version: the trainer stamped it (store.ping); the teacher and admin read it only
+        assert schema.check(teacher) == schema.check(admin) == schema.SCHEMA_VERSION
+        # ams-admin sessions reads sessions' meta and leases, nothing else of a session
+        store.create("s3", {"device_id": "dev-c", "config_json": "{}"}, state, AdamCDState.zeros(6), token=leases.acquire("s3"))
+        assert [r["device"] for r in sessions_report.sessions(admin)] == ["dev-c"]
         for client, command in ((teacher, ("HSET", REVOKED_CERTS_KEY, "0b", "{}")), (teacher, ("HDEL", REVOKED_CERTS_KEY, "0a")),
                                 (teacher, ("HGETALL", "ams:s:s1:meta")), (teacher, ("FLUSHALL",)),
-                                (admin, ("HGETALL", "ams:s:s1:meta")), (admin, ("FLUSHALL",)), (admin, ("KEYS", "*"))):
+                                (teacher, ("SET", "ams:schema", "9")),
+                                (admin, ("HSET", "ams:s:s3:meta", "version", "9")), (admin, ("GET", "ams:s:s3:model")),
+                                (admin, ("SET", "ams:schema", "9")), (admin, ("DEL", "ams:lease:s3")),
+                                (admin, ("FLUSHALL",)), (admin, ("KEYS", "*"))):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 client.execute_command(*command)
         assert admin.hdel(REVOKED_CERTS_KEY, "0a") == 1

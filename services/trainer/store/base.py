@@ -56,6 +56,9 @@ class SessionStore(abc.ABC):
     given the `token` of the session's lease (services/trainer/leases.py) is refused with `LeaseLost`,
     writing nothing, once that token is no longer the lease's."""
 
+    def check_schema(self) -> None:  # noqa: B027 - a store without a schema (memory://) has nothing to check
+        """At start: the stored state's schema is one this release reads (ams/schema.py)."""
+
     @abc.abstractmethod
     def ping(self) -> bool:
         """True when the store answers."""

@@ -2,10 +2,12 @@
 session's lease token). Key names: ams/keys.py; encodings: encoding.py; the interface: base.py."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 
+from ams import schema
 from ams.keys import lease_key, session_key, session_keys
 from ams.errors import FailedPrecondition
 from ams.revocation import revoked_serials
@@ -16,6 +18,8 @@ from services.trainer.store.encoding import (decode_frame, decode_label, deseria
                                              encode_label, raw, serialize_adam, serialize_state, text)
 
 WRITE_TRIES = 5   # a fenced write raced by its own lease's renewals is tried this often
+
+log = logging.getLogger(__name__)
 
 
 # KEYS: meta, updates, model, adam, lease. ARGV: base_version, ttl, updates_kept, update (or ""), model
@@ -41,6 +45,7 @@ class RedisSessionStore(SessionStore):
         self.r = connect(url)
         self.ttl_s, self.updates_kept = ttl_s, updates_kept
         self._commit = self.r.register_script(_COMMIT)
+        self.schema_refused = False
 
     key = staticmethod(session_key)
 
@@ -49,7 +54,27 @@ class RedisSessionStore(SessionStore):
 
     @redis_errors
     def ping(self) -> bool:
-        return bool(self.r.ping())
+        """Redis answers and holds state this release reads (an older schema is migrated first): every
+        health probe checks, so a Redis restored from a backup is checked before it is served."""
+        self.r.ping()
+        try:
+            schema.ensure(self.r)
+        except schema.SchemaTooNew as exc:
+            if not self.schema_refused:
+                log.error("%s: NOT_SERVING", exc)
+            self.schema_refused = True
+            return False
+        self.schema_refused = False
+        return True
+
+    def check_schema(self) -> None:
+        """At start: migrate an older schema, refuse a newer one (SchemaTooNew); Redis down: the first
+        health probe that reaches it checks."""
+        try:
+            version = schema.ensure(self.r)
+            log.info("Redis state schema v%d", version)
+        except redis.RedisError as exc:
+            log.warning("Redis unreachable at start (%s): its schema is checked when it answers", exc)
 
     def revoked(self, serials: list[str]) -> set[str]:
         return revoked_serials(self.r, serials)     # (Unavailable when Redis is down: callers fail closed)

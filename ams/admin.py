@@ -11,6 +11,7 @@
     ams-admin unrevoke --serial 5f3a... --redis-url ...  |  ams-admin revoked --redis-url ...
     ams-admin sessions --redis-url ... [--json]                  # every stored session: version, live mIoU, lag
     ams-admin schema --redis-url ...                             # the state's schema version, and this release's
+    ams-admin backup --redis-url ...                             # Redis writes a fresh dump.rdb (copy it off)
 
 `init` never overwrites an existing CA or certificate (safe to run twice); `issue-*` refuse an existing
 name unless `--force`. Every certificate issued is recorded in `<dir>/issued.jsonl`; revocations are
@@ -82,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     version = sub.add_parser("schema", help="the schema version of the state in Redis, and the one this release "
                                             "reads (exit 1 if Redis holds a newer one)")
     version.add_argument("--redis-url", default=_REDIS_URL)
+    backup = sub.add_parser("backup", help="have Redis write a snapshot of all AMS state (BGSAVE) and wait for it: "
+                                           "dump.rdb in Redis's data directory, to copy off (deploy/redis/restore.sh)")
+    backup.add_argument("--redis-url", default=_REDIS_URL)
+    backup.add_argument("--timeout-s", type=float, default=600.0)
     return p.parse_args(argv)
 
 
@@ -119,6 +124,34 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(client: redis.Redis, timeout_s: float) -> int:
+    """BGSAVE, then wait until Redis has written it (its count of snapshots moves, none in progress)."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = client.info("persistence")["rdb_saves"]
+        try:
+            client.bgsave()
+            break
+        except redis.ResponseError as exc:       # a save already running: let it end, then take ours
+            if "in progress" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    while True:
+        state = client.info("persistence")
+        if state["rdb_saves"] > before and not state["rdb_bgsave_in_progress"]:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Redis has not finished the snapshot in {timeout_s:.0f} s")
+        time.sleep(0.2)
+    if state["rdb_last_bgsave_status"] != "ok":
+        raise OSError("Redis could not write the snapshot (rdb_last_bgsave_status: err): see its log")
+    print(f"snapshot written at {client.lastsave().isoformat()} ({client.dbsize()} keys, schema "
+          f"v{schema.stored_version(client) or 0}): copy dump.rdb from Redis's data directory now (/data in the "
+          "images; docs/operations.md, \"State: backup, restore, upgrade\")")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -149,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             except schema.SchemaTooNew as exc:
                 print(f"ams-admin: {exc}", file=sys.stderr)
                 return 1
+        elif args.command == "backup":
+            return _backup(_redis(args.redis_url), args.timeout_s)
         elif args.command == "unrevoke":
             serial = revocation.normalize_serial(args.serial)
             if not revocation.unrevoke(_redis(args.redis_url), serial):
@@ -157,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for serial, info in sorted(revocation.list_revoked(_redis(args.redis_url)).items()):
                 print(f"{serial}\t{info.get('name', '?')}\t{info.get('role', '?')}\trevoked {info.get('revoked_at', '?')}")
-    except (ValueError, OSError, redis.RedisError) as exc:
+    except (ValueError, OSError, TimeoutError, redis.RedisError) as exc:
         print(f"ams-admin: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,15 +8,18 @@ own parameter copies, checksums verified) connect through the balancer. During t
 1. at `--kill-at` s, the replica holding the most session leases is killed with SIGKILL while one
    of its phases runs (its metrics' ams_trainer_phases_running; waited for up to 2 T_update);
 2. at `--restart-at` s it is started again (its devices hash back to it: the survivors hand over);
-3. at `--redis-at` s redis-server is killed with SIGKILL and started again on its AOF.
+3. at `--redis-at` s redis-server is killed with SIGKILL and started again on its AOF;
+4. at `--roll-at` s (off by default) every trainer replica is upgraded in turn, as a rolling update
+   does: SIGTERM (it drains, commits its running phase and checkpoints its sessions), started again,
+   and back in the balancer before the next one goes. A fault given a negative time is skipped.
 
 A device uploads each clip until it is accepted (retrying up to `--upload-retry-s`, as ams-edge
 does). `max_update_gap_s`: the longest wall time between two model arrivals (update, or a snapshot
 that advances the version) of one device, counting the end of the run as an arrival;
 `lost_versions`: versions a device held that the trainer did not continue from (a snapshot older
 than the held version, or a held version above the one stored in Redis at the end);
-`rejected_updates`: updates a device refused (wrong base, checksum). Done when kills ≥ 1,
-redis_restarts ≥ 1, lost_versions = 0, rejected_updates = 0 and max_update_gap_s ≤ 3 T_update.
+`rejected_updates`: updates a device refused (wrong base, checksum). Done when every scheduled fault
+happened, lost_versions = 0, rejected_updates = 0 and max_update_gap_s ≤ 3 T_update.
 """
 from __future__ import annotations
 
@@ -70,6 +73,18 @@ def kill_owner_mid_phase(cluster: Cluster, t_update_s: float) -> dict:
             "owners_before": {k: len(v) for k, v in owners.items()}}
 
 
+def roll_every_trainer(cluster: Cluster) -> dict:
+    """A rolling upgrade: each replica in turn drained by SIGTERM, started again and routed to again."""
+    rolled = []
+    for i in range(len(cluster.trainer_ports)):
+        began = time.monotonic()
+        cluster.kill(f"trainer{i}", signal.SIGTERM)
+        cluster.start_trainer(i)
+        cluster.wait_lb()
+        rolled.append(round(time.monotonic() - began, 1))
+    return {"event": "roll", "replicas": len(rolled), "seconds_each": rolled}
+
+
 def run(args) -> dict:
     trainer_env = {**TRAINER_ENV, **dict(kv.split("=", 1) for kv in args.trainer_env)}
     t_update = float(trainer_env["AMS_T_UPDATE_S"])
@@ -92,7 +107,8 @@ def run(args) -> dict:
                    for i, d in enumerate(devices)]
         for thread in threads:
             thread.start()
-        schedule = sorted([(args.kill_at, "kill"), (args.restart_at, "restart"), (args.redis_at, "redis")])
+        schedule = sorted((at, what) for at, what in ((args.kill_at, "kill"), (args.restart_at, "restart"),
+                                                      (args.redis_at, "redis"), (args.roll_at, "roll")) if at >= 0)
         victim = None
         for at, what in schedule:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
@@ -103,6 +119,8 @@ def run(args) -> dict:
             elif what == "restart" and victim:
                 cluster.start_trainer(int(victim.removeprefix("trainer")))
                 event = {"event": "restart", "replica": victim}
+            elif what == "roll":
+                event = roll_every_trainer(cluster)
             elif what == "redis":
                 cluster.kill("redis")
                 down = time.monotonic()
@@ -127,9 +145,11 @@ def run(args) -> dict:
     gaps = [d.max_gap(run_end) for d in devices]
     kills = sum(e["event"] == "kill" for e in events)
     redis_restarts = sum(e["event"] == "redis_restart" for e in events)
+    rolls = sum(e["event"] == "roll" for e in events)
+    scheduled = {"kill": args.kill_at >= 0, "redis_restart": args.redis_at >= 0, "roll": args.roll_at >= 0}
     summary = {
         "replicas": args.trainers, "teachers": args.teachers, "devices": len(devices), "kills": kills,
-        "redis_restarts": redis_restarts, "max_update_gap_s": round(max(gaps), 2),
+        "redis_restarts": redis_restarts, "rolls": rolls, "max_update_gap_s": round(max(gaps), 2),
         "lost_versions": sum(d.lost_versions for d in devices), "rejected_updates": sum(d.link.stats.refused for d in devices),
         "device_errors": {
             "uploads_dropped": sum(d.upload_failures for d in devices),
@@ -143,7 +163,8 @@ def run(args) -> dict:
         "load_seconds": args.seconds, "wall_s": round(time.monotonic() - started, 1),
         "settings": {"trainer_env": trainer_env, "teacher_env": TEACHER_ENV, "checkpoint": args.checkpoint},
     }
-    summary["passed"] = (kills >= 1 and redis_restarts >= 1 and summary["lost_versions"] == 0
+    happened = {"kill": kills, "redis_restart": redis_restarts, "roll": rolls}
+    summary["passed"] = (all(happened[k] >= 1 for k, on in scheduled.items() if on) and summary["lost_versions"] == 0
                          and summary["rejected_updates"] == 0 and summary["max_update_gap_s"] <= 3 * t_update)
     return summary
 
@@ -162,7 +183,9 @@ def table(summary: dict) -> str:
              "Events: " + "; ".join(
                  f"{e['t_s']:.0f} s {e['event']}" + (f" {e['replica']}" if "replica" in e else "")
                  + (f" (held {e['sessions_held']} sessions)" if "sessions_held" in e else "")
-                 + (f" (down {e['down_s']} s)" if "down_s" in e else "") for e in summary["events"])
+                 + (f" (down {e['down_s']} s)" if "down_s" in e else "")
+                 + (f" ({e['replicas']} replicas, {e['seconds_each']} s each)" if e["event"] == "roll" else "")
+                 for e in summary["events"])
              + f"; sessions per replica at the end {summary['owners_at_end']}."]
     return "\n".join(lines)
 
@@ -177,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", type=float, default=70.0)
     p.add_argument("--restart-at", type=float, default=130.0)
     p.add_argument("--redis-at", type=float, default=180.0)
+    p.add_argument("--roll-at", type=float, default=-1.0, help="roll every trainer replica (off: negative)")
     p.add_argument("--upload-retry-s", type=float, default=60.0)
     p.add_argument("--checkpoint", default=CHECKPOINT)
     p.add_argument("--trainer-env", action="append", default=[], metavar="KEY=VALUE")
@@ -188,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(args)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)
-    print(json.dumps({k: summary[k] for k in ("replicas", "devices", "kills", "redis_restarts", "max_update_gap_s",
+    print(json.dumps({k: summary[k] for k in ("replicas", "devices", "kills", "redis_restarts", "rolls", "max_update_gap_s",
                                               "lost_versions", "rejected_updates", "device_errors", "passed")}))
     print(f"wrote {args.out}")
     return 0 if summary["passed"] else 1

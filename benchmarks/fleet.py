@@ -101,6 +101,8 @@ class Device:
         self.upload_failures = 0                         # clips that were never accepted
         self._clips: dict[tuple[float, ...], common_pb2.EncodedClip] = {}
         self.live_encodes = 0    # clips encoded during the load (the rate had changed from the prepared one)
+        self._video_s = self._next_sample = 0.0   # video time uploaded, and the next frame's (upload_loop)
+        self._seq = 0
 
     def open(self) -> None:
         self.link.open(timeout_s=120)
@@ -154,16 +156,19 @@ class Device:
         self._clips = {stamps: self._encode(stamps) for stamps in self._intervals(seconds)}
 
     def upload_loop(self, start: float, load_end: float) -> None:
-        """One clip per T_update of wall time from `start` while its interval ends by `load_end`."""
-        elapsed, next_sample, seq = 0.0, 0.0, 0     # the same arithmetic as _intervals, so prepared clips match
-        while start + elapsed + self.t_update_s <= load_end:
-            elapsed += self.t_update_s
-            time.sleep(max(0.0, start + elapsed - time.monotonic()))
+        """One clip per T_update of wall time from `start` while its interval ends by `load_end`. A later
+        call goes on where the last one stopped (video time, clip sequence): a device paused, not reset."""
+        wall = 0.0                # the same arithmetic as _intervals, so prepared clips match
+        while start + wall + self.t_update_s <= load_end:
+            wall += self.t_update_s
+            self._video_s += self.t_update_s
+            time.sleep(max(0.0, start + wall - time.monotonic()))
             stamps = []
-            while next_sample < elapsed:
-                stamps.append(self.video_offset_s + next_sample)
-                next_sample += 1.0 / self.link.sampling_rate_fps
-            seq += 1
+            while self._next_sample < self._video_s:
+                stamps.append(self.video_offset_s + self._next_sample)
+                self._next_sample += 1.0 / self.link.sampling_rate_fps
+            self._seq += 1
+            seq = self._seq
             clip = self._clips.pop(tuple(stamps), None)
             if clip is None:
                 self.live_encodes += 1

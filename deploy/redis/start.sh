@@ -12,7 +12,8 @@
 #            trainer uses goes here too: tests/unit/test_deploy_config.py runs the store against these rules)
 #   teacher  revocation and schema version reads only (ams:revoked*, ams:schema: read-only key permission)
 #   admin    ams-admin revoke / unrevoke / revoked (ams:revoked*); ams-admin sessions and schema read
-#            sessions' meta, leases and the schema version (SCAN, read-only key permission)
+#            sessions' meta, leases and the schema version (SCAN, read-only key permission); ams-admin
+#            backup has Redis write its snapshot (BGSAVE, LASTSAVE, INFO, DBSIZE)
 #   default  off: a connection that does not authenticate as one of them can do nothing
 set -eu
 : "${REDIS_TRAINER_PASSWORD:?}" "${REDIS_TEACHER_PASSWORD:?}" "${REDIS_ADMIN_PASSWORD:?}"
@@ -23,6 +24,6 @@ cat > "$acl" <<ACL
 user default off resetpass resetkeys resetchannels -@all
 user trainer on #$(sha "$REDIS_TRAINER_PASSWORD") resetchannels ~ams:s:* ~ams:lease:* ~ams:schema* %R~ams:revoked* -@all +ping +select +get +set +mget +del +exists +expire +pexpire +ttl +pttl +incr +hget +hset +hmget +hgetall +hdel +hlen +hexists +hkeys +zadd +zrem +zrange +zrangebyscore +zcard +zcount +rpush +lrange +ltrim +llen +multi +exec +discard +watch +unwatch +eval +evalsha +script|load +script|exists
 user teacher on #$(sha "$REDIS_TEACHER_PASSWORD") resetchannels %R~ams:revoked* %R~ams:schema -@all +ping +select +get +hget +hmget +hexists
-user admin on #$(sha "$REDIS_ADMIN_PASSWORD") resetchannels ~ams:revoked* %R~ams:schema %R~ams:s:*:meta %R~ams:lease:* -@all +ping +select +get +scan +hget +hmget +hgetall +hexists +hlen +hset +hdel
+user admin on #$(sha "$REDIS_ADMIN_PASSWORD") resetchannels ~ams:revoked* %R~ams:schema %R~ams:s:*:meta %R~ams:lease:* -@all +ping +select +get +scan +hget +hmget +hgetall +hexists +hlen +hset +hdel +bgsave +lastsave +dbsize +info
 ACL
 exec redis-server --aclfile "$acl" --maxmemory "${REDIS_MAXMEMORY:-2gb}" --maxmemory-policy noeviction "$@"

@@ -59,7 +59,7 @@ haproxy:
 
 # Replicas killed mid-session behind the load balancer -> out/chaos/summary.json (≈ 6 min on 2 cores).
 chaos: install assets redis haproxy
-	$(BIN)/python -m benchmarks.chaos --out out/chaos/summary.json
+	$(BIN)/python -m benchmarks.chaos --out out/chaos/summary.json $(BENCH_ARGS)
 
 # A real RTSP server for the edge's live-source tests: GStreamer's (Debian), run by the system Python's PyGObject.
 stream-server:

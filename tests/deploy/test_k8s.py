@@ -165,8 +165,9 @@ def test_redis_runs_as_its_user_with_acl_users_and_bounded_memory():
     container = pod["containers"][0]
     assert container["command"][:2] == ["sh", "/etc/ams/start.sh"]
     start = next(v for v in pod["volumes"] if v["name"] == "start")["configMap"]["name"]
-    assert (docs[("ConfigMap", start)]["data"]["start.sh"] == (REPO / "deploy" / "redis" / "start.sh").read_text()), \
-        "the redis-start ConfigMap must carry deploy/redis/start.sh as it is"
+    for script in ("start.sh", "restore.sh"):
+        assert (docs[("ConfigMap", start)]["data"][script] == (REPO / "deploy" / "redis" / script).read_text()), \
+            f"the redis-start ConfigMap must carry deploy/redis/{script} as it is"
     env = _env("redis")
     keys = {name: env[name]["valueFrom"]["secretKeyRef"] for name in
             ("REDIS_TRAINER_PASSWORD", "REDIS_TEACHER_PASSWORD", "REDIS_ADMIN_PASSWORD")}

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import redis
 
@@ -126,7 +127,6 @@ def _revoke(args: argparse.Namespace) -> int:
 
 def _backup(client: redis.Redis, timeout_s: float) -> int:
     """BGSAVE, then wait until Redis has written it (its count of snapshots moves, none in progress)."""
-    import time
     deadline = time.monotonic() + timeout_s
     while True:
         before = client.info("persistence")["rdb_saves"]

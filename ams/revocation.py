@@ -175,8 +175,8 @@ class RevocationChecker:
         weakref.finalize(self, self._executor.shutdown, wait=False)    # with the server that held it
 
     def check_schema(self) -> None:
-        """At start: Redis holds no state of a later release (SchemaTooNew); unreachable: checked later by
-        no one, since the teacher only reads revocations, whose layout has not changed."""
+        """At start: Redis holds no state of a later release (SchemaTooNew). Redis unreachable: not checked
+        again (the teacher only reads revocations, and every call fails closed until Redis answers)."""
         try:
             schema.check(self.client)
         except redis.RedisError as exc:

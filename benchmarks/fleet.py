@@ -99,6 +99,7 @@ class Device:
         self.model_times: list[float] = []               # when the held version advanced
         self.lost_versions = 0                           # versions a snapshot took back
         self.upload_failures = 0                         # clips that were never accepted
+        self.incidents: list[tuple[float, str, int]] = []  # (when, "lost" | "refused" | "dropped", count)
         self._clips: dict[tuple[float, ...], common_pb2.EncodedClip] = {}
         self.live_encodes = 0    # clips encoded during the load (the rate had changed from the prepared one)
         self._video_s = self._next_sample = 0.0   # video time uploaded, and the next frame's (upload_loop)
@@ -121,10 +122,12 @@ class Device:
     def _observe(self, message: streaming_pb2.ServerMessage, before: int, accepted: bool) -> None:
         kind, arrived = message.WhichOneof("body"), time.monotonic()
         if not accepted:
+            self.incidents.append((arrived, "refused", 1))
             print(f"  {self.device_id} refused {kind} at v{before}", flush=True)
             return
         if kind == "snapshot" and message.snapshot.version < before:
             self.lost_versions += before - message.snapshot.version
+            self.incidents.append((arrived, "lost", before - message.snapshot.version))
             print(f"  {self.device_id}: snapshot v{message.snapshot.version} below held v{before}", flush=True)
         if self.version > before:
             self.model_times.append(arrived)
@@ -178,6 +181,7 @@ class Device:
                 self.uploads.append((seq, began, time.monotonic()))
             else:
                 self.upload_failures += 1
+                self.incidents.append((time.monotonic(), "dropped", 1))
                 print(f"  {self.device_id} clip {seq} was not accepted", flush=True)
 
     def caught_up(self) -> bool:

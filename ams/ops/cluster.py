@@ -25,10 +25,13 @@ from ams.ops.procs import ROOT, _wait, free_port, make_pki, tls_env
 
 class Cluster:
     def __init__(self, log_dir: str, trainers: int, teachers: int, trainer_env: dict, teacher_env: dict,
-                 devices: list[str] | tuple[str, ...] = ()):
+                 devices: list[str] | tuple[str, ...] = (), device_host: str = ""):
+        """`device_host`: a further address of this host the balancer listens on, for devices in a network
+        namespace of their own (benchmarks/chaos_link.py); its certificate names it."""
         self.log_dir, self.trainer_env, self.teacher_env = log_dir, trainer_env, teacher_env
+        self.device_host = device_host
         os.makedirs(log_dir, exist_ok=True)
-        self.tls = make_pki(os.path.join(log_dir, "pki"), devices)
+        self.tls = make_pki(os.path.join(log_dir, "pki"), devices, lb_hosts=(device_host,) if device_host else ())
         self.probe = CertFiles(self.tls["ca"], **self.tls["service"])
         self.redis_port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -44,6 +47,11 @@ class Cluster:
     def address(self) -> str:
         """Where devices connect: the load balancer's trainer port."""
         return f"127.0.0.1:{self.lb_trainer_port}"
+
+    @property
+    def device_address(self) -> str:
+        """Where devices in their own namespace connect (the balancer's trainer port on `device_host`)."""
+        return f"{self.device_host or '127.0.0.1'}:{self.lb_trainer_port}"
 
     def metrics_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.trainer_metrics[i]}/metrics"
@@ -102,7 +110,8 @@ class Cluster:
     def haproxy_config(self) -> str:
         return render(Pool("trainers", self.lb_trainer_port, servers=tuple(f"127.0.0.1:{p}" for p in self.trainer_ports)),
                       Pool("teachers", self.lb_teacher_port, servers=tuple(f"127.0.0.1:{p}" for p in self.teacher_ports)),
-                      TLSFiles(self.tls["ca"], self.tls["lb"]), self.lb_metrics_port, bind_address="127.0.0.1")
+                      TLSFiles(self.tls["ca"], self.tls["lb"]), self.lb_metrics_port,
+                      bind_address=("127.0.0.1", self.device_host) if self.device_host else "127.0.0.1")
 
     def start_haproxy(self) -> None:
         binary = shutil.which("haproxy")

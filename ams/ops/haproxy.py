@@ -141,8 +141,8 @@ def _frontend_lines(pool: Pool, tls: TLSFiles | None, route: bool, limits: Limit
 
 
 def render(trainers: Pool, teachers: Pool, tls: TLSFiles | None, metrics_port: int = 8404,
-           bind_address: str = "", limits: Limits = DEFAULT_LIMITS) -> str:
-    """The whole haproxy.cfg. `bind_address` (e.g. 127.0.0.1) restricts every listener to it."""
+           bind_address: str | tuple[str, ...] = "", limits: Limits = DEFAULT_LIMITS) -> str:
+    """The whole haproxy.cfg. `bind_address` (e.g. 127.0.0.1, or several) restricts every listener to it."""
     resolvers = ["resolvers dns", "  parse-resolv-conf", "  hold valid 5s", "  hold obsolete 5s", ""] \
         if trainers.dns or teachers.dns else []
     lines = [
@@ -182,10 +182,11 @@ def render(trainers: Pool, teachers: Pool, tls: TLSFiles | None, metrics_port: i
         "  http-request return status 200 content-type text/plain string ok if { path /healthz }",
         "",
     ]
-    text = "\n".join(lines)
-    if bind_address:
-        text = text.replace("  bind :", f"  bind {bind_address}:")
-    return text
+    addresses = (bind_address,) if isinstance(bind_address, str) else bind_address
+    if any(addresses):
+        lines = [line.replace("  bind :", f"  bind {a}:") for line in lines
+                 for a in (addresses if line.startswith("  bind :") else ("",))]
+    return "\n".join(lines)
 
 
 DEPLOY_TLS = TLSFiles(ca="/pki/ca.pem", bundle="/pki/lb.bundle.pem")

@@ -86,19 +86,20 @@ def service(module: str, port: int, log_path: str, env: dict, timeout_s: float =
         yield address, proc
 
 
-def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = ()) -> dict:
+def make_pki(pki_dir: str, devices: list[str] | tuple[str, ...] = (), lb_hosts: tuple[str, ...] = ()) -> dict:
     """CA, trainer/teacher certificates, an `operator` service certificate (probes, evaluation), the
     load balancer's `lb` certificate (ams-proxy: trusted only where its fingerprint `lb_sha256` is
     configured, tls_env(trusted_proxy=True)) and one certificate per device, made with ams-admin's
-    code when missing; the `tls` part of stack.json."""
+    code when missing; the `tls` part of stack.json. `lb_hosts`: more names or addresses the balancer's
+    certificate is valid for (beside localhost, 127.0.0.1 and lb; given, it is issued again)."""
     ca = init_pki(pki_dir, ["localhost", "127.0.0.1"], ["localhost", "127.0.0.1"])
     def files(name: str, issue) -> dict:
         stem = ca.path(name)
         if not os.path.exists(stem + ".pem"):
             issue()
         return {"cert": stem + ".pem", "key": stem + ".key"}
-    if not os.path.exists(ca.path("lb.bundle.pem")):
-        ca.issue_proxy("lb", ["localhost", "127.0.0.1", "lb"], force=True)
+    if lb_hosts or not os.path.exists(ca.path("lb.bundle.pem")):
+        ca.issue_proxy("lb", ["localhost", "127.0.0.1", "lb", *lb_hosts], force=True)
     return {"ca": ca.path("ca.pem"), "dir": pki_dir,
             "servers": {name: files(name, None) for name in ("trainer", "teacher")},   # made by init_pki
             "service": files("operator", lambda: ca.issue_service("operator", [])),

@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-deploy test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy netns-tools stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-deploy test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
 	@echo "make test      # unit + integration + end-to-end tests"
 	@echo "make up        # redis + teacher + trainer as local processes with mutual TLS (out/stack/stack.json)"
-	@echo "make chaos     # 3 trainer + 2 teacher replicas behind HAProxy, one killed mid-phase (out/chaos/summary.json)"
+	@echo "make chaos     # 3 trainer + 2 teacher replicas behind HAProxy; each process killed, Redis down 30 s, a roll, lossy device links (out/chaos/summary.json)"
 	@echo "make soak      # an edge live on looping clips for SOAK_MINUTES (10): RSS and open files (out/soak/soak.json)"
 	@echo "make fuzz      # long property-based fuzz run against live servers (out/fuzz/summary.json)"
 	@echo "make bench-codec # update codecs: bytes, bits per index and mIoU vs float16 (out/bench/codec.json)"
@@ -57,8 +57,12 @@ redis:
 haproxy:
 	@command -v haproxy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; }
 
-# Replicas killed mid-session behind the load balancer -> out/chaos/summary.json (≈ 6 min on 2 cores).
-chaos: install assets redis haproxy
+# The devices' network namespace and its shaping (tc netem where the kernel has it, else nftables loss).
+netns-tools:
+	@command -v nft >/dev/null && command -v tc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 nftables; }
+
+# Every process killed or cut off in turn under live load -> out/chaos/summary.json (≈ 10 min on 2 cores, root).
+chaos: install assets redis haproxy netns-tools
 	$(BIN)/python -m benchmarks.chaos --out out/chaos/summary.json $(BENCH_ARGS)
 
 # A real RTSP server for the edge's live-source tests: GStreamer's (Debian), run by the system Python's PyGObject.
@@ -82,7 +86,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install assets redis haproxy tools stream-server lint
+test: install assets redis haproxy netns-tools tools stream-server lint
 	$(BIN)/python -m pytest -q --durations=15 tests
 
 # the packages' unit tests: no redis-server, no network, no deployment validators
@@ -92,7 +96,7 @@ test-unit: install assets
 test-deploy: install tools
 	$(BIN)/python -m pytest -q tests/deploy
 
-test-integration: install assets redis haproxy stream-server
+test-integration: install assets redis haproxy netns-tools stream-server
 	$(BIN)/python -m pytest -q tests/integration
 
 test-e2e: install assets redis

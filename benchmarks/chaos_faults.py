@@ -101,23 +101,30 @@ class FailureSampler(threading.Thread):
         return int(sum(n for t, n in self.seen if start <= t < end))
 
 
-def _gap_across(model_times: list[float], run_end: float, start: float, end: float) -> float:
-    """The longest wait between two model arrivals (the run's end counting as one) that overlaps [start, end]."""
+def _gaps(model_times: list[float], run_end: float) -> list[tuple[float, float]]:
+    """Each wait between two model arrivals, the run's end counting as one."""
     times = sorted(model_times) + [run_end]
-    return max((b - a for a, b in zip(times, times[1:]) if a <= end and b >= start), default=0.0)
+    return list(zip(times, times[1:]))
 
 
 def per_fault(faults: list[dict], devices: list[dict], t0: float, run_end: float, t_update: float,
               failures: FailureSampler) -> list[dict]:
     """One row per fault: lost versions, refused updates, dropped uploads and failed phases in its window,
-    the longest gap across it and its bound."""
+    and the longest wait for a model that overlapped the fault (a wait overlapping several is charged
+    to the first: a roll that starts while devices still wait out a Redis outage did not cause that
+    wait), with its bound."""
+    spans = [(t0 + f["t_s"], t0 + f["end_s"]) for f in faults]
+    charged: list[float] = [0.0] * len(faults)
+    for d in devices:
+        for a, b in _gaps(d["model_times"], run_end):
+            first = next((i for i, (start, end) in enumerate(spans) if a <= end and b >= start), None)
+            if first is not None:
+                charged[first] = max(charged[first], b - a)
     rows = []
-    starts = [t0 + f["t_s"] for f in faults] + [run_end + 1.0]
-    for i, fault in enumerate(faults):
-        start, end, window_end = t0 + fault["t_s"], t0 + fault["end_s"], starts[i + 1]
+    window_ends = [start for start, _ in spans[1:]] + [run_end + 1.0]
+    for fault, (start, _), window_end, gap in zip(faults, spans, window_ends, charged):
         counts = {kind: sum(n for d in devices for t, k, n in d["incidents"] if k == kind and start <= t < window_end)
                   for kind in ("lost", "refused", "dropped")}
-        gap = max(_gap_across(d["model_times"], run_end, start, end) for d in devices)
         bound = fault.get("down_s", 0.0) + 2 * t_update if fault["fault"] == "redis-outage" else 3 * t_update
         rows.append({"fault": fault["fault"], "t_s": fault["t_s"], "end_s": fault["end_s"],
                      "lost_versions": counts["lost"], "refused_updates": counts["refused"],

@@ -110,10 +110,10 @@ def test_a_backup_taken_mid_run_restores_bit_exactly_into_a_fresh_redis_and_ever
 def test_a_rolling_upgrade_of_every_trainer_replica_loses_nothing(tmp_path):
     out = tmp_path / "summary.json"
     code = chaos.main(["--out", str(out), "--trainers", "2", "--teachers", "1", "--devices", "2", "--seconds", "50",
-                       "--kill-at", "-1", "--restart-at", "-1", "--redis-at", "-1", "--roll-at", "12",
+                       "--faults", "roll", "--roll-at", "12",
                        "--trainer-env", "AMS_K_ITERS=5"])
     summary = json.loads(out.read_text())
-    assert summary["rolls"] == 1 and summary["events"][0]["replicas"] == 2 and summary["kills"] == 0
+    assert [f["fault"] for f in summary["faults"]] == ["roll"] and summary["faults"][0]["replicas"] == 2
     assert summary["lost_versions"] == 0 and summary["rejected_updates"] == 0, summary
     assert summary["device_errors"]["uploads_dropped"] == 0 and min(summary["updates_per_device"]) >= 3, summary
     assert summary["max_update_gap_s"] <= 3 * summary["t_update_s"], summary

@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from typing import AsyncIterator, Awaitable, Callable
 
 from ams import errors
-from services.trainer import metrics, serde
+from services.trainer import metrics, quotas, serde
 from services.trainer.events import Event
 from services.trainer.quotas import TokenBuckets
 from services.trainer.session import Session
@@ -120,8 +120,8 @@ class Downlink:
                     if self.snapshot_budget is not None:
                         try:
                             self.snapshot_budget.acquire(sid)
-                        except errors.ResourceExhausted:
-                            metrics.QUOTA_REFUSALS.labels("snapshots").inc()
+                        except errors.ResourceExhausted as exc:
+                            quotas.refused("snapshots", session.device_id, str(exc))
                             raise
                     last_sent, snapshot = await self.snapshot(session)
                     yield Event("snapshot", session.trained_clip_seq, snapshot=snapshot)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ams import errors
 from ams.video import decode_clip
-from services.trainer import metrics, serde
+from services.trainer import metrics, quotas, serde
 from services.trainer.config import TrainerConfig
 from services.trainer.events import Event
 from services.trainer.quotas import TokenBuckets
@@ -66,16 +66,16 @@ class Ingest:
             return 0, len(await self.run_redis(self.frame_keys, session.sid))
         try:
             check_timestamps(timestamps, session.latest_ts)
-        except errors.OutOfRange:
-            metrics.QUOTA_REFUSALS.labels("timestamps").inc()
+        except errors.OutOfRange as exc:
+            quotas.refused("timestamps", session.device_id, str(exc))
             raise
         if session.uploading:
-            metrics.QUOTA_REFUSALS.labels("upload_in_flight").inc()
+            quotas.refused("upload_in_flight", session.device_id, "an upload already in flight")
             raise errors.ResourceExhausted("this session has an upload in flight: one at a time")
         try:
             self.upload_budget.acquire(session.device_id, len(timestamps))
-        except errors.ResourceExhausted:
-            metrics.QUOTA_REFUSALS.labels("upload_rate").inc()
+        except errors.ResourceExhausted as exc:
+            quotas.refused("upload_rate", session.device_id, str(exc))
             raise
         session.uploading = True
         try:

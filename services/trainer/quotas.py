@@ -12,11 +12,30 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import time
 from typing import Iterator
 
 from ams import errors
 from services.trainer import metrics
+
+log = logging.getLogger(__name__)
+_logged: dict[tuple[str, str], float] = {}   # (device, quota) -> when its refusal was last logged
+
+
+def refused(quota: str, device_id: str, detail: str, every_s: float = 60.0, clock=time.monotonic) -> None:
+    """Count a refusal by `quota` and log it with the device, at most once per `every_s` per (device,
+    quota): an operator can find the device behind AmsDeviceOverQuota, and a device hammering a
+    limit cannot flood the log."""
+    metrics.QUOTA_REFUSALS.labels(quota).inc()
+    now = clock()
+    if now - _logged.get((device_id, quota), -every_s) < every_s:
+        return
+    if len(_logged) >= 10_000:
+        _logged.clear()
+    _logged[(device_id, quota)] = now
+    log.warning("device %s refused by the %s quota: %s (logged once a minute per device and quota)",
+                device_id, quota, detail)
 
 
 class TokenBuckets:
@@ -76,8 +95,9 @@ class CallSlots:
     @contextlib.contextmanager
     def hold(self, device_id: str) -> Iterator[None]:
         if self.active[device_id] >= self.limit:
-            metrics.QUOTA_REFUSALS.labels("calls").inc()
-            raise errors.ResourceExhausted(f"this device already has {self.limit} calls in flight")
+            message = f"this device already has {self.limit} calls in flight"
+            refused("calls", device_id, message)
+            raise errors.ResourceExhausted(message)
         self.active[device_id] += 1
         try:
             yield

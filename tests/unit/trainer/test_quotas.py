@@ -1,7 +1,10 @@
 """Per-device and per-session quotas: token buckets and calls in flight."""
+import logging
+
 import pytest
 
 from ams.errors import ResourceExhausted
+from services.trainer import metrics, quotas
 from services.trainer.quotas import CallSlots, OpenRateLimiter, TokenBuckets
 
 
@@ -53,3 +56,18 @@ def test_call_slots_bound_a_device_and_come_back():
         with slots.hold("a"):
             raise RuntimeError("a failed call gives its slot back too")
     assert not slots.active
+
+
+def test_a_refusal_is_counted_every_time_and_logged_with_its_device_once_a_minute(caplog):
+    counter = metrics.QUOTA_REFUSALS.labels("upload_rate")
+    before, now = counter._value.get(), [1000.0]
+    with caplog.at_level(logging.WARNING, logger="services.trainer.quotas"):
+        for _ in range(5):
+            quotas.refused("upload_rate", "cam-7", "over 10 frames/s", clock=lambda: now[0])
+        quotas.refused("upload_rate", "cam-8", "over 10 frames/s", clock=lambda: now[0])
+        now[0] += 61.0
+        quotas.refused("upload_rate", "cam-7", "over 10 frames/s", clock=lambda: now[0])
+    assert counter._value.get() - before == 7
+    logged = [r.getMessage() for r in caplog.records]
+    assert [m.split()[1] for m in logged] == ["cam-7", "cam-8", "cam-7"]
+    assert "upload_rate quota: over 10 frames/s" in logged[0]

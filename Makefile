@@ -61,7 +61,7 @@ haproxy:
 netns-tools:
 	@command -v nft >/dev/null && command -v tc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 nftables; }
 
-# Every process killed or cut off in turn under live load -> out/chaos/summary.json (≈ 10 min on 2 cores, root).
+# Every process killed or cut off in turn under live load -> out/chaos/summary.json (≈ 8 min on 2 cores, root).
 chaos: install assets redis haproxy netns-tools
 	$(BIN)/python -m benchmarks.chaos --out out/chaos/summary.json $(BENCH_ARGS)
 

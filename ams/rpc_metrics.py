@@ -3,7 +3,9 @@
 For each method (the last part of its path; no peer or session ids as labels):
 `<prefix>_requests_total{method,code}` when a call ends, with its status code (an abort's, a handler
 exception's INTERNAL, a cancelled stream's CANCELLED); `<prefix>_request_seconds{method}` its
-duration; `<prefix>_streams_active{method}` the server streams open now, and
+duration; `<prefix>_requests_in_flight{method}` the unary calls being handled now (saturation: and
+what `make chaos` waits for to kill a teacher mid-call); `<prefix>_streams_active{method}` the server
+streams open now, and
 `<prefix>_streams_started_total{method}` each one when it starts (a stream that lasts an hour shows
 from its first second, not when it ends). grpc.health.v1's Watch (written with context.write, not yielded) is not counted.
 """
@@ -27,6 +29,7 @@ class RpcMetrics:
                                 ["method", "code"])
         self.seconds = Histogram(f"{prefix}_request_seconds", f"{service} RPC duration (server streams: until they end)",
                                  ["method"], buckets=_SECONDS)
+        self.in_flight = Gauge(f"{prefix}_requests_in_flight", f"{service} unary calls being handled now", ["method"])
         self.streams_active = Gauge(f"{prefix}_streams_active", f"{service} server streams open now", ["method"])
         self.streams_started = Counter(f"{prefix}_streams_started_total", f"{service} server streams opened", ["method"])
 
@@ -70,6 +73,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request, context):
                 started = time.perf_counter()
+                metrics.in_flight.labels(method).inc()
                 try:
                     response = await behavior(request, context) if is_async else behavior(request, context)
                 except asyncio.CancelledError:
@@ -78,6 +82,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 except BaseException:
                     metrics.finished(method, _code(context, grpc.StatusCode.INTERNAL), started)
                     raise
+                finally:
+                    metrics.in_flight.labels(method).dec()
                 metrics.finished(method, _code(context, grpc.StatusCode.OK), started)
                 return response
             return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,

@@ -9,7 +9,8 @@ and connect through the balancer. A device uploads each clip until it is accepte
 
 - trainer-kill: at `--kill-at` s the replica holding the most session leases is SIGKILLed while one of
   its phases runs; at `--restart-at` s it is started again (its devices hash back to it);
-- teacher-kill: at `--teacher-kill-at` s teacher replica 0 is SIGKILLed, at `--teacher-restart-at` s
+- teacher-kill: at `--teacher-kill-at` s a teacher replica is SIGKILLed while it labels a trainer's
+  frames (its ams_teacher_requests_in_flight; waited for up to 2 T_update), at `--teacher-restart-at` s
   started again;
 - lb-restart: at `--lb-at` s HAProxy is SIGKILLed and started again (every stream through it breaks);
 - redis-outage: at `--redis-at` s redis-server is SIGKILLed, held down `--redis-down-s` s (longer than
@@ -115,10 +116,11 @@ def _step(cluster: Cluster, net, step: str, args, t_update: float, state: dict) 
         cluster.wait_lb()
         return "trainer-kill", None
     if step == "teacher-kill":
-        cluster.kill("teacher0")
-        return "teacher-kill", {"replica": "teacher0"}
+        details = faults_.kill_teacher_mid_call(cluster, t_update)
+        state["teacher"] = details["replica"]
+        return "teacher-kill", details
     if step == "teacher-restart":
-        cluster.start_teacher(0)
+        cluster.start_teacher(int(state["teacher"].removeprefix("teacher")))
         cluster.wait_lb()
         return "teacher-kill", None
     if step == "lb-restart":
@@ -212,11 +214,14 @@ def _fault_text(f: dict) -> str:
     text = f"{f['t_s']:.0f}–{f['end_s']:.0f} s {f['fault']}"
     if f["fault"] == "trainer-kill":
         return text + f" {f['replica']} (held {f['sessions_held']} sessions{', mid-phase' if f['mid_phase'] else ''})"
+    if f["fault"] == "teacher-kill":
+        return text + f" {f['replica']}{' (mid-call)' if f['mid_call'] else ''}"
     if f["fault"] == "roll":
         return text + f" ({f['replicas']} replicas, {f['seconds_each']} s each)"
     if f["fault"] == "link":
-        return text + (f" ({f['shaper']}: loss {f['loss_pct']} % each way, {f['delay_ms']} ± {f['jitter_ms']} ms, "
-                       f"{f['rate_kbit']} kbit/s)")
+        delay = (f"{f['delay_ms']:.0f} ± {f['jitter_ms']:.0f} ms" if f["shaper"] == "netem"
+                 else "no fixed delay: this kernel has no netem")
+        return text + f" ({f['shaper']}: loss {f['loss_pct']} % each way, {f['rate_kbit']} kbit/s, {delay})"
     return text + (f" (down {f['down_s']} s)" if "down_s" in f else "")
 
 

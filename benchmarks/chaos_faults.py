@@ -12,6 +12,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from ams.ops.cluster import Cluster
 from ams.ops.demo import scrape
@@ -40,6 +43,29 @@ def kill_owner_mid_phase(cluster: Cluster, t_update_s: float) -> dict:
     cluster.kill(name)
     return {"replica": name, "sessions_held": len(owners.get(name, [])), "mid_phase": mid_phase,
             "owners_before": {k: len(v) for k, v in owners.items()}}
+
+
+def _label_calls(cluster: Cluster, i: int) -> float:
+    """LabelFrames calls teacher replica `i` is handling now."""
+    try:
+        text = urllib.request.urlopen(cluster.metrics_url(i, "teacher"), timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "ams_teacher_requests_in_flight" and s.labels.get("method") == "LabelFrames")
+
+
+def kill_teacher_mid_call(cluster: Cluster, t_update_s: float) -> dict:
+    """SIGKILL a teacher replica while it labels a trainer's frames (waited for up to 2 T_update)."""
+    deadline = time.monotonic() + 2 * t_update_s
+    while time.monotonic() < deadline:
+        busy = [i for i in range(len(cluster.teacher_ports)) if _label_calls(cluster, i) >= 1]
+        if busy:
+            cluster.kill(f"teacher{busy[0]}")
+            return {"replica": f"teacher{busy[0]}", "mid_call": True}
+        time.sleep(0.02)
+    cluster.kill("teacher0")
+    return {"replica": "teacher0", "mid_call": False}
 
 
 def roll_every_trainer(cluster: Cluster) -> dict:

@@ -38,6 +38,7 @@ class Cluster:
         self.trainer_ports = [free_port() for _ in range(trainers)]
         self.trainer_metrics = [free_port() for _ in range(trainers)]
         self.teacher_ports = [free_port() for _ in range(teachers)]
+        self.teacher_metrics = [free_port() for _ in range(teachers)]
         self.lb_trainer_port, self.lb_teacher_port, self.lb_metrics_port = free_port(), free_port(), free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: collections.Counter = collections.Counter()
@@ -53,8 +54,9 @@ class Cluster:
         """Where devices in their own namespace connect (the balancer's trainer port on `device_host`)."""
         return f"{self.device_host or '127.0.0.1'}:{self.lb_trainer_port}"
 
-    def metrics_url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.trainer_metrics[i]}/metrics"
+    def metrics_url(self, i: int, service: str = "trainer") -> str:
+        ports = self.trainer_metrics if service == "trainer" else self.teacher_metrics
+        return f"http://127.0.0.1:{ports[i]}/metrics"
 
     def device_files(self, device_id: str) -> CertFiles:
         if device_id not in self.tls["devices"]:
@@ -92,7 +94,8 @@ class Cluster:
     def start_teacher(self, i: int, wait: bool = True) -> None:
         port = self.teacher_ports[i]
         proc = self._spawn(f"teacher{i}", [sys.executable, "-m", "services.teacher"], {
-            "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(port), "AMS_TEACHER_METRICS_PORT": "0",
+            "AMS_TEACHER_HOST": "127.0.0.1", "AMS_TEACHER_PORT": str(port),
+            "AMS_TEACHER_METRICS_PORT": str(self.teacher_metrics[i]),
             **tls_env(self.tls, "AMS_TEACHER_", "teacher", trusted_proxy=True, redis_url=self.redis_url), **self.teacher_env})
         if wait:
             _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"teacher{i}", proc)

@@ -534,4 +534,5 @@ def test_the_rpc_interceptor_counts_codes_latency_and_streams_from_their_start(s
     assert value("ams_trainer_requests_total", method="OpenSession", code="OK") == before["open_ok"] + 1
     assert value("ams_trainer_requests_total", method="UploadClip", code="NOT_FOUND") == before["upload_nf"] + 1
     assert value("ams_trainer_request_seconds_count", method="OpenSession") == before["open_seconds"] + 1
+    assert REGISTRY.get_sample_value("ams_trainer_requests_in_flight", {"method": "OpenSession"}) == 0.0   # up, then down
     assert value("ams_trainer_update_bytes_total", kind="snapshot") > before["snapshot_bytes"]

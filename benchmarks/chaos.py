@@ -107,22 +107,18 @@ def _start_devices(cluster: Cluster, device_ids: list[str], net, args, out_dir: 
 
 def _step(cluster: Cluster, net, step: str, args, t_update: float, state: dict) -> tuple[str, dict | None]:
     """Run one step; returns (fault, details) where a fault begins, (fault, None) where one ends."""
-    if step == "trainer-kill":
-        details = faults_.kill_owner_mid_phase(cluster, t_update)
-        state["victim"] = details["replica"]
-        return "trainer-kill", details
-    if step == "trainer-restart":
-        cluster.start_trainer(int(state["victim"].removeprefix("trainer")))
+    kills = {"trainer-kill": faults_.kill_owner_mid_phase, "teacher-kill": faults_.kill_teacher_mid_call}
+    if step in kills:
+        details = kills[step](cluster, t_update)
+        state[step] = details["replica"]
+        return step, details
+    if step in ("trainer-restart", "teacher-restart"):     # the replica that fault killed, started again
+        service = step.split("-")[0]
+        fault = f"{service}-kill"
+        start = cluster.start_trainer if service == "trainer" else cluster.start_teacher
+        start(int(state[fault].removeprefix(service)))
         cluster.wait_lb()
-        return "trainer-kill", None
-    if step == "teacher-kill":
-        details = faults_.kill_teacher_mid_call(cluster, t_update)
-        state["teacher"] = details["replica"]
-        return "teacher-kill", details
-    if step == "teacher-restart":
-        cluster.start_teacher(int(state["teacher"].removeprefix("teacher")))
-        cluster.wait_lb()
-        return "teacher-kill", None
+        return fault, None
     if step == "lb-restart":
         return "lb-restart", faults_.restart_balancer(cluster)
     if step == "redis-outage":

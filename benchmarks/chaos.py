@@ -198,6 +198,8 @@ def summarise(args, trainer_env: dict, seen: dict, stored: dict, faults: list[di
         "updates_per_device": [d["updates"] for d in devices], "snapshots": sum(d["snapshots"] for d in devices),
         "gap_per_device_s": [round(d["max_gap_s"], 1) for d in devices],
         "final_versions": [d["version"] for d in devices], "stored_versions": list(stored.values()),
+        # Redis is read just after the devices report: a phase committed in between is on its way, not lost
+        "versions_in_flight": [stored[d["device_id"]] - d["version"] for d in devices],
         "owners_at_end": owners_end, "load_seconds": args.seconds, "wall_s": round(wall_s, 1),
         "settings": {"trainer_env": trainer_env, "teacher_env": TEACHER_ENV, "checkpoint": args.checkpoint},
     }

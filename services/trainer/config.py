@@ -121,6 +121,12 @@ class TrainerConfig:
     torch_threads: int = _f(2, "intra-op threads per training worker")
     train_workers: int = _f(1, "phases of different sessions trained at once (threads); on a CPU box, workers × "
                                "torch_threads = cores (a fleet gets more phases per second from 2 × 1 than 1 × 2)")
+    train_graph: bool = _f(True, "train DeepLabV3-MobileNetV2 students through the training graph "
+                                 "(ams/models/train_graph.py: BN folded, 1×1 convs as GEMMs; ≈ 1.2× on CPU); "
+                                 "false = the module's own forward")
+    batch_sessions: int = _f(1, "due sessions of one student shape trained together in one phase (one forward and "
+                                "backward over all their mini-batches, per-session weights and Adam state); 1 = one "
+                                "at a time, EDF")
     seed: int = _f(0, "seed for I_1 and mini-batch sampling")
     updates_kept: int = _f(32, "updates kept per session for catch-up after a reconnect")
     checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "
@@ -149,8 +155,9 @@ class TrainerConfig:
             raise ConfigError(f"AMS_UPDATE_CODECS={self.update_codecs!r}: {exc}") from exc
         if self.selection not in SELECTIONS:
             raise ConfigError(f"AMS_SELECTION={self.selection!r} must be one of {', '.join(SELECTIONS)}")
-        if self.k_iters < 1 or self.batch_size < 1 or self.train_workers < 1 or self.selection_block < 1:
-            raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE, AMS_TRAIN_WORKERS and AMS_SELECTION_BLOCK must be ≥ 1")
+        if min(self.k_iters, self.batch_size, self.train_workers, self.selection_block, self.batch_sessions) < 1:
+            raise ConfigError("AMS_K_ITERS, AMS_BATCH_SIZE, AMS_TRAIN_WORKERS, AMS_SELECTION_BLOCK and "
+                              "AMS_BATCH_SESSIONS must be ≥ 1")
         if not (0 <= self.phase_share <= 1 and 1 <= self.k_min <= self.k_max):
             raise ConfigError("need 0 ≤ AMS_PHASE_SHARE ≤ 1 and 1 ≤ AMS_K_MIN ≤ AMS_K_MAX")
         if not 0 < self.r_min <= self.r_init <= self.r_max:

@@ -112,6 +112,30 @@ def adam_direction(state: AdamCDState, cfg: AdamCDConfig) -> torch.Tensor:
     return scale * state.m / (state.v.sqrt() + cfg.eps)
 
 
+def train_rows(w: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], torch.Tensor], states: list[AdamCDState],
+               chosen: list[torch.Tensor], cfg: AdamCDConfig, iterations: int) -> list[list[float]]:
+    """K iterations of Algorithm 2 for S sessions at once: row s of `w` (S, P), a leaf that requires
+    grad, is session s's flat parameter vector, `states[s]` its Adam state and `chosen[s]` its I_n.
+    `loss_fn(w, k)` returns the (S,) losses of iteration k's mini-batches; since no session's loss
+    depends on another's row, one backward of their sum gives each row its own full gradient.
+    Returns each session's per-iteration losses."""
+    losses: list[list[float]] = [[] for _ in states]
+    rows = w.detach()           # the same storage: updates in place, outside autograd
+    for k in range(iterations):
+        w.grad = None
+        loss = loss_fn(w, k)
+        loss.sum().backward()
+        grad = w.grad
+        assert grad is not None
+        for s, value in enumerate(loss.detach().tolist()):
+            losses[s].append(value)
+        with torch.no_grad():
+            for s, state in enumerate(states):
+                adam_cd_step(rows[s], grad[s], chosen[s], state, cfg)
+    w.grad = None
+    return losses
+
+
 def train_phase(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor], state: AdamCDState,
                 cfg: AdamCDConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
     """One training phase of Algorithm 2: K masked Adam iterations. Returns (I_n, per-iteration losses).

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from ams import errors, logs
-from services.trainer import metrics
+from services.trainer import metrics, phase
 from services.trainer.config import TrainerConfig
 from services.trainer.events import Event
 from services.trainer.leases import LeaseLost
@@ -20,7 +20,8 @@ from services.trainer.phase_budget import PhaseBudget
 
 if TYPE_CHECKING:
     from services.trainer.downlink import Downlink
-    from services.trainer.session import Session
+    from services.trainer.phase import PhaseOutcome
+    from services.trainer.session import Control, Session
 
 log = logging.getLogger(__name__)
 
@@ -70,44 +71,74 @@ class Engine:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
-            while len(self.training) < self.cfg.train_workers:
+            while len(self.phases) < self.cfg.train_workers:
                 ready = [sid for sid in self.pending if sid not in self.training]
                 if not ready:
                     break
-                sid = min(ready, key=self.pending.__getitem__)   # earliest deadline first
-                del self.pending[sid]
+                ready.sort(key=self.pending.__getitem__)              # earliest deadline first
+                group = self._group([self.sessions.get(sid) for sid in ready])
+                for sid in ready:
+                    if sid in group or self.sessions.get(sid) is None:
+                        del self.pending[sid]
                 metrics.SESSIONS_WAITING.set(len(self.pending))
-                session = self.sessions.get(sid)
-                if session is None:
+                if not group:
                     continue
-                self.training.add(sid)
+                self.training.update(group)
                 metrics.PHASES_RUNNING.set(len(self.training))
-                task = asyncio.get_running_loop().create_task(self.train_once(session))
+                task = asyncio.get_running_loop().create_task(self.train_group(list(group.values())))
                 self.phases.add(task)
-                task.add_done_callback(functools.partial(self._phase_done, sid=sid))
+                task.add_done_callback(functools.partial(self._phase_done, sids=list(group)))
 
-    def _phase_done(self, task: asyncio.Task, sid: str) -> None:
+    def _group(self, ready: list[Session | None]) -> dict[str, Session]:
+        """The earliest-deadline session, and up to batch_sessions - 1 more due sessions that can train
+        with it in one batched phase (the same student shape and K, phase.groupable), in deadline order."""
+        ready_sessions = [s for s in ready if s is not None]
+        if not ready_sessions:
+            return {}
+        first = ready_sessions[0]
+        group = {first.sid: first}
+        if self.cfg.batch_sessions > 1 and phase.groupable([first]):
+            for other in ready_sessions[1:]:
+                if len(group) >= self.cfg.batch_sessions:
+                    break
+                if phase.groupable([first, other]):
+                    group[other.sid] = other
+        return group
+
+    def _phase_done(self, task: asyncio.Task, sids: list[str]) -> None:
         self.phases.discard(task)
-        self.training.discard(sid)
+        self.training.difference_update(sids)
         metrics.PHASES_RUNNING.set(len(self.training))
         self.wakeup.set()
 
-    async def train_once(self, session: Session) -> None:
-        """One transactional phase; a failure is counted and leaves the session as it was."""
-        logs.bind(session.sid, session.device_id)     # (a task of its own: its records carry the session)
-        seq_before, control_before, scored_before = session.last_clip_seq, session.control(), session.live_scored
+    async def train_group(self, sessions: list[Session]) -> None:
+        """One transactional phase per session (several trained as one batch when grouped); a failure
+        is counted and leaves its session as it was."""
+        sid, device = ",".join(s.sid for s in sessions), ",".join(s.device_id for s in sessions)
+        logs.bind(sid, device)     # (a task of its own: its records carry the sessions)
+        before = [(s.last_clip_seq, s.control(), s.live_scored) for s in sessions]
         try:
             with metrics.PHASE_SECONDS.time():
-                outcome = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, logs.bound(session.run_phase, session.sid, session.device_id))
-        except Exception as exc:  # noqa: BLE001 - one session's failure never stops another's
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, logs.bound(functools.partial(phase.run_group, sessions), sid, device))
+        except Exception as exc:  # noqa: BLE001 - run_group reports errors per session; this is a last resort
+            outcomes = [exc] * len(sessions)
+        if len(sessions) > 1:
+            metrics.GROUPED_PHASES.inc(len(sessions))
+        for session, outcome, (seq_before, control_before, scored_before) in zip(sessions, outcomes, before):
+            logs.bind(session.sid, session.device_id)
+            self._outcome(session, outcome, seq_before, control_before, scored_before)
+
+    def _outcome(self, session: Session, outcome: PhaseOutcome | None | BaseException, seq_before: int,
+                 control_before: Control, scored_before: int) -> None:
+        if isinstance(outcome, BaseException):
             if session.sid not in self.sessions:   # closed (or replaced by its device) meanwhile: nothing to do
                 log.info("session %s closed during its phase; phase dropped", session.sid)
                 return
-            log.exception("training phase failed for session %s (rolled back, nothing sent)", session.sid)
+            log.error("training phase failed for session %s (rolled back, nothing sent)", session.sid, exc_info=outcome)
             metrics.PHASE_FAILURES.inc()
-            if isinstance(exc, (errors.FailedPrecondition, LeaseLost)):   # the stored state moved on, or its
-                self.forget(session.sid)                                  # owner: reload it on next use
+            if isinstance(outcome, (errors.FailedPrecondition, LeaseLost)):   # the stored state moved on, or its
+                self.forget(session.sid)                                      # owner: reload it on next use
             self.processed(session, seq_before, Event("control", seq_before, control=session.control()))
             return
         if session.live_scored > scored_before and session.live_miou:

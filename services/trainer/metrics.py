@@ -17,7 +17,10 @@ MAX_SESSIONS = Gauge("ams_trainer_max_sessions", "Sessions this trainer serves a
 UPDATE_INTERVAL = Gauge("ams_trainer_update_interval_seconds", "T_update this trainer is configured with (τ_min of ATR)")
 DEPENDENCY_UP = Gauge("ams_trainer_dependency_up", "1 while a dependency answers (redis; the teacher's health: SERVING)",
                       ["dependency"])
-PHASES_RUNNING = Gauge("ams_trainer_phases_running", "Training phases running now (≤ AMS_TRAIN_WORKERS)")
+PHASES_RUNNING = Gauge("ams_trainer_phases_running", "Sessions whose training phase runs now (≤ AMS_TRAIN_WORKERS × "
+                       "AMS_BATCH_SESSIONS)")
+GROUPED_PHASES = Counter("ams_trainer_batched_phases_total", "Session phases trained in one batch with other sessions' "
+                         "(AMS_BATCH_SESSIONS > 1)")
 SESSIONS_WAITING = Gauge("ams_trainer_sessions_waiting", "Sessions with uploaded frames waiting for a training phase")
 PHASE_FAILURES = Counter("ams_trainer_phase_failures_total", "Training phases that failed (rolled back, nothing sent)")
 PHASE_SECONDS = Histogram("ams_trainer_phase_seconds", "Seconds per training phase (K iterations)", buckets=_SECONDS)

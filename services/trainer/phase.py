@@ -143,59 +143,144 @@ def _observe_newest(session: Session, pace: PaceController, keys: list[str]) -> 
     return loaded
 
 
-def train_phase(session: Session) -> PhaseResult | None:
-    """K masked Adam iterations on scratch copies of the optimizer state and RNG. The model's
-    parameters move during the phase; on any error they are put back before the error propagates.
-    None when there is nothing to train on."""
+@dataclass
+class Prepared:
+    """A phase's inputs, read and drawn (the start of the transaction; nothing adopted yet)."""
+
+    session: Session
+    x: torch.Tensor                  # (U, 3, H, W) the frames read
+    y: torch.Tensor                  # (U, H, W) the teacher's labels
+    picks: np.ndarray                # (K, B) mini-batch rows into x / y
+    adam: AdamCDState                # scratch copies the phase moves
+    rng: np.random.Generator
+    pace: PaceController
+    gamma: float
+    seq_seen: int
+    started: float
+    loaded_s: float
+
+
+def prepare(session: Session) -> Prepared | None:
+    """Read the phase's frames on scratch copies of the RNG and pace state. None when there is nothing
+    to train on (a skipped phase keeps its pace state: the clips count as processed)."""
     seq_seen = session.last_clip_seq
     rng, pace = copy.deepcopy(session.rng), copy.deepcopy(session.pace)
     started = time.perf_counter()
+    data = _phase_frames(session, rng, pace)
+    if data is None:
+        return None
+    if isinstance(data, Skipped):
+        with session.lock:
+            session.pace = pace
+        return None
+    # while the device is shown label hints its student shows only where it beats them: smaller updates
+    gamma = session.cfg.hint_gamma if session._hinted(pace) else session.cfg.gamma
+    return Prepared(session, *data, session.adam.clone(), rng, pace, gamma, seq_seen, started,
+                    time.perf_counter() - started)
+
+
+def groupable(sessions: list[Session]) -> bool:
+    """Sessions whose phases may train as one: the same training graph shape and the same K."""
+    graphs = [s.train_graph() for s in sessions]
+    return all(g is not None for g in graphs) and len({cost_key(s) for s in sessions}) == 1
+
+
+def train_phase(session: Session) -> PhaseResult | None:
+    """K masked Adam iterations on scratch copies of the optimizer state and RNG. On any error the
+    model's parameters are put back before the error propagates. None when there is nothing to train on."""
+    result = train_group([session])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def train_group(sessions: list[Session]) -> list[PhaseResult | None | BaseException]:
+    """`train_phase` for several sessions, their K iterations batched into one forward and backward
+    each (`groupable` sessions, ams/models/train_graph.py). Each session's outcome is its own: one
+    whose frames fail to load drops out, an error in the batched training fails all of them."""
+    out: list[PhaseResult | None | BaseException] = []
+    ready: list[Prepared] = []
+    for session in sessions:
+        try:
+            prep = prepare(session)
+        except BaseException as exc:  # noqa: BLE001 - one session's failure is its own
+            out.append(exc)
+            continue
+        out.append(None)
+        if prep is not None:
+            ready.append(prep)
+    if not ready:
+        return out
     try:
-        data = _phase_frames(session, rng, pace)
-        if data is None:
-            return None
-        if isinstance(data, Skipped):   # nothing to send: the clips count as processed, the pace state is kept
-            with session.lock:
-                session.pace = pace
-            return None
-        x, y, picks = data
-        loaded_s = time.perf_counter() - started
-        torch.set_num_threads(session.cfg.torch_threads)
+        torch.set_num_threads(ready[0].session.cfg.torch_threads)
         # denormal gradients are slow on x86 (≈ 10 % of a phase here); the flag is per-thread processor
         # state, so it is cleared again after the phase for whatever else runs on this thread
         torch.set_flush_denormal(True)
-        adam = session.adam.clone()
-        batches = iter(picks)
-        student_loss = getattr(session.model, "training_loss", None)   # a student may define its own
-
-        def loss_fn(model: torch.nn.Module) -> torch.Tensor:
-            rows = torch.from_numpy(next(batches)).to(session.device)
-            xb = x.index_select(0, rows).contiguous(memory_format=torch.channels_last)
-            yb = y.index_select(0, rows)
-            return student_loss(xb, yb) if student_loss else F.cross_entropy(model(xb), yb)
-
         trained = time.perf_counter()
-        # while the device is shown label hints its student shows only where it beats them: smaller updates
-        gamma = session.cfg.hint_gamma if session._hinted(pace) else session.cfg.gamma
-        indices, losses = coordinate_descent.train_phase(session.model, loss_fn, adam,
-                                                         dataclasses.replace(session.adam_cfg, iterations=len(picks),
-                                                                             gamma=gamma), rng)
+        rows, indices, losses = _train(ready)
         train_s = time.perf_counter() - trained
-        # adopt what the edge will hold (float16 rounding or quantisation error included): the two
-        # copies stay bit-identical and the next phase's gradients see the error (error feedback)
-        update, flat = sparse_update(session.sid, session.version, session.version + 1, session.flat,
-                                     flat_parameters(session.model), indices, session.codec, session.phase + 1,
-                                     session.latest_ts)
-        load_flat_parameters(session.model, flat)
-    except BaseException:
-        discard(session)
-        raise
+        results: dict[int, PhaseResult | BaseException]
+        share = train_s / len(ready)    # each session's part of a batched phase (what the phase budget models)
+        results = {id(p.session): _finish(p, rows[i], indices[i], losses[i], share) for i, p in enumerate(ready)}
+    except BaseException as exc:  # noqa: BLE001 - reported per session by the caller
+        for p in ready:
+            discard(p.session)
+        results = {id(p.session): exc for p in ready}
     finally:
         torch.set_flush_denormal(False)
-    return PhaseResult(update, flat, adam, rng, seq_seen, pace, {
-        "frames": len(x), "scene_change": pace.changes > session.pace.changes, "loss_first": losses[0], "loss_last": losses[-1],
-        "load_seconds": loaded_s, "iterations": len(picks), "train_seconds": train_s,
-        "seconds": time.perf_counter() - started})
+    return [results.get(id(s), o) for s, o in zip(sessions, out)]
+
+
+def _train(ready: list[Prepared]) -> tuple[list[np.ndarray | None], list[np.ndarray], list[list[float]]]:
+    """The K iterations: (trained flat parameters or None where the model holds them, I_n, losses) per session."""
+    first = ready[0].session
+    cfg = dataclasses.replace(first.adam_cfg, iterations=len(ready[0].picks))
+    graph = first.train_graph()
+    if graph is None:   # the module's own forward (a student without a training graph), one session
+        (p,) = ready
+        batches = iter(p.picks)
+        student_loss = getattr(first.model, "training_loss", None)   # a student may define its own
+
+        def module_loss(model: torch.nn.Module) -> torch.Tensor:
+            rows = torch.from_numpy(next(batches)).to(first.device)
+            xb = p.x.index_select(0, rows).contiguous(memory_format=torch.channels_last)
+            yb = p.y.index_select(0, rows)
+            return student_loss(xb, yb) if student_loss else F.cross_entropy(first.model(xb), yb)
+
+        chosen_n, losses_n = coordinate_descent.train_phase(first.model, module_loss, p.adam,
+                                                            dataclasses.replace(cfg, gamma=p.gamma), p.rng)
+        return [None], [chosen_n], [losses_n]
+    indices = [coordinate_descent.select_indices(p.adam, first.num_params, p.gamma, p.rng, cfg.selection, cfg.block)
+               for p in ready]
+    chosen = [torch.from_numpy(i).to(first.device) for i in indices]
+    w = torch.stack([torch.from_numpy(p.session.flat).to(first.device) for p in ready]).requires_grad_(True)
+    stats = graph.buffers([p.session.model for p in ready])
+
+    def rows_loss(w: torch.Tensor, k: int) -> torch.Tensor:
+        rows = [torch.from_numpy(p.picks[k]).to(first.device) for p in ready]
+        xb = torch.cat([p.x.index_select(0, r) for p, r in zip(ready, rows)])
+        yb = torch.cat([p.y.index_select(0, r) for p, r in zip(ready, rows)])
+        return graph.losses(w, stats, xb, yb)
+
+    losses = coordinate_descent.train_rows(w, rows_loss, [p.adam for p in ready], chosen, cfg, len(ready[0].picks))
+    trained = w.detach().cpu().numpy()
+    return list(trained), indices, losses
+
+
+def _finish(p: Prepared, trained: np.ndarray | None, indices: np.ndarray, losses: list[float], train_s: float
+            ) -> PhaseResult:
+    """The update to what the edge holds; the model adopts it (float16 rounding or quantisation error
+    included): the two copies stay bit-identical and the next phase's gradients see the error."""
+    session, finishing = p.session, time.perf_counter()
+    if trained is None:
+        trained = flat_parameters(session.model)
+    update, flat = sparse_update(session.sid, session.version, session.version + 1, session.flat, trained, indices,
+                                 session.codec, session.phase + 1, session.latest_ts)
+    load_flat_parameters(session.model, flat)
+    return PhaseResult(update, flat, p.adam, p.rng, p.seq_seen, p.pace, {
+        "frames": len(p.x), "scene_change": p.pace.changes > session.pace.changes, "loss_first": losses[0],
+        "loss_last": losses[-1], "load_seconds": p.loaded_s, "iterations": len(p.picks), "train_seconds": train_s,
+        "finish_seconds": time.perf_counter() - finishing, "seconds": time.perf_counter() - p.started})
 
 
 def discard(session: Session) -> None:
@@ -207,23 +292,39 @@ def run_phase(session: Session) -> PhaseOutcome | None:
     """Train, log the update in the store atomically with the new version, then adopt the new state.
     On any error nothing changes here or in the store (the error propagates). None when the
     buffer is empty (the clips seen so far count as processed)."""
-    started = time.perf_counter()
-    result = train_phase(session)
+    outcome = run_group([session])[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_group(sessions: list[Session]) -> list[PhaseOutcome | None | BaseException]:
+    """`run_phase` for sessions trained together (`train_group`); each commits on its own."""
+    return [_commit(session, result) if isinstance(result, PhaseResult) else _nothing(session, result)
+            for session, result in zip(sessions, train_group(sessions))]
+
+
+def _nothing(session: Session, result: BaseException | None) -> BaseException | None:
     if result is None:
         session.trained_clip_seq = session.last_clip_seq
-        return None
+    return result
+
+
+def _commit(session: Session, result: PhaseResult) -> PhaseOutcome | BaseException:
+    started = time.perf_counter()
     message = serde.update_bytes(result.update)
     checkpoint = result.update.phase % session.cfg.checkpoint_every == 0
     try:
         written = session.store.commit_phase(
             session.sid, session.version, session.training_meta(result), message,
             session.model.state_dict() if checkpoint else None, result.adam if checkpoint else None, session.token)
-    except BaseException:
+    except BaseException as exc:  # noqa: BLE001 - this session's phase fails, the group's others commit
         discard(session)
-        raise
+        return exc
     if session.budget is not None:
-        session.budget.observe(cost_key(session), result.stats["iterations"], result.stats["train_seconds"],
-                            time.perf_counter() - started)
+        stats = result.stats    # this session's own part of the phase: its frames, share of training, commit
+        session.budget.observe(cost_key(session), stats["iterations"], stats["train_seconds"], stats["load_seconds"]
+                               + stats["train_seconds"] + stats["finish_seconds"] + time.perf_counter() - started)
     with session.lock:
         session.version, session.phase, session.flat = result.update.new_version, result.update.phase, result.flat
         session.adam, session.rng, session.trained_clip_seq = result.adam, result.rng, result.seq_seen
@@ -231,4 +332,3 @@ def run_phase(session: Session) -> PhaseOutcome | None:
         if checkpoint:
             session.checkpoint_version = session.version
     return PhaseOutcome(result.update, message, result.seq_seen, {**result.stats, "state_bytes": written})
-

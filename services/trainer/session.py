@@ -20,6 +20,7 @@ import torch
 
 from ams.errors import FailedPrecondition, Unavailable
 from ams.models import build_student
+from ams.models.train_graph import TrainGraph, supports as graph_supports
 from ams.update_codec import FLOAT16, apply_update, flat_parameters, load_flat_parameters
 from services.trainer import metrics, serde
 from services.trainer.config import TrainerConfig
@@ -75,6 +76,8 @@ class Session:
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
         self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
         self.budget: PhaseBudget | None = None   # the trainer's compute-aware K (None: k_iters)
+        self.graph = (TrainGraph(self.model) if cfg.train_graph and graph_supports(self.model)
+                      and not hasattr(self.model, "training_loss") else None)
 
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:
@@ -162,6 +165,10 @@ class Session:
 
     def train_phase(self) -> PhaseResult | None:
         return phase.train_phase(self)
+
+    def train_graph(self) -> TrainGraph | None:
+        """How phases train this student (ams/models/train_graph.py); None: the module's own forward."""
+        return self.graph
 
     def discard(self) -> None:
         phase.discard(self)

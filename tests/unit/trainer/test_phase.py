@@ -41,8 +41,10 @@ def _adam(session):
     return a.m.clone(), a.v.clone(), None if a.u is None else a.u.clone(), a.step
 
 
-def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_applies(store_url, monkeypatch):
-    session = _session(store_url)
+@pytest.mark.parametrize("graph", [True, False], ids=["train-graph", "module-forward"])
+def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_applies(store_url, monkeypatch, graph):
+    session = _session(store_url, train_graph=graph)
+    assert (session.train_graph() is not None) == graph
     edge_flat, edge_version = session.flat.copy(), 0
     _ingest(session, 1, [0.0, 1.0, 2.0])
     first = session.run_phase()
@@ -51,25 +53,27 @@ def test_a_phase_failing_at_iteration_k_leaves_no_trace_and_the_next_update_appl
         "0.000000"][0].shape == (H, W, 3)                  # buffered at the student's size
     before = (session.flat.copy(), _adam(session), session.rng.bit_generator.state, session.version, session.phase)
     calls = []
-    forward = type(session.model).forward
+    owner = type(session.train_graph()) if graph else type(session.model)   # what the iterations call
+    forward = owner.forward
+    scored = 0 if graph else 1               # the module's forward also scores the newest frames first
 
-    def fails_at_third_iteration(model, x):
+    def fails_at_third_iteration(*args):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2 + scored + 1:
             raise RuntimeError("injected failure at iteration 3")
-        return forward(model, x)
-    monkeypatch.setattr(type(session.model), "forward", fails_at_third_iteration)
+        return forward(*args)
+    monkeypatch.setattr(owner, "forward", fails_at_third_iteration)
     _ingest(session, 2, [3.0, 4.0])
     with pytest.raises(RuntimeError, match="iteration 3"):
         session.run_phase()
-    assert len(calls) == 3                                   # two iterations had moved the weights
+    assert len(calls) == 3 + scored                          # two iterations had moved the weights
     np.testing.assert_array_equal(torch.nn.utils.parameters_to_vector(session.model.parameters()).detach().numpy(),
                                   before[0])
     for got, want in zip(_adam(session), before[1]):
         assert got == want if isinstance(want, int) else torch.equal(got, want)
     assert session.rng.bit_generator.state == before[2] and (session.version, session.phase) == before[3:]
     assert session.store.load_meta("s1")["version"] == "1"
-    monkeypatch.setattr(type(session.model), "forward", forward)
+    monkeypatch.setattr(owner, "forward", forward)
     second = session.run_phase().update
     assert (second.base_version, second.new_version) == (1, 2)
     edge_flat = apply_update(edge_flat, edge_version, second)   # raises if the failed phase had left drift

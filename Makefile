@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/dev.txt | sha1sum | cut -c1-12)
 PROTOS := $(wildcard proto/ams/v1/*.proto)
 
-.PHONY: help lint lock smoke install assets eval-videos redis haproxy netns-tools stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet test test-unit test-deploy test-integration test-e2e pretrain bench clean
+.PHONY: help lint lock smoke install assets eval-videos redis haproxy netns-tools stream-server chaos tools proto up fuzz soak eval eval-quick eval-long long-scene demo demo-streamdeq demo-lowlatency bench-streamdeq bench-lowlatency bench-codec bench-fleet bench-train-step test test-unit test-deploy test-integration test-e2e pretrain bench clean
 
 help:
 	@echo "make demo      # the whole AMS loop on sample video (installs everything first)"
@@ -129,12 +129,17 @@ demo-lowlatency: install assets redis eval-videos
 
 # The update codecs (float16, int8, int4, structured selection) on the evaluation's protocol, paper
 # settings, 2 playlists × 6 trainer seeds -> out/bench/codec.json (runs cached in out/bench/codec/runs)
+# Each part of the training graph's A/B, 144×256 and 256×512 -> out/train_step.json
+bench-train-step: install assets
+	$(BIN)/python -m benchmarks.train_step
+
 bench-codec: install assets redis eval-videos
 	$(BIN)/python -m benchmarks.codec --jobs $(EVAL_JOBS)
 	$(BIN)/python -m benchmarks.codec --readme
 
+# BENCH_ARGS='--device cuda': the GPU sweep (256×512, batched sessions; on a machine with one)
 bench-fleet: install assets redis
-	$(BIN)/python -m benchmarks.fleet
+	$(BIN)/python -m benchmarks.fleet $(BENCH_ARGS)
 
 # Operator smoke test on a host with a Docker engine (Docker SDK): build both images, compose up, health,
 # the edge profile, one update, down. Without an engine it says so and exits 0.

@@ -96,6 +96,7 @@ def _start_devices(cluster: Cluster, device_ids: list[str], net, args, out_dir: 
             if line.strip() == "DONE":
                 done.set()
             print(line, end="", flush=True)
+        proc.wait()         # ended without DONE: let the run report the exit code, not a missing result file
         done.set()
     for line in proc.stdout:
         if line.startswith("READY "):

@@ -31,6 +31,18 @@ def available() -> str | None:
     return f"needs {', '.join(missing)} (iproute2)" if missing else None
 
 
+def sweep_stale() -> list[str]:
+    """Remove the namespaces (and so their veth pairs) that runs killed before they could clean up left
+    behind: `ams-chaos-<pid>` whose process is gone. Returns their names."""
+    listed = _run("ip", "netns", "list", check=False).stdout.split()
+    stale = [name for name in listed if name.startswith("ams-chaos-") and name[10:].isdigit()
+             and not os.path.exists(f"/proc/{name[10:]}")]
+    for name in stale:
+        _run("ip", "link", "del", f"amsc{int(name[10:]) % 100000}h", check=False)
+        _run("ip", "netns", "del", name, check=False)
+    return stale
+
+
 class DeviceNetwork:
     def __init__(self, name: str = "", subnet: int | None = None):
         pid = os.getpid()
@@ -41,6 +53,7 @@ class DeviceNetwork:
         self.applied: dict | None = None
 
     def __enter__(self) -> "DeviceNetwork":
+        sweep_stale()
         _run("ip", "netns", "add", self.name)
         try:
             _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.device_if)

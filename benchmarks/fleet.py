@@ -54,6 +54,10 @@ TRAINER_ENV = {**TrainerConfig.paper(t_horizon_s=30.0, atr=False, train_workers=
     ["t_update_s", "k_iters", "gamma", "r_init", "r_max", "batch_size", "t_horizon_s", "atr", "train_workers",
      "torch_threads"]), "AMS_CHECKPOINT_DIR": "assets/students"}
 # (fast start, scene changes and compute-aware phases at the trainer's defaults; `--trainer-env` overrides)
+# `--device cuda`: one training worker on the GPU that trains up to 8 due sessions as one batch; the
+# teacher (LiteRT, CPU) gets 4 threads of the GPU host's cores
+CUDA_ENV = {"AMS_DEVICE": "cuda", "AMS_TRAIN_WORKERS": "1", "AMS_TORCH_THREADS": "4", "AMS_BATCH_SESSIONS": "8"}
+CUDA_SESSIONS = "8,16,24,32,48,64"
 
 
 class Playlist:
@@ -212,9 +216,10 @@ def _trainer_sample(url: str, tries: int = 1) -> dict[str, float] | None:
     return None
 
 
-def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log_dir: str) -> dict:
+def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log_dir: str,
+              teacher_env: dict = TEACHER_ENV) -> dict:
     """N devices against a fresh stack for `seconds` of load; one row of the results."""
-    with ams_stack(log_dir, TEACHER_ENV, trainer_env) as stack:
+    with ams_stack(log_dir, teacher_env, trainer_env) as stack:
         store = redis.Redis.from_url(stack["redis_url"])
         devices = [Device(stack["trainer"], f"fleet-device-{i}", device_files(stack, f"fleet-device-{i}"), playlist,
                           (i * 7.3) % playlist.duration) for i in range(n)]
@@ -320,6 +325,22 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def student_at(size: str | None, directory: str) -> tuple[dict, str]:
+    """(config, checkpoint dir) of the fleet's student at H×W `size`: the shipped checkpoint, or a copy of it
+    whose config asks for that input (the network is fully convolutional: the same weights serve any size)."""
+    shipped = os.path.join(ROOT, "assets", "students")
+    ckpt = torch.load(os.path.join(shipped, CHECKPOINT + ".pt"), weights_only=True)
+    if size is None:
+        return ckpt["config"], "assets/students"
+    h, w = (int(v) for v in size.lower().split("x"))
+    if (ckpt["config"]["input_height"], ckpt["config"]["input_width"]) == (h, w):
+        return ckpt["config"], "assets/students"
+    ckpt["config"] = {**ckpt["config"], "input_height": h, "input_width": w}
+    os.makedirs(directory, exist_ok=True)
+    torch.save(ckpt, os.path.join(directory, CHECKPOINT + ".pt"))
+    return ckpt["config"], os.path.abspath(directory)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/bench/fleet.json")
@@ -327,22 +348,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=100.0, help="seconds of live load per N")
     p.add_argument("--trainer-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the trainer (repeatable), e.g. AMS_TORCH_THREADS=1")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the trainer trains; cuda: 1 worker, AMS_BATCH_SESSIONS=8, the paper's 256×512 "
+                        "and N up to 64 unless given")
+    p.add_argument("--size", default=None, help="the student's H×W (default: the checkpoint's 144×256; cuda: 256x512)")
     args = parse_bench_args(p, argv, "fleet", table)
     if args is None:
         return
     torch.set_num_threads(1)   # the load generator only rebuilds snapshots; the cores are the stack's
+    if args.device == "cuda" and args.sessions == p.get_default("sessions"):
+        args.sessions = CUDA_SESSIONS
     counts = [int(s) for s in args.sessions.split(",")]
-    trainer_env = {**TRAINER_ENV, "AMS_MAX_SESSIONS": str(max(8, *counts)),
-                   **dict(kv.split("=", 1) for kv in args.trainer_env)}
-    config = torch.load(os.path.join(ROOT, "assets", "students", CHECKPOINT + ".pt"), weights_only=True)["config"]
-    playlist = Playlist(VIDEOS, (config["input_height"], config["input_width"]))
-    result = {"settings": {"trainer_env": trainer_env, "teacher_env": TEACHER_ENV, "seconds_per_n": args.seconds,
-                           "sessions": counts, "checkpoint": CHECKPOINT, "videos": VIDEOS}, "rows": []}
     out_dir = os.path.dirname(args.out) or "."
     os.makedirs(out_dir, exist_ok=True)
+    trainer_env = {**TRAINER_ENV, **(CUDA_ENV if args.device == "cuda" else {}), "AMS_MAX_SESSIONS": str(max(8, *counts))}
+    size = args.size or ("256x512" if args.device == "cuda" else None)
+    config, trainer_env["AMS_CHECKPOINT_DIR"] = student_at(size, os.path.join(out_dir, "fleet_students"))
+    trainer_env.update(dict(kv.split("=", 1) for kv in args.trainer_env))
+    playlist = Playlist(VIDEOS, (config["input_height"], config["input_width"]))
+    teacher_env = {**TEACHER_ENV, "AMS_TEACHER_THREADS": "4"} if args.device == "cuda" else TEACHER_ENV
+    result = {"settings": {"trainer_env": trainer_env, "teacher_env": teacher_env, "seconds_per_n": args.seconds,
+                           "sessions": counts, "checkpoint": CHECKPOINT, "videos": VIDEOS, "device": args.device,
+                           "size": [config["input_height"], config["input_width"]]}, "rows": []}
     for n in counts:
         started = time.monotonic()
-        row = run_fleet(n, args.seconds, playlist, trainer_env, os.path.join(out_dir, "fleet_logs", f"n{n}"))
+        row = run_fleet(n, args.seconds, playlist, trainer_env, os.path.join(out_dir, "fleet_logs", f"n{n}"), teacher_env)
         row["wall_s"] = round(time.monotonic() - started, 1)
         result["rows"].append(row)
         result["sessions_per_box"] = sessions_per_box(result["rows"])

@@ -37,7 +37,9 @@ def supports(model: nn.Module) -> bool:
 class TrainGraph:
     """Built once per student architecture (any session of the same checkpoint's architecture may use it)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, gemm: bool = True, space_to_batch: bool = True):
+        """`gemm` / `space_to_batch` off: torch's own convolution there (the benchmark's A/B)."""
+        self.gemm, self.space_to_batch = gemm, space_to_batch
         assert isinstance(model, DeepLabV3MobileNetV2), "check supports(model) first"
         self.model = model                 # for its structure and constant buffers (mean, std) only
         self.names = {id(m): name for name, m in model.named_modules()}
@@ -94,7 +96,7 @@ class _Run:
                 if i + 1 < len(modules) and isinstance(modules[i + 1], nn.BatchNorm2d):
                     weight, bias = self.fold(weight, bias, modules[i + 1])
                     i += 1
-                x = conv(x, weight, bias, m, self.s)
+                x = conv(x, weight, bias, m, self.s, self.graph.gemm, self.graph.space_to_batch)
             elif isinstance(m, nn.ReLU6):
                 x = F.hardtanh(x, 0.0, 6.0)
             elif isinstance(m, nn.ReLU):
@@ -123,17 +125,18 @@ class _Run:
         return self.seq(m.project, torch.cat([self.seq(m.branch, x), pooled], dim=1))
 
 
-def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: nn.Conv2d, s: int) -> torch.Tensor:
+def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: nn.Conv2d, s: int, gemm: bool = True,
+         space_to_batch: bool = True) -> torch.Tensor:
     """m's convolution of S sessions' inputs (S·B, C, H, W) with their weights (S, C', C/g, k, k), bias (S, C')."""
     n, c, h, w = x.shape
     cout = weight.shape[1]
-    if m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1 and m.padding == (0, 0):
+    if gemm and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1 and m.padding == (0, 0):
         rows = x.permute(0, 2, 3, 1).reshape(s, n // s * h * w, c)         # no copy when x is channels_last
         mat = weight.view(s, cout, c).transpose(1, 2)
         y = torch.baddbmm(bias[:, None, :], rows, mat) if bias is not None else torch.bmm(rows, mat)
         return y.view(n, h, w, cout).permute(0, 3, 1, 2)
     d = m.dilation[0]
-    if m.groups == c and d > 1 and m.stride == (1, 1) and m.dilation == (d, d) and m.padding == (d, d):
+    if space_to_batch and m.groups == c and d > 1 and m.stride == (1, 1) and m.dilation == (d, d) and m.padding == (d, d):
         return _space_to_batch(x, weight, bias, d, s)
     parts = [F.conv2d(xs, weight[i], None if bias is None else bias[i], m.stride, m.padding, m.dilation, m.groups)
              for i, xs in enumerate(x.chunk(s))]

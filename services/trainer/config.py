@@ -122,11 +122,11 @@ class TrainerConfig:
     train_workers: int = _f(1, "phases of different sessions trained at once (threads); on a CPU box, workers × "
                                "torch_threads = cores (a fleet gets more phases per second from 2 × 1 than 1 × 2)")
     train_graph: bool = _f(True, "train DeepLabV3-MobileNetV2 students through the training graph "
-                                 "(ams/models/train_graph.py: BN folded, 1×1 convs as GEMMs; ≈ 1.2× on CPU); "
-                                 "false = the module's own forward")
+                                 "(ams/models/train_graph.py; 1.26× at 144×256 and 1.30× at 256×512 on one CPU "
+                                 "core, make bench-train-step); false = the module's own forward")
     batch_sessions: int = _f(1, "due sessions of one student shape trained together in one phase (one forward and "
                                 "backward over all their mini-batches, per-session weights and Adam state); 1 = one "
-                                "at a time, EDF")
+                                "at a time, EDF (on a CPU batching does not pay: 0.5–1.15× per session; for GPUs)")
     seed: int = _f(0, "seed for I_1 and mini-batch sampling")
     updates_kept: int = _f(32, "updates kept per session for catch-up after a reconnect")
     checkpoint_every: int = _f(20, "phases between full checkpoints of model + Adam state in Redis (between them "

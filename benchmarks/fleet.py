@@ -254,7 +254,8 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
         dl, dm = device.lags(run_end)
         lags, missing = lags + dl, missing + dm
     uploads = [end - began for d in devices for _, began, end in d.uploads]
-    phases = int(server.get("ams_trainer_phase_seconds_count", 0))
+    phases = int(server.get("ams_trainer_phase_seconds_count", 0))     # phases run (a batch of sessions is one)
+    session_phases = int(server.get("ams_trainer_phase_iterations_count", 0))   # sessions' committed phases
     failures = server.get("ams_trainer_phase_failures_total", server.get("ams_trainer_session_failures_total"))
     state_bytes = server.get("ams_trainer_state_bytes_total")
     pct = lambda xs, q: round(float(np.percentile(xs, q)), 2) if xs else None  # noqa: E731
@@ -267,7 +268,9 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
                                       if state_bytes is not None and state_open is not None and phases else None),
             "redis_bytes_per_session_open": None if state_open is None else round(state_open / n),
             "redis_net_input_bytes_per_phase": round((net_after - net_before) / phases) if phases else None,
-            "phases": phases, "clips": len(lags), "clips_without_update": missing,
+            "phases": phases, "session_phases": session_phases,
+            "batched_session_phases": int(server.get("ams_trainer_batched_phases_total", 0)),
+            "clips": len(lags), "clips_without_update": missing,
             "snapshots": sum(d.link.stats.snapshots for d in devices), "live_encodes": sum(d.live_encodes for d in devices),
             "upload_failures": sum(d.upload_failures for d in devices),
             "upload_p95_s": pct(uploads, 95), "trainer_died": not server, "t_update_s": t_update,
@@ -316,7 +319,7 @@ def table(result: dict) -> str:
     mb = lambda b: "–" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for r in result["rows"]:
         k = r.get("k_mean")
-        iterations = "–" if k is None else f"{k * r['phases'] / r['sessions']:.0f}"
+        iterations = "–" if k is None else f"{k * r.get('session_phases', r['phases']) / r['sessions']:.0f}"
         lines.append(f"| {r['sessions']} | {r.get('clip_interval_s', r['t_update_s'])} | {k or '–'} | {iterations} "
                      f"| {r['lag_p50_s']} | {r['lag_p95_s']} | {r['updates_per_session']} | {r['phases']} "
                      f"| {r['phase_failures']} | {r['rejected_updates']} | {r['trainer_rss_mb']} "

@@ -2,8 +2,8 @@
 
 The same function of the same parameters as the module's forward with BatchNorm in eval mode (the
 trainer never moves running statistics: the edge does not), computed with kernels that cost less on
-a CPU; on our 2-core box one forward + backward at 144×256, batch 4 is ≈ 1.2–1.3× faster
-(`python -m benchmarks.train_step`, out/train_step.json):
+a CPU: one forward + backward on a batch of 4 is 1.26× faster at 144×256 and 1.30× at 256×512 on
+one core of our 2-core box (`make bench-train-step`, docs/benchmarks.md), and holds fewer activations:
 
 - **BN folded into the convolution before it**: scale = γ/√(σ²+ε) multiplies the weights and the
   shift becomes a bias, weight-sized work instead of two passes over every activation (forward and

@@ -209,8 +209,17 @@ def train_group(sessions: list[Session]) -> list[PhaseResult | None | BaseExcept
         out.append(None)
         if prep is not None:
             ready.append(prep)
-    if not ready:
-        return out
+    results: dict[int, PhaseResult | BaseException] = {}
+    batches: dict[tuple, list[Prepared]] = {}
+    for p in ready:      # one batch per K (the phase budget may move between reads); no graph: alone
+        alone = id(p.session) if p.session.train_graph() is None else 0
+        batches.setdefault((len(p.picks), alone), []).append(p)
+    for batch in batches.values():
+        results.update(_train_batch(batch))
+    return [results.get(id(s), o) for s, o in zip(sessions, out)]
+
+
+def _train_batch(ready: list[Prepared]) -> dict[int, PhaseResult | BaseException]:
     try:
         torch.set_num_threads(ready[0].session.cfg.torch_threads)
         # denormal gradients are slow on x86 (≈ 10 % of a phase here); the flag is per-thread processor
@@ -218,17 +227,14 @@ def train_group(sessions: list[Session]) -> list[PhaseResult | None | BaseExcept
         torch.set_flush_denormal(True)
         trained = time.perf_counter()
         rows, indices, losses = _train(ready)
-        train_s = time.perf_counter() - trained
-        results: dict[int, PhaseResult | BaseException]
-        share = train_s / len(ready)    # each session's part of a batched phase (what the phase budget models)
-        results = {id(p.session): _finish(p, rows[i], indices[i], losses[i], share) for i, p in enumerate(ready)}
+        share = (time.perf_counter() - trained) / len(ready)   # each session's part (what the phase budget models)
+        return {id(p.session): _finish(p, rows[i], indices[i], losses[i], share) for i, p in enumerate(ready)}
     except BaseException as exc:  # noqa: BLE001 - reported per session by the caller
         for p in ready:
             discard(p.session)
-        results = {id(p.session): exc for p in ready}
+        return {id(p.session): exc for p in ready}
     finally:
         torch.set_flush_denormal(False)
-    return [results.get(id(s), o) for s, o in zip(sessions, out)]
 
 
 def _train(ready: list[Prepared]) -> tuple[list[np.ndarray | None], list[np.ndarray], list[list[float]]]:

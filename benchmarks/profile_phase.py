@@ -2,8 +2,9 @@
 
 A real redis-server, the 144×256 DeeplabV3-MobileNetV2 student (deeplabv3_mnv2_selfie), 30 bikes.mp4
 frames labelled by the LiteRT teacher and buffered the way UploadClip buffers them, then one phase at
-the paper's K = 20, batch 4 under cProfile (after a warm-up phase). Prints the phase's wall time, the
-share of its main parts and the bytes the commit wrote to Redis.
+the paper's K = 20, batch 4 under cProfile (after a warm-up phase), through the training graph
+(`--module`: the module's own forward), at 144×256 or `--size` (256x512: the paper's). Prints the
+phase's wall time, the share of its main parts and the bytes the commit wrote to Redis.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import av
 import torch
 
 from ams.ops.procs import redis_server
+from benchmarks.fleet import student_at
 from services.teacher.backends import TeacherInput, make_backend
 from services.trainer.config import TrainerConfig
 from services.trainer.serde import StudentSpec
@@ -34,10 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--phases", type=int, default=3, help="profiled phases (after one warm-up)")
     p.add_argument("--plain", action="store_true", help="time the phases without cProfile (its overhead is ≈ 10 %%)")
+    p.add_argument("--size", default=None, help="the student's H×W, e.g. 256x512 (default: the checkpoint's 144×256)")
+    p.add_argument("--module", action="store_true", help="train through the module's forward, not the training graph")
     args = p.parse_args(argv)
+    _, checkpoints = student_at(args.size, "out/profile/students")
     with redis_server("out/profile") as url:
-        cfg = TrainerConfig(redis_url=url, checkpoint_dir="assets/students", k_iters=20, batch_size=4, t_horizon_s=60,
-                            torch_threads=args.threads, device="cpu")
+        cfg = TrainerConfig(redis_url=url, checkpoint_dir=checkpoints, k_iters=20, batch_size=4, t_horizon_s=60,
+                            torch_threads=args.threads, device="cpu", train_graph=not args.module)
         store = RedisSessionStore(url)
         arch, conf, model = build_model(cfg, StudentSpec(checkpoint="deeplabv3_mnv2_selfie"))
         session = Session("profile", "profile-device", arch, conf, model, store, cfg)
@@ -66,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.plain:
             return
         stats = pstats.Stats(profile)
-        for part, needle in PARTS.items():
+        parts = {**PARTS, "forward": "deeplab_mnv2.py:" if args.module else "train_graph.py:"}
+        for part, needle in parts.items():
             seconds = max((v[3] for k, v in stats.stats.items() if needle in f"{k[0]}:{k[2]}" or needle == k[2]),
                           default=0.0)
             print(f"  {part:<12} {seconds / len(walls):6.3f} s  ({100 * seconds / total:4.1f} %)")

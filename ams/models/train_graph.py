@@ -30,8 +30,9 @@ from ams.models.deeplab_mnv2 import ASPPLite, DeepLabV3MobileNetV2, InvertedResi
 
 
 def supports(model: nn.Module) -> bool:
-    """The student is one this graph computes (other students train through their own forward)."""
-    return isinstance(model, DeepLabV3MobileNetV2)
+    """The student is one this graph computes (other students train through their own forward). Exactly
+    the class: a subclass may compute something else in its forward (a device's own student)."""
+    return type(model) is DeepLabV3MobileNetV2
 
 
 class TrainGraph:
@@ -40,7 +41,7 @@ class TrainGraph:
     def __init__(self, model: nn.Module, gemm: bool = True, space_to_batch: bool = True):
         """`gemm` / `space_to_batch` off: torch's own convolution there (the benchmark's A/B)."""
         self.gemm, self.space_to_batch = gemm, space_to_batch
-        assert isinstance(model, DeepLabV3MobileNetV2), "check supports(model) first"
+        assert isinstance(model, DeepLabV3MobileNetV2) and supports(model), "check supports(model) first"
         self.model = model                 # for its structure and constant buffers (mean, std) only
         self.names = {id(m): name for name, m in model.named_modules()}
         self.slices: dict[str, tuple[int, torch.Size]] = {}

@@ -64,9 +64,12 @@ class Cluster:
         return CertFiles(self.tls["ca"], **self.tls["devices"][device_id])
 
     # --- processes ------------------------------------------------------------------------------
+    def log_path(self, name: str) -> str:
+        return os.path.join(self.log_dir, f"{name}.log")
+
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         self.starts[name] += 1
-        log = open(os.path.join(self.log_dir, f"{name}.log"), "a")
+        log = open(self.log_path(name), "a")
         log.write(f"--- start {self.starts[name]} at {time.strftime('%H:%M:%S')}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
@@ -89,7 +92,7 @@ class Cluster:
                 return bool(client.ping())
             except (redis.ConnectionError, redis.BusyLoadingError):
                 return False
-        _wait(ping, 30, "redis-server", proc)
+        _wait(ping, 30, "redis-server", proc, self.log_path("redis"))
 
     def start_teacher(self, i: int, wait: bool = True) -> None:
         port = self.teacher_ports[i]
@@ -98,7 +101,8 @@ class Cluster:
             "AMS_TEACHER_METRICS_PORT": str(self.teacher_metrics[i]),
             **tls_env(self.tls, "AMS_TEACHER_", "teacher", trusted_proxy=True, redis_url=self.redis_url), **self.teacher_env})
         if wait:
-            _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"teacher{i}", proc)
+            _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"teacher{i}", proc,
+                  self.log_path(f"teacher{i}"))
 
     def start_trainer(self, i: int, wait: bool = True) -> None:
         port = self.trainer_ports[i]
@@ -108,7 +112,8 @@ class Cluster:
             "AMS_TEACHER_ADDR": f"127.0.0.1:{self.lb_teacher_port}", "AMS_REPLICA_ID": f"trainer{i}",
             **tls_env(self.tls, "AMS_", "trainer", trusted_proxy=True), **self.trainer_env})
         if wait:
-            _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"trainer{i}", proc)
+            _wait(lambda: check(f"127.0.0.1:{port}", timeout_s=1, tls=self.probe), 120, f"trainer{i}", proc,
+                  self.log_path(f"trainer{i}"))
 
     def haproxy_config(self) -> str:
         return render(Pool("trainers", self.lb_trainer_port, servers=tuple(f"127.0.0.1:{p}" for p in self.trainer_ports)),
@@ -133,7 +138,7 @@ class Cluster:
                     return reply.status == 200
             except OSError:
                 return False
-        _wait(up, 20, "haproxy", proc)
+        _wait(up, 20, "haproxy", proc, self.log_path("haproxy"))
 
     def lb_up(self, pool: str = "trainers") -> set[str]:
         """The servers of a pool the balancer's health checks have marked UP (its Prometheus exporter)."""
@@ -170,12 +175,12 @@ class Cluster:
             self.start_haproxy()
             for i in range(len(self.teacher_ports)):
                 _wait(lambda i=i: check(f"127.0.0.1:{self.teacher_ports[i]}", timeout_s=1, tls=self.probe), 120,
-                      f"teacher{i}", self.procs[f"teacher{i}"])
+                      f"teacher{i}", self.procs[f"teacher{i}"], self.log_path(f"teacher{i}"))
             for i in range(len(self.trainer_ports)):
                 self.start_trainer(i, wait=False)
             for i in range(len(self.trainer_ports)):
                 _wait(lambda i=i: check(f"127.0.0.1:{self.trainer_ports[i]}", timeout_s=1, tls=self.probe), 120,
-                      f"trainer{i}", self.procs[f"trainer{i}"])
+                      f"trainer{i}", self.procs[f"trainer{i}"], self.log_path(f"trainer{i}"))
             self.wait_lb()
         except BaseException:
             self.close()

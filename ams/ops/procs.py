@@ -22,17 +22,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SERVICE_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, never one this process handed out before: the kernel picks bind(0)'s
+    port at random, and a cluster asks for a dozen before any is bound, so two draws can be the same port
+    (the later process then fails to bind, or with gRPC's SO_REUSEPORT shares it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
-def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def log_tail(path: str | None, lines: int = 20) -> str:
+    """The last lines of a process's log, for an error that says why it exited."""
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+          log: str | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}; see its log")
+            tail = log_tail(log)
+            raise RuntimeError(f"{what} exited with code {proc.returncode}; "
+                               + (f"the end of its log ({log}):\n{tail}" if tail else "see its log"))
         if predicate():
             return
         time.sleep(0.2)
@@ -72,7 +93,7 @@ def redis_server(log_dir: str) -> Iterator[str]:
                 return bool(client.ping())
             except redis_py.ConnectionError:
                 return False
-        _wait(ping, 10, "redis-server", proc)
+        _wait(ping, 10, "redis-server", proc, os.path.join(log_dir, "redis.log"))
         yield f"redis://127.0.0.1:{port}/0"
 
 
@@ -82,7 +103,7 @@ def service(module: str, port: int, log_path: str, env: dict, timeout_s: float =
     """`python -m <module>` with env; waits for grpc.health SERVING (probing with `tls`); yields (host:port, process)."""
     with process([sys.executable, "-m", module], log_path, {**SERVICE_ENV, **env}) as proc:
         address = f"127.0.0.1:{port}"
-        _wait(lambda: check(address, timeout_s=1, tls=tls), timeout_s, module, proc)
+        _wait(lambda: check(address, timeout_s=1, tls=tls), timeout_s, module, proc, log_path)
         yield address, proc
 
 

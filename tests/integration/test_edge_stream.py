@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from ams.models import batch_tensor
+from ams.ops.procs import free_port
 from ams.pki import CertFiles
 from edge_client import EdgeClient, EdgeError, EdgeOptions
 from edge_client.live_source import Backoff, StreamSource
@@ -33,11 +33,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SELFIE = "assets/teacher/selfie_segmentation_landscape.tflite"
 SYSTEM_PYTHON = "/usr/bin/python3"     # Debian's, with PyGObject for GStreamer's RTSP server
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _looped_clip(src: str, dst: str, times: int) -> None:
@@ -62,7 +57,7 @@ def _looped_clip(src: str, dst: str, times: int) -> None:
 
 class RtspServer:
     def __init__(self, clip: str):
-        self.port, self.clip, self.proc = _free_port(), clip, None
+        self.port, self.clip, self.proc = free_port(), clip, None
         self.url = f"rtsp://127.0.0.1:{self.port}/stream"
 
     def start(self) -> None:
@@ -196,7 +191,7 @@ def test_the_readme_example_runs_as_written(stack, pki, tmp_path):
 
 
 def test_an_unreachable_trainer_serves_the_local_model_and_a_refusal_is_an_error(stack, pki):
-    port = _free_port()      # nothing listens there
+    port = free_port()      # nothing listens there
     files: CertFiles = device_tls(pki, "offline-device")
     started = time.monotonic()
     with EdgeClient(f"127.0.0.1:{port}", files, "deeplabv3_mnv2_selfie", connect_timeout_s=1.0) as client:

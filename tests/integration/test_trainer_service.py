@@ -14,6 +14,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ams.grpc_common import channel_options, device_metadata
+from ams.ops.procs import free_port
 from ams.synthetic import SyntheticScene
 from ams.update_codec import FLOAT16, INT4, INT8, decode_update
 from ams.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
@@ -66,17 +67,11 @@ def _clip_request(session_id: str, seq: int, times: list[float]) -> streaming_pb
         codec="h264", data=encode_clip(frames, bit_rate=500_000), timestamps_s=times, width=SCENE.w, height=SCENE.h))
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _make_stack(loop_thread, redis_url, **cfg_overrides) -> Stack:
     """In-process teacher and trainer in explicit plain-text mode (the device id is a header);
     tests/integration/test_tls.py covers the same services over mutual TLS."""
-    teacher_cfg = TeacherConfig(host="127.0.0.1", port=_free_port(), metrics_port=0, backend="oracle", scene=SCENE.spec(),
+    teacher_cfg = TeacherConfig(host="127.0.0.1", port=free_port(), metrics_port=0, backend="oracle", scene=SCENE.spec(),
                                 insecure=True)
     cfg = TrainerConfig(**{**dict(host="127.0.0.1", port=0, metrics_port=0, redis_url=redis_url,
                                   teacher_addr=f"127.0.0.1:{teacher_cfg.port}", t_update_s=2.0, t_horizon_s=20.0,
@@ -450,7 +445,7 @@ def test_one_sessions_failure_does_not_stop_another(stack, monkeypatch):
 def test_redis_outage_is_unavailable_and_health_follows(loop_thread, tmp_path):
     from pytest_redis.executor import RedisExecutor
     import shutil
-    port = _free_port()
+    port = free_port()
     executor = RedisExecutor(shutil.which("redis-server"), databases=1, redis_timeout=5, loglevel="warning",
                              host="127.0.0.1", port=port, datadir=tmp_path)
     executor.start()

@@ -216,6 +216,16 @@ def _trainer_sample(url: str, tries: int = 1) -> dict[str, float] | None:
     return None
 
 
+def _busy(stack: dict) -> dict[str, float]:
+    """CPU seconds the trainer and the teacher have used so far (their process collectors)."""
+    out = {}
+    for name in ("trainer", "teacher"):
+        sample = _trainer_sample(stack[f"{name}_metrics"], tries=2) or {}
+        if "process_cpu_seconds_total" in sample:
+            out[name] = sample["process_cpu_seconds_total"]
+    return out
+
+
 def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log_dir: str,
               teacher_env: dict = TEACHER_ENV) -> dict:
     """N devices against a fresh stack for `seconds` of load; one row of the results."""
@@ -236,6 +246,7 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
         threads = [threading.Thread(target=d.upload_loop, args=(t0 + i * interval / n, load_end), daemon=True)
                    for i, d in enumerate(devices)]
         rss, cpu_before = 0.0, time.process_time()
+        busy_before = _busy(stack)
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads) or (time.monotonic() < load_end + t_update
@@ -246,6 +257,7 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
         run_end = time.monotonic()
         server = _trainer_sample(stack["trainer_metrics"], tries=3) or {}
         cpu = time.process_time() - cpu_before
+        busy = {k: round(v - busy_before.get(k, 0.0), 1) for k, v in _busy(stack).items()}
         net_after = store.info("stats")["total_net_input_bytes"]
         for device in devices:
             device.close()
@@ -269,6 +281,7 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
             "redis_bytes_per_session_open": None if state_open is None else round(state_open / n),
             "redis_net_input_bytes_per_phase": round((net_after - net_before) / phases) if phases else None,
             "phases": phases, "session_phases": session_phases,
+            "phase_seconds_sum": round(server.get("ams_trainer_phase_seconds_sum", 0.0), 1),
             "batched_session_phases": int(server.get("ams_trainer_batched_phases_total", 0)),
             "clips": len(lags), "clips_without_update": missing,
             "snapshots": sum(d.link.stats.snapshots for d in devices), "live_encodes": sum(d.live_encodes for d in devices),
@@ -277,7 +290,8 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
             "clip_interval_s": interval,
             "k_mean": round(server["ams_trainer_phase_iterations_sum"] / server["ams_trainer_phase_iterations_count"], 1)
             if server.get("ams_trainer_phase_iterations_count") else None,
-            "loadgen_cpu_s": round(cpu, 1), "server_refusals": int(server.get("ams_trainer_updates_refused_total", 0)),
+            "loadgen_cpu_s": round(cpu, 1), "cpu_s": busy, "load_wall_s": round(run_end - t0, 1),
+            "server_refusals": int(server.get("ams_trainer_updates_refused_total", 0)),
             "server_update_lag_mean_s": round(server.get("ams_trainer_update_lag_seconds_sum", 0.0)
                                               / max(server.get("ams_trainer_update_lag_seconds_count", 0.0), 1.0), 2)}
 

@@ -7,7 +7,9 @@ paper's size), for each way a phase can compute it:
 
 - `module`: the module's own forward on channels_last input (the trainer before the graph);
 - `graph: BN folded`, `+ 1×1 as GEMM`, `+ space-to-batch` (ams/models/train_graph.py, each on the last);
-- `batched ×S`: S sessions' iterations as one (AMS_BATCH_SESSIONS), per session.
+- `batched ×S`: S sessions' iterations as one (AMS_BATCH_SESSIONS), per session;
+- `bf16 autocast` (AMS_TRAIN_PRECISION=bf16) of the module, the graph and the batches, where the CPU
+  has bfloat16 natively (AVX512-BF16 or AMX).
 
 The variants run interleaved, round after round, so that a slower minute of this shared machine
 falls on all of them; the JSON keeps each round, the table the minimum and the median per session.
@@ -24,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ams.device import autocast, native_bf16
 from ams.models.checkpoints import load_checkpoint
 from ams.models.train_graph import TrainGraph
 from ams.update_codec import flat_parameters
@@ -36,25 +39,38 @@ def variants(model: torch.nn.Module, size: tuple[int, int], batched: list[int]) 
     y = torch.randint(0, 2, (4 * top, *size))
     x_cl = x[:4].contiguous(memory_format=torch.channels_last)
 
-    def module() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x_cl), y[:4]).backward()
+    cpu = torch.device("cpu")
 
-    def graph_step(graph: TrainGraph, s: int):
+    def module_step(precision: str):
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            with autocast(cpu, precision):
+                loss = F.cross_entropy(model(x_cl), y[:4])
+            loss.backward()
+        return step
+
+    def graph_step(graph: TrainGraph, s: int, precision: str = "fp32"):
         w = torch.from_numpy(flat_parameters(model))[None].repeat(s, 1).requires_grad_(True)
         stats = graph.buffers([model] * s)
 
         def step() -> None:
             w.grad = None
-            graph.losses(w, stats, x[:4 * s], y[:4 * s]).sum().backward()
+            with autocast(cpu, precision):
+                loss = graph.losses(w, stats, x[:4 * s], y[:4 * s]).sum()
+            loss.backward()
         return step
 
-    out = {"module": (1, module),
+    out = {"module": (1, module_step("fp32")),
            "graph: BN folded": (1, graph_step(TrainGraph(model, gemm=False, space_to_batch=False), 1)),
            "+ 1×1 as GEMM": (1, graph_step(TrainGraph(model, space_to_batch=False), 1)),
            "+ space-to-batch": (1, graph_step(TrainGraph(model), 1))}
     for s in batched:
         out[f"batched ×{s}"] = (s, graph_step(TrainGraph(model), s))
+    if native_bf16(cpu):                       # emulated bf16 is slower than float32: not a variant there
+        out["module, bf16 autocast"] = (1, module_step("bf16"))
+        out["graph, bf16 autocast (AMS_TRAIN_PRECISION=bf16)"] = (1, graph_step(TrainGraph(model), 1, "bf16"))
+        for s in batched:
+            out[f"batched ×{s}, bf16"] = (s, graph_step(TrainGraph(model), s, "bf16"))
     return out
 
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from ams.config import ConfigError, check_tls, env_name
-from ams.device import resolve_device
+from ams.device import resolve_device, resolve_precision
 from ams.update_codec import parse_codecs
 from services.trainer.coordinate_descent import SELECTIONS
 
@@ -124,6 +124,9 @@ class TrainerConfig:
     train_graph: bool = _f(True, "train DeepLabV3-MobileNetV2 students through the training graph "
                                  "(ams/models/train_graph.py; 1.26× at 144×256 and 1.30× at 256×512 on one CPU "
                                  "core, make bench-train-step); false = the module's own forward")
+    train_precision: str = _f("fp32", "the forward pass's arithmetic: fp32, bf16 (autocast: matrix products and "
+                                      "convolutions in bfloat16; parameters, gradients and Adam's state in float32) or "
+                                      "auto (bf16 where the device has it natively, AVX512-BF16/AMX or CUDA ≥ sm80)")
     batch_sessions: int = _f(1, "due sessions of one student shape trained together in one phase (one forward and "
                                 "backward over all their mini-batches, per-session weights and Adam state); 1 = one "
                                 "at a time, EDF (on a CPU batching does not pay: 0.5–1.15× per session; for GPUs)")
@@ -162,7 +165,7 @@ class TrainerConfig:
             raise ConfigError("need 0 ≤ AMS_PHASE_SHARE ≤ 1 and 1 ≤ AMS_K_MIN ≤ AMS_K_MAX")
         if not 0 < self.r_min <= self.r_init <= self.r_max:
             raise ConfigError("need 0 < AMS_R_MIN ≤ AMS_R_INIT ≤ AMS_R_MAX")
-        resolve_device(self.device)
+        resolve_precision(self.train_precision, resolve_device(self.device))
         if not 1 <= self.checkpoint_every <= self.updates_kept:
             raise ConfigError("need 1 ≤ AMS_CHECKPOINT_EVERY ≤ AMS_UPDATES_KEPT (restore replays the kept chain)")
         if self.lease_ttl_s < 1:

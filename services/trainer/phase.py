@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ams.device import autocast
 from ams.miou import frame_miou
 from ams.models import batch_tensor
 from ams.update_codec import SparseUpdate, flat_parameters, load_flat_parameters, sparse_update
@@ -251,7 +252,8 @@ def _train(ready: list[Prepared]) -> tuple[list[np.ndarray | None], list[np.ndar
             rows = torch.from_numpy(next(batches)).to(first.device)
             xb = p.x.index_select(0, rows).contiguous(memory_format=torch.channels_last)
             yb = p.y.index_select(0, rows)
-            return student_loss(xb, yb) if student_loss else F.cross_entropy(first.model(xb), yb)
+            with autocast(first.device, first.precision):
+                return student_loss(xb, yb) if student_loss else F.cross_entropy(first.model(xb), yb)
 
         chosen_n, losses_n = coordinate_descent.train_phase(first.model, module_loss, p.adam,
                                                             dataclasses.replace(cfg, gamma=p.gamma), p.rng)
@@ -266,7 +268,8 @@ def _train(ready: list[Prepared]) -> tuple[list[np.ndarray | None], list[np.ndar
         rows = [torch.from_numpy(p.picks[k]).to(first.device) for p in ready]
         xb = torch.cat([p.x.index_select(0, r) for p, r in zip(ready, rows)])
         yb = torch.cat([p.y.index_select(0, r) for p, r in zip(ready, rows)])
-        return graph.losses(w, stats, xb, yb)
+        with autocast(first.device, first.precision):
+            return graph.losses(w, stats, xb, yb)
 
     losses = coordinate_descent.train_rows(w, rows_loss, [p.adam for p in ready], chosen, cfg, len(ready[0].picks))
     trained = w.detach().cpu().numpy()

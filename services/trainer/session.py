@@ -20,6 +20,7 @@ import torch
 
 from ams.errors import FailedPrecondition, Unavailable
 from ams.models import build_student
+from ams.device import resolve_precision
 from ams.models.train_graph import TrainGraph, supports as graph_supports
 from ams.update_codec import FLOAT16, apply_update, flat_parameters, load_flat_parameters
 from services.trainer import metrics, serde
@@ -76,6 +77,7 @@ class Session:
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
         self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
         self.budget: PhaseBudget | None = None   # the trainer's compute-aware K (None: k_iters)
+        self.precision = resolve_precision(cfg.train_precision, self.device)   # the forward's arithmetic
         self.graph = (TrainGraph(self.model) if cfg.train_graph and graph_supports(self.model)
                       and not hasattr(self.model, "training_loss") else None)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ams.device import native_bf16
 from ams.models import build_student
 from ams.models.train_graph import TrainGraph
 from ams.update_codec import flat_parameters
@@ -17,13 +18,15 @@ from services.trainer.session import Session
 from services.trainer.store import open_store
 from tests.conftest import TINY_STUDENT
 
+needs_bf16 = pytest.mark.skipif(not native_bf16(torch.device("cpu")),
+                                reason="this CPU has no native bfloat16 (AVX512-BF16/AMX)")
 H, W = TINY_STUDENT["input_height"], TINY_STUDENT["input_width"]
 DEVICES = ["cam-a", "cam-b", "cam-c"]
 
 
-def _sessions(store_url: str, prefix: str) -> list[Session]:
+def _sessions(store_url: str, prefix: str, **settings) -> list[Session]:
     cfg = TrainerConfig(redis_url=store_url, k_iters=4, batch_size=2, torch_threads=1, t_horizon_s=30.0, device="cpu",
-                        checkpoint_every=2, updates_kept=4, batch_sessions=3)
+                        checkpoint_every=2, updates_kept=4, batch_sessions=3, **settings)
     store = open_store(store_url, updates_kept=cfg.updates_kept)
     out = []
     for n, device in enumerate(DEVICES):
@@ -46,8 +49,10 @@ def _ingest(sessions: list[Session], seq: int) -> None:
         session.ingest(seq, times, frames, labels, [np.full((2, H, W), 0.5, np.float32) for _ in times])
 
 
-def test_a_batched_phase_equals_the_sessions_trained_one_by_one(store_url):
-    alone, together = _sessions(store_url, "alone"), _sessions(store_url, "together")
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_a_batched_phase_equals_the_sessions_trained_one_by_one(store_url, precision):
+    alone = _sessions(store_url, f"alone-{precision}", train_precision=precision)
+    together = _sessions(store_url, f"together-{precision}", train_precision=precision)
     assert phase.groupable(together)
     for seq in (1, 2, 3):          # the first phase draws I_n at random, the later ones by |u|
         _ingest(alone, seq)
@@ -57,7 +62,7 @@ def test_a_batched_phase_equals_the_sessions_trained_one_by_one(store_url):
         for a, b, sa, sb in zip(one_by_one, batched, alone, together):
             assert not isinstance(b, BaseException), b
             np.testing.assert_array_equal(a.update.indices, b.update.indices)       # the same I_n
-            # bit for bit on CPU: a batched GEMM computes each session's rows as its own GEMM would
+            # bit for bit on CPU, in bf16 too: a batched GEMM computes each session's rows as its own would
             np.testing.assert_array_equal(sb.flat, sa.flat)
             assert b.stats["loss_last"] == a.stats["loss_last"]
             assert torch.equal(sb.adam.m, sa.adam.m) and torch.equal(sb.adam.v, sa.adam.v)

@@ -3,7 +3,8 @@
 A real redis-server, the 144×256 DeeplabV3-MobileNetV2 student (deeplabv3_mnv2_selfie), 30 bikes.mp4
 frames labelled by the LiteRT teacher and buffered the way UploadClip buffers them, then one phase at
 the paper's K = 20, batch 4 under cProfile (after a warm-up phase), through the training graph
-(`--module`: the module's own forward), at 144×256 or `--size` (256x512: the paper's). Prints the
+(`--module`: the module's own forward), at 144×256 or `--size` (256x512: the paper's), in the
+trainer's precision (`--precision`, AMS_TRAIN_PRECISION). Prints the
 phase's wall time, the share of its main parts and the bytes the commit wrote to Redis.
 """
 from __future__ import annotations
@@ -38,11 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plain", action="store_true", help="time the phases without cProfile (its overhead is ≈ 10 %%)")
     p.add_argument("--size", default=None, help="the student's H×W, e.g. 256x512 (default: the checkpoint's 144×256)")
     p.add_argument("--module", action="store_true", help="train through the module's forward, not the training graph")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="AMS_TRAIN_PRECISION")
     args = p.parse_args(argv)
     _, checkpoints = student_at(args.size, "out/profile/students")
     with redis_server("out/profile") as url:
         cfg = TrainerConfig(redis_url=url, checkpoint_dir=checkpoints, k_iters=20, batch_size=4, t_horizon_s=60,
-                            torch_threads=args.threads, device="cpu", train_graph=not args.module)
+                            torch_threads=args.threads, device="cpu", train_graph=not args.module,
+                            train_precision=args.precision)
         store = RedisSessionStore(url)
         arch, conf, model = build_model(cfg, StudentSpec(checkpoint="deeplabv3_mnv2_selfie"))
         session = Session("profile", "profile-device", arch, conf, model, store, cfg)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             stored.append(outcome.stats["state_bytes"])
         total = sum(walls)
         print(f"phase: {total / len(walls):.2f} s mean over {len(walls)} ({' '.join(f'{w:.2f}' for w in walls)}; torch "
-              f"{torch.__version__}, {args.threads} threads); bytes written to redis per phase: {stored}")
+              f"{torch.__version__}, {args.threads} threads, {session.precision}); bytes written to redis per phase: {stored}")
         if args.plain:
             return
         stats = pstats.Stats(profile)

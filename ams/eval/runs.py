@@ -40,7 +40,11 @@ PAPER = {**PAPER_SETTINGS,
          # a fixed K: the harness's clock is video time and its trainer a modelled one (UPDATE_DELAY_S, or
          # AMS's phase_s), so K sized from measured wall time (AMS_PHASE_SHARE) would make runs depend on
          # the box they ran on; make bench-fleet measures compute-aware phases
-         "phase_share": 0.0}
+         "phase_share": 0.0,
+         # float32 training whatever the CPU, so that a record does not depend on the box that made it
+         # (AMS_TRAIN_PRECISION=auto trains in bf16 where the CPU has it: the same mIoU within float
+         # drift on every playlist, docs/benchmarks.md)
+         "train_precision": "fp32"}
 # What the system adds to the paper's AMS (issue 23), at TrainerConfig's defaults: fast start and scene changes,
 # label hints, and its update codec (the first it prefers: int4)
 OURS: dict[str, Any]

@@ -14,6 +14,10 @@ one core of our 2-core box (`make bench-train-step`, docs/benchmarks.md), and ho
   d² phase grids of the input are convolved undilated. torch's backward of a dilated depthwise
   convolution is ≈ 20× slower than the undilated one (19.4 vs 1.1 ms for 4×960×9×16 on one core).
 
+Under bf16 autocast (`AMS_TRAIN_PRECISION`, ams/device.py) the GEMMs and the undilated or
+space-to-batch convolutions run in bfloat16 and the strided depthwise ones in float32: 1.44× over the
+module at 144×256 and 1.80× at 256×512 on one core with AVX512-BF16 (`make bench-train-step`).
+
 Parameters come as one (S, P) matrix, row s session s's flat parameter vector in `parameters()`
 order, so that one backward pass leaves each session's full gradient in its row of `.grad`
 (Algorithm 2 needs every coordinate's gradient for m and v). Input (S·B, 3, H, W), session s's

@@ -124,9 +124,11 @@ class TrainerConfig:
     train_graph: bool = _f(True, "train DeepLabV3-MobileNetV2 students through the training graph "
                                  "(ams/models/train_graph.py; 1.26× at 144×256 and 1.30× at 256×512 on one CPU "
                                  "core, make bench-train-step); false = the module's own forward")
-    train_precision: str = _f("fp32", "the forward pass's arithmetic: fp32, bf16 (autocast: matrix products and "
-                                      "convolutions in bfloat16; parameters, gradients and Adam's state in float32) or "
-                                      "auto (bf16 where the device has it natively, AVX512-BF16/AMX or CUDA ≥ sm80)")
+    train_precision: str = _f("auto", "the training forward's arithmetic: fp32; bf16 (autocast: matrix products and "
+                                      "convolutions in bfloat16; parameters, gradients and Adam's state float32); auto = "
+                                      "bf16 through the training graph on a device with native bfloat16 (AVX512-BF16/AMX, "
+                                      "CUDA ≥ sm80), else fp32 (1.44× at 144×256, 1.80× at 256×512 on one CPU core, "
+                                      "make bench-train-step; the same mIoU, docs/benchmarks.md)")
     batch_sessions: int = _f(1, "due sessions of one student shape trained together in one phase (one forward and "
                                 "backward over all their mini-batches, per-session weights and Adam state); 1 = one "
                                 "at a time, EDF (on a CPU batching does not pay: 0.5–1.15× per session; for GPUs)")

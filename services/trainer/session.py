@@ -77,9 +77,12 @@ class Session:
         self.flat = flat_parameters(model)  # the parameters the edge holds at `version`
         self.token: int | None = None       # fencing token of this replica's lease on the session (every write)
         self.budget: PhaseBudget | None = None   # the trainer's compute-aware K (None: k_iters)
-        self.precision = resolve_precision(cfg.train_precision, self.device)   # the forward's arithmetic
         self.graph = (TrainGraph(self.model) if cfg.train_graph and graph_supports(self.model)
                       and not hasattr(self.model, "training_loss") else None)
+        # the forward's arithmetic; `auto` gives bf16 only through the graph: a module's own forward keeps
+        # oneDNN's slow bf16 strided depthwise backward (0.84× at 144×256, make bench-train-step)
+        precision = resolve_precision(cfg.train_precision, self.device)
+        self.precision = "fp32" if cfg.train_precision == "auto" and self.graph is None else precision
 
     # --- inference phase (Alg. 1 lines 5–9) + ASR/ATR ---------------------------------------------
     def control(self) -> Control:

@@ -70,3 +70,13 @@ def test_bf16_phases_train_keep_float32_state_and_the_edge_s_copy_exact(store_ur
                 first.append(o.stats["loss_first"])
             assert np.isfinite(o.stats["loss_last"])
     assert len(first) == len(sessions)
+
+
+@needs_bf16
+def test_auto_trains_in_bf16_through_the_graph_only(store_url):
+    """A student without a training graph keeps oneDNN's bf16 strided depthwise backward, slower than
+    float32: `auto` leaves it in fp32, an explicit `bf16` does not."""
+    through_graph, = _sessions(store_url, "auto-graph", train_precision="auto")[:1]
+    module, = _sessions(store_url, "auto-module", train_precision="auto", train_graph=False)[:1]
+    forced, = _sessions(store_url, "forced-module", train_precision="bf16", train_graph=False)[:1]
+    assert (through_graph.precision, module.precision, forced.precision) == ("bf16", "fp32", "bf16")

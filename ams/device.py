@@ -35,7 +35,10 @@ def native_bf16(device: torch.device) -> bool:
     capability ≥ 8 on CUDA. Elsewhere bf16 is emulated and slower than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):     # a build without oneDNN's check: take it as emulated
+        return False
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -4,6 +4,7 @@ import json
 import torch
 
 from benchmarks import fleet, train_step
+from ams.device import native_bf16
 from ams.models.checkpoints import load_checkpoint
 
 
@@ -23,6 +24,7 @@ def test_the_train_step_bench_times_every_variant(tmp_path):
     assert train_step.main(["--sizes", "36x64", "--rounds", "1", "--reps", "1", "--batched", "2",
                             "--out", str(out)]) == 0
     (result,) = json.loads(out.read_text())["results"]
+    bf16 = {"module, bf16 autocast", "graph, bf16 autocast (AMS_TRAIN_PRECISION=bf16)", "batched ×2, bf16"}
     assert set(result["per_session_s"]) == {"module", "graph: BN folded", "+ 1×1 as GEMM", "+ space-to-batch",
-                                            "batched ×2"}
+                                            "batched ×2"} | (bf16 if native_bf16(torch.device("cpu")) else set())
     assert all(v["min"] > 0 for v in result["per_session_s"].values())

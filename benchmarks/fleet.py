@@ -206,8 +206,8 @@ class Device:
         return out, missing
 
 
-def _trainer_sample(url: str, tries: int = 1) -> dict[str, float] | None:
-    """The trainer's unlabelled metrics, or None when it does not answer (`tries` times, 2 s apart)."""
+def _scrape(url: str, tries: int = 1) -> dict[str, float] | None:
+    """A service's unlabelled metrics, or None when it does not answer (`tries` times, 2 s apart)."""
     for _ in range(tries):
         try:
             return scrape(url)
@@ -220,7 +220,7 @@ def _busy(stack: dict) -> dict[str, float]:
     """CPU seconds the trainer and the teacher have used so far (their process collectors)."""
     out = {}
     for name in ("trainer", "teacher"):
-        sample = _trainer_sample(stack[f"{name}_metrics"], tries=2) or {}
+        sample = _scrape(stack[f"{name}_metrics"], tries=2) or {}
         if "process_cpu_seconds_total" in sample:
             out[name] = sample["process_cpu_seconds_total"]
     return out
@@ -238,7 +238,7 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
             list(pool.map(lambda d: d.prepare(seconds), devices))
         # baselines after the sessions opened: a session's first checkpoint is not a phase's cost
         net_before = store.info("stats")["total_net_input_bytes"]
-        state_open = (_trainer_sample(stack["trainer_metrics"], tries=3) or {}).get("ams_trainer_state_bytes_total")
+        state_open = (_scrape(stack["trainer_metrics"], tries=3) or {}).get("ams_trainer_state_bytes_total")
         t_update = float(trainer_env["AMS_T_UPDATE_S"])    # the lag's bound: the paper's T_update
         t0 = time.monotonic() + 1.0
         load_end = t0 + seconds
@@ -251,11 +251,11 @@ def run_fleet(n: int, seconds: float, playlist: Playlist, trainer_env: dict, log
             thread.start()
         while any(t.is_alive() for t in threads) or (time.monotonic() < load_end + t_update
                                                       and not all(d.caught_up() for d in devices)):
-            sample = _trainer_sample(stack["trainer_metrics"]) or {}
+            sample = _scrape(stack["trainer_metrics"]) or {}
             rss = max(rss, sample.get("process_resident_memory_bytes", 0.0))
             time.sleep(2.0)
         run_end = time.monotonic()
-        server = _trainer_sample(stack["trainer_metrics"], tries=3) or {}
+        server = _scrape(stack["trainer_metrics"], tries=3) or {}
         cpu = time.process_time() - cpu_before
         busy = {k: round(v - busy_before.get(k, 0.0), 1) for k, v in _busy(stack).items()}
         net_after = store.info("stats")["total_net_input_bytes"]

@@ -153,9 +153,17 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: nn
 
 
 def _convs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: nn.Conv2d, s: int) -> torch.Tensor:
-    parts = [F.conv2d(xs, weight[i], None if bias is None else bias[i], m.stride, m.padding, m.dilation, m.groups)
-             for i, xs in enumerate(x.chunk(s))]
+    parts = [F.conv2d(xs, ws, bs, m.stride, m.padding, m.dilation, m.groups) for xs, ws, bs in _sessions(x, weight, bias, s)]
     return parts[0] if s == 1 else torch.cat(parts)
+
+
+def _sessions(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s: int) -> list[tuple]:
+    """Each session's (input, weight, bias), as views. One session's are x and the weights themselves:
+    chunk's backward would copy the input's gradient whole (17 activation copies an iteration, 5 % of it)
+    and indexing's would write a zero (S, …) gradient per weight."""
+    if s == 1:
+        return [(x, weight.squeeze(0), None if bias is None else bias.squeeze(0))]
+    return list(zip(x.chunk(s), weight.unbind(0), [None] * s if bias is None else bias.unbind(0)))
 
 
 def _space_to_batch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, d: int, s: int) -> torch.Tensor:
@@ -167,7 +175,7 @@ def _space_to_batch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     nhwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, d * wq - w, 0, d * hq - h))            # (N, d·hq, d·wq, C)
     grids = nhwc.reshape(n, hq, d, wq, d, c).permute(0, 2, 4, 1, 3, 5).reshape(n * d * d, hq, wq, c)
     grids = grids.permute(0, 3, 1, 2)                                                    # channels_last view
-    parts = [F.conv2d(g, weight[i], None if bias is None else bias[i], 1, 1, 1, c) for i, g in enumerate(grids.chunk(s))]
+    parts = [F.conv2d(g, ws, bs, 1, 1, 1, c) for g, ws, bs in _sessions(grids, weight, bias, s)]
     y = (parts[0] if s == 1 else torch.cat(parts)).permute(0, 2, 3, 1)                   # (N·d², hq, wq, C)
     y = y.reshape(n, d, d, hq, wq, c).permute(0, 3, 1, 4, 2, 5).reshape(n, hq * d, wq * d, c)
     return y[:, :h, :w].permute(0, 3, 1, 2)

@@ -19,7 +19,6 @@ import time
 import av
 import torch
 
-from ams.malloc import keep_freed_memory
 from ams.ops.procs import redis_server
 from benchmarks.fleet import student_at
 from services.teacher.backends import TeacherInput, make_backend
@@ -41,14 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", default=None, help="the student's H×W, e.g. 256x512 (default: the checkpoint's 144×256)")
     p.add_argument("--module", action="store_true", help="train through the module's forward, not the training graph")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="AMS_TRAIN_PRECISION")
-    p.add_argument("--malloc-keep-mb", type=int, default=TrainerConfig.malloc_keep_mb, help="AMS_MALLOC_KEEP_MB")
     args = p.parse_args(argv)
     _, checkpoints = student_at(args.size, "out/profile/students")
     with redis_server("out/profile") as url:
         cfg = TrainerConfig(redis_url=url, checkpoint_dir=checkpoints, k_iters=20, batch_size=4, t_horizon_s=60,
                             torch_threads=args.threads, device="cpu", train_graph=not args.module,
-                            train_precision=args.precision, malloc_keep_mb=args.malloc_keep_mb)
-        keep_freed_memory(cfg.malloc_keep_mb)     # as the trainer's main does
+                            train_precision=args.precision)
         store = RedisSessionStore(url)
         arch, conf, model = build_model(cfg, StudentSpec(checkpoint="deeplabv3_mnv2_selfie"))
         session = Session("profile", "profile-device", arch, conf, model, store, cfg)

@@ -27,11 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ams.device import autocast, native_bf16
-from ams.malloc import keep_freed_memory
 from ams.models.checkpoints import load_checkpoint
 from ams.models.train_graph import TrainGraph
 from ams.update_codec import flat_parameters
-from services.trainer.config import TrainerConfig
 
 
 def variants(model: torch.nn.Module, size: tuple[int, int], batched: list[int]) -> dict:
@@ -118,11 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2, help="iterations per variant and round")
     p.add_argument("--batched", default="2,4", help="sessions per batched iteration, a list ('' for none)")
     p.add_argument("--checkpoint", default="assets/students/deeplabv3_mnv2_selfie.pt")
-    p.add_argument("--malloc-keep-mb", type=int, default=TrainerConfig.malloc_keep_mb,
-                   help="as the trainer's AMS_MALLOC_KEEP_MB (0: malloc's own policy)")
     p.add_argument("--out", default="out/train_step.json")
     args = p.parse_args(argv)
-    keep_freed_memory(args.malloc_keep_mb)
     batched = [int(s) for s in args.batched.split(",") if s]
     results = []
     for size in args.sizes.split(","):
@@ -132,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(results[-1:]), flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"torch": torch.__version__, "cpus": os.cpu_count(), "malloc_keep_mb": args.malloc_keep_mb,
-                   "results": results}, f, indent=1)
+        json.dump({"torch": torch.__version__, "cpus": os.cpu_count(), "results": results}, f, indent=1)
     print(table(results))
     return 0
 

@@ -5,7 +5,6 @@ import asyncio
 import sys
 
 from ams.config import load_config
-from ams.malloc import keep_freed_memory
 from ams.service_main import serve_forever, setup_logging
 from services.trainer.config import TrainerConfig
 from services.trainer.service import create_server
@@ -15,7 +14,6 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     config = load_config(TrainerConfig, "AMS_", sys.argv[1:] if argv is None else argv,
                          description="AMS trainer gRPC service")
-    keep_freed_memory(config.malloc_keep_mb)      # before the first training step allocates
 
     async def start():
         return await create_server(config)

@@ -129,9 +129,6 @@ class TrainerConfig:
                                       "bf16 through the training graph on a device with native bfloat16 (AVX512-BF16/AMX, "
                                       "CUDA ≥ sm80), else fp32 (1.44× at 144×256, 1.80× at 256×512 on one CPU core, "
                                       "make bench-train-step; the same mIoU, docs/benchmarks.md)")
-    malloc_keep_mb: int = _f(1024, "freed memory glibc's malloc keeps for reuse instead of returning it to the kernel "
-                                   "(0 = malloc's own policy, ≤ 2047): the training step's buffers are not page-faulted "
-                                   "anew every iteration, ≈ 10 % of a phase on a CPU (ams/malloc.py)")
     batch_sessions: int = _f(1, "due sessions of one student shape trained together in one phase (one forward and "
                                 "backward over all their mini-batches, per-session weights and Adam state); 1 = one "
                                 "at a time, EDF (on a CPU batching does not pay: 0.5–1.15× per session; for GPUs)")
@@ -173,8 +170,6 @@ class TrainerConfig:
         resolve_precision(self.train_precision, resolve_device(self.device))
         if not 1 <= self.checkpoint_every <= self.updates_kept:
             raise ConfigError("need 1 ≤ AMS_CHECKPOINT_EVERY ≤ AMS_UPDATES_KEPT (restore replays the kept chain)")
-        if not 0 <= self.malloc_keep_mb <= 2047:
-            raise ConfigError("need 0 ≤ AMS_MALLOC_KEEP_MB ≤ 2047 (malloc's trim threshold is a C int of bytes)")
         if self.lease_ttl_s < 1:
             raise ConfigError("AMS_LEASE_TTL_S must be ≥ 1 (renewals every third of it)")
         if min(self.max_calls_per_device, self.max_streams_per_connection, self.redis_threads, self.ingest_threads,
